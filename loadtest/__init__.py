@@ -1,0 +1,1 @@
+"""The proof harness: the burst tool, the Locust scenario and a no-op server for baselines."""

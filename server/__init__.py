@@ -1,0 +1,1 @@
+"""balance-api: account balances in PostgreSQL, changed atomically, with a ledger."""

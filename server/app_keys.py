@@ -1,0 +1,9 @@
+"""Typed keys for what the application holds (aiohttp ``web.AppKey``, not string keys)."""
+
+import asyncpg
+from aiohttp import web
+
+from .config import Settings
+
+SETTINGS = web.AppKey("settings", Settings)
+DB_POOL = web.AppKey("db_pool", asyncpg.Pool)
