@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -56,11 +56,14 @@ class Settings(BaseSettings):
     def _pool_bounds_are_ordered(self) -> Settings:
         if self.db_pool_min_size > self.db_pool_max_size:
             raise ValueError("DB_POOL_MIN_SIZE must not exceed DB_POOL_MAX_SIZE")
-        if self.database_url is not None and not self.database_url.startswith(
-            ("postgresql://", "postgres://")
-        ):
-            raise ValueError("DATABASE_URL must start with postgresql:// or postgres://")
         return self
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_url_is_postgresql(cls, url: str | None) -> str | None:
+        if url is not None and not url.startswith(("postgresql://", "postgres://")):
+            raise ValueError("must start with postgresql:// or postgres://")
+        return url
 
 
 def load_settings(**overrides: object) -> Settings:
@@ -76,5 +79,5 @@ def load_settings(**overrides: object) -> Settings:
         for problem in error.errors(include_url=False):
             name = "_".join(str(part) for part in problem["loc"]).upper() or "settings"
             got = f" (got {problem['input']!r})" if problem["loc"] else ""
-            lines.append(f"{name}: {problem['msg']}{got}")
+            lines.append(f"{name}: {problem['msg'].removeprefix('Value error, ')}{got}")
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(lines)) from None

@@ -1,0 +1,118 @@
+"""Fixtures: a real PostgreSQL, a fresh database, and the real service process over HTTP.
+
+PostgreSQL is the one at ``TEST_DATABASE_URL`` (an admin URL allowed to CREATE DATABASE) or, when
+that is unset, an embedded one started for the session in a temporary directory.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import NamedTuple
+
+import aiohttp
+import psycopg
+import pytest
+from psycopg import sql
+
+from server.embedded_postgres import embedded_postgres, replace_database
+from tests.service_process import running_service
+
+
+@pytest.fixture(scope="session")
+def postgres_admin_url(tmp_path_factory) -> Iterator[str]:
+    if url := os.environ.get("TEST_DATABASE_URL"):
+        yield url
+        return
+    with embedded_postgres(tmp_path_factory.mktemp("embedded") / "postgres") as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def create_database(postgres_admin_url) -> Iterator[Callable[[], str]]:
+    """Factory: create an empty database with a unique name and return its URL (dropped at the end)."""
+    names: list[str] = []
+
+    def create() -> str:
+        name = f"balance_test_{uuid.uuid4().hex[:12]}"
+        with psycopg.connect(postgres_admin_url, autocommit=True) as conn:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        names.append(name)
+        return replace_database(postgres_admin_url, name)
+
+    yield create
+    with psycopg.connect(postgres_admin_url, autocommit=True) as conn:
+        for name in names:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+@pytest.fixture(scope="session")
+def database_url(create_database) -> str:
+    """The database the session's service runs on (migrated by the service at start-up)."""
+    return create_database()
+
+
+@pytest.fixture(scope="session")
+def service_url(database_url, tmp_path_factory) -> Iterator[str]:
+    """Base URL of the real service process, started once for the session."""
+    log_path = tmp_path_factory.mktemp("service") / "service.log"
+    with running_service(log_path, database_url=database_url) as (base_url, _process):
+        yield base_url
+
+
+@pytest.fixture(scope="session")
+def db(database_url, service_url) -> Iterator[psycopg.Connection]:
+    """A direct connection to the service's database, to arrange state and to inspect the ledger."""
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        yield conn
+
+
+class LedgerState(NamedTuple):
+    """A user's stored balance, and the count and sum of their ledger entries."""
+
+    balance: int
+    entries: int
+    entries_sum: int
+
+
+def ledger_state(db: psycopg.Connection, user_id: int) -> LedgerState:
+    row = db.execute(
+        "SELECT u.balance, count(e.id), coalesce(sum(e.amount), 0) FROM users u "
+        "LEFT JOIN ledger_entries e ON e.user_id = u.id WHERE u.id = %s GROUP BY u.id",
+        (user_id,),
+    ).fetchone()
+    balance, entries, entries_sum = row
+    return LedgerState(balance, entries, int(entries_sum))  # sum(bigint) is numeric: exact
+
+
+def database_fingerprint(db: psycopg.Connection) -> tuple:
+    """Everything a refused request must not change: all balances and all ledger entries."""
+    return db.execute(
+        "SELECT (SELECT coalesce(sum(balance), 0) FROM users), (SELECT count(*) FROM users), "
+        "(SELECT count(*) FROM ledger_entries), (SELECT coalesce(max(id), 0) FROM ledger_entries), "
+        "(SELECT max(updated_at) FROM users)"
+    ).fetchone()
+
+
+@pytest.fixture
+def new_user(db) -> Callable[[int], int]:
+    """Factory: insert a user with ``balance`` (and its opening ledger entry); return the id."""
+
+    def create(balance: int = 0) -> int:
+        with db.transaction():
+            user_id = db.execute("INSERT INTO users (balance) VALUES (%s) RETURNING id", (balance,)).fetchone()[0]
+            if balance:
+                db.execute(
+                    "INSERT INTO ledger_entries (user_id, amount, balance_after, kind) "
+                    "VALUES (%s, %s, %s, 'opening')", (user_id, balance, balance),
+                )
+        return user_id
+
+    return create
+
+
+@pytest.fixture
+async def http(service_url) -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession(base_url=service_url) as session:
+        yield session

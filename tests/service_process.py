@@ -1,0 +1,86 @@
+"""Run the real ``balance-api`` service as a separate process, as a user would."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def service_env(**settings: str) -> dict[str, str]:
+    """The current environment minus any service settings, plus ``settings`` (upper-cased names)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "PORT", "HOST", "DATA_DIR")}
+    env.update({name.upper(): str(value) for name, value in settings.items()})
+    env.setdefault("LOG_LEVEL", "WARNING")
+    return env
+
+
+def balance_api(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+    """Run ``balance-api ARGS`` to completion and return it (stdout and stderr captured as text)."""
+    return subprocess.run(
+        [sys.executable, "-m", "server", *args], cwd=PROJECT_ROOT, env=env or service_env(),
+        capture_output=True, text=True, timeout=timeout,
+    )
+
+
+def wait_until_healthy(base_url: str, process: subprocess.Popen, log_path: Path, timeout: float = 60) -> None:
+    """Poll ``/api/health`` until it answers 200; raise with the service log if it never does."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"service exited with {process.returncode}:\n{log_path.read_text()}")
+        with contextlib.suppress(OSError, urllib.error.URLError):
+            with urllib.request.urlopen(f"{base_url}/api/health", timeout=2) as response:
+                if response.status == 200:
+                    return
+        time.sleep(0.1)
+    raise RuntimeError(f"service not healthy after {timeout} s:\n{log_path.read_text()}")
+
+
+@contextlib.contextmanager
+def running_service(log_path: Path, **settings: str) -> Iterator[tuple[str, subprocess.Popen]]:
+    """Start ``balance-api serve`` with ``settings`` on a free port; yield ``(base_url, process)``.
+
+    Stops it with SIGTERM (then SIGKILL after 20 s) when the block exits.
+    """
+    settings.setdefault("port", str(free_port()))
+    base_url = f"http://127.0.0.1:{settings['port']}"
+    with open(log_path, "ab") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "server", "serve"], cwd=PROJECT_ROOT,
+            env=service_env(host="127.0.0.1", **settings), stdout=log, stderr=subprocess.STDOUT,
+        )
+    try:
+        wait_until_healthy(base_url, process, log_path)
+        yield base_url, process
+    finally:
+        stop_process(process)
+
+
+def stop_process(process: subprocess.Popen, grace: float = 20) -> int:
+    """SIGTERM ``process``, wait up to ``grace`` seconds, then SIGKILL; return its exit code."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(grace)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    return process.returncode

@@ -1,0 +1,50 @@
+"""balance-api serve: embedded PostgreSQL by default, configuration checked at start-up."""
+
+import json
+import urllib.request
+
+from tests.service_process import balance_api, running_service, service_env
+
+
+def http_json(url: str, method: str = "GET", body: dict | None = None) -> dict:
+    request = urllib.request.Request(
+        url, method=method, data=json.dumps(body).encode() if body else None,
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.load(response)
+
+
+def test_without_database_url_serve_runs_an_embedded_postgres_that_keeps_data_across_restarts(tmp_path):
+    data_dir = tmp_path / "data"
+    with running_service(tmp_path / "first.log", data_dir=str(data_dir)) as (url, _):
+        assert http_json(f"{url}/api/users/1")["balance"] == 10000  # migrated and seeded
+        http_json(f"{url}/api/balance", "PATCH", {"userId": 1, "amount": -2})
+    assert (data_dir / "postgres" / "PG_VERSION").exists()
+    assert not (data_dir / "postgres" / "postmaster.pid").exists(), "embedded PostgreSQL left running"
+    with running_service(tmp_path / "second.log", data_dir=str(data_dir)) as (url, _):
+        assert http_json(f"{url}/api/users/1")["balance"] == 9998
+
+
+def test_serve_stops_on_sigterm_with_exit_code_0(tmp_path, database_url):
+    with running_service(tmp_path / "service.log", database_url=database_url) as (_, process):
+        pass
+    assert process.returncode == 0
+
+
+def test_an_invalid_setting_is_refused_at_start_up_naming_the_variable():
+    result = balance_api("serve", env=service_env(port="70000", db_pool_max_size="lots"))
+    assert result.returncode == 2
+    assert "PORT" in result.stderr and "DB_POOL_MAX_SIZE" in result.stderr
+
+
+def test_a_pool_minimum_above_its_maximum_is_refused_at_start_up():
+    result = balance_api("serve", env=service_env(db_pool_min_size="30", db_pool_max_size="10"))
+    assert result.returncode == 2
+    assert "DB_POOL_MIN_SIZE must not exceed DB_POOL_MAX_SIZE" in result.stderr
+
+
+def test_a_database_url_of_another_kind_is_refused_at_start_up():
+    result = balance_api("serve", env=service_env(database_url="mysql://localhost/balance"))
+    assert result.returncode == 2
+    assert "DATABASE_URL: must start with postgresql://" in result.stderr
