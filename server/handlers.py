@@ -1,37 +1,174 @@
-"""HTTP handlers: parse the request, call the ledger, shape the response. Nothing else."""
+"""HTTP handlers: parse the request, call the ledger, shape the response. Nothing else.
+
+JSON field names are camelCase; amounts and balances are integers in minor units; times are
+ISO 8601 with a UTC offset.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import base64
 
 from aiohttp import web
 
+from . import ledger
 from .app_keys import DB_POOL, SETTINGS
-from .ledger import apply_balance_change, read_account
-from .problems import DATABASE_UNAVAILABLE_ERRORS, DatabaseUnavailable, ValidationFailed
-from .request_bodies import MAX_BIGINT, BalanceChange, read_json_body
+from .idempotency import Outcome, respond
+from .problems import DATABASE_UNAVAILABLE_ERRORS, DatabaseUnavailable, SameAccount, TransferNotFound, ValidationFailed
+from .openapi import openapi_document
+from .request_bodies import (
+    HISTORY_DEFAULT_LIMIT,
+    HISTORY_MAX_LIMIT,
+    MAX_BIGINT,
+    BalanceChange,
+    CreditOrDebit,
+    NewUser,
+    TransferRequest,
+    read_json_body,
+)
 
-
-def _user_id_from_path(request: web.Request) -> int:
-    raw = request.match_info["user_id"]
+def _id_from_path(request: web.Request, field: str) -> int:
+    raw = request.match_info["id"]
     if raw.isascii() and raw.isdigit() and 1 <= int(raw) <= MAX_BIGINT:
         return int(raw)
-    raise ValidationFailed([{"field": "userId", "reason": f"must be an integer from 1 to {MAX_BIGINT}"}])
+    raise ValidationFailed([{"field": field, "reason": f"must be an integer from 1 to {MAX_BIGINT}"}])
+
+
+def _account_json(account: ledger.Account) -> dict:
+    return {"userId": account.user_id, "balance": account.balance, "updatedAt": account.updated_at.isoformat()}
+
+
+def _transfer_json(transfer: ledger.Transfer) -> dict:
+    return {
+        "transferId": transfer.transfer_id, "fromUserId": transfer.from_user_id, "toUserId": transfer.to_user_id,
+        "amount": transfer.amount, "description": transfer.description,
+        "createdAt": transfer.created_at.isoformat(),
+        "fromBalance": transfer.from_balance, "toBalance": transfer.to_balance,
+    }
+
+
+def _entry_json(entry: ledger.LedgerEntry) -> dict:
+    return {
+        "entryId": entry.entry_id, "amount": entry.amount, "balanceAfter": entry.balance_after,
+        "kind": entry.kind, "description": entry.description, "idempotencyKey": entry.idempotency_key,
+        "transferId": entry.transfer_id, "createdAt": entry.created_at.isoformat(),
+    }
 
 
 async def change_balance(request: web.Request) -> web.Response:
-    """``PATCH /api/balance`` ``{"userId", "amount"}`` → 200 ``{"userId", "balance"}`` (minor units)."""
+    """``PATCH /api/balance`` ``{"userId", "amount"}`` → 200 ``{"userId", "balance"}``."""
     change = await read_json_body(request, BalanceChange)
-    balance = await apply_balance_change(request.app[DB_POOL], change.user_id, change.amount)
-    return web.json_response({"userId": change.user_id, "balance": balance})
+
+    async def operation(db, key):
+        applied = await ledger.apply_balance_change(db, change.user_id, change.amount, idempotency_key=key)
+        return Outcome.of(200, {"userId": applied.user_id, "balance": applied.balance})
+
+    return await respond(request, change, operation)
+
+
+async def _credit_or_debit(request: web.Request, kind: str, sign: int) -> web.Response:
+    user_id = _id_from_path(request, "id")
+    body = await read_json_body(request, CreditOrDebit)
+
+    async def operation(db, key):
+        applied = await ledger.apply_balance_change(db, user_id, sign * body.amount, kind, body.description, key)
+        return Outcome.of(200, {"userId": applied.user_id, "balance": applied.balance, "entryId": applied.entry_id})
+
+    return await respond(request, body, operation)
+
+
+async def credit(request: web.Request) -> web.Response:
+    """``POST /api/users/{id}/credit`` ``{"amount": > 0, "description"?}`` → 200 ``{"userId", "balance", "entryId"}``."""
+    return await _credit_or_debit(request, "credit", +1)
+
+
+async def debit(request: web.Request) -> web.Response:
+    """``POST /api/users/{id}/debit`` ``{"amount": > 0, "description"?}`` → 200, or 409 ``insufficient_funds``."""
+    return await _credit_or_debit(request, "debit", -1)
+
+
+async def create_transfer(request: web.Request) -> web.Response:
+    """``POST /api/transfers`` ``{"fromUserId", "toUserId", "amount", "description"?}`` → 201 transfer."""
+    body = await read_json_body(request, TransferRequest)
+    if body.from_user_id == body.to_user_id:
+        raise SameAccount(body.from_user_id)
+
+    async def operation(db, key):
+        transfer = await ledger.transfer_funds(
+            db, body.from_user_id, body.to_user_id, body.amount, body.description, key
+        )
+        return Outcome.of(201, _transfer_json(transfer), location=f"/api/transfers/{transfer.transfer_id}")
+
+    return await respond(request, body, operation)
+
+
+async def get_transfer(request: web.Request) -> web.Response:
+    """``GET /api/transfers/{id}`` → 200 the transfer with the balances right after it, or 404."""
+    transfer_id = _id_from_path(request, "id")
+    transfer = await ledger.read_transfer(request.app[DB_POOL], transfer_id)
+    if transfer is None:
+        raise TransferNotFound(transfer_id)
+    return web.json_response(_transfer_json(transfer))
+
+
+async def create_user(request: web.Request) -> web.Response:
+    """``POST /api/users`` (no body, or ``{}``) → 201 ``{"userId", "balance": 0, "updatedAt"}`` + Location."""
+    if request.body_exists:
+        await read_json_body(request, NewUser)
+    account = await ledger.create_user(request.app[DB_POOL])
+    return web.json_response(_account_json(account), status=201,
+                             headers={"Location": f"/api/users/{account.user_id}"})
 
 
 async def get_user(request: web.Request) -> web.Response:
-    """``GET /api/users/{id}`` → 200 ``{"userId", "balance", "updatedAt"}`` (ISO 8601, UTC)."""
-    account = await read_account(request.app[DB_POOL], _user_id_from_path(request))
-    return web.json_response(
-        {"userId": account.user_id, "balance": account.balance, "updatedAt": account.updated_at.isoformat()}
-    )
+    """``GET /api/users/{id}`` → 200 ``{"userId", "balance", "updatedAt"}``."""
+    account = await ledger.read_account(request.app[DB_POOL], _id_from_path(request, "id"))
+    return web.json_response(_account_json(account))
+
+
+def encode_cursor(entry_id: int) -> str:
+    """An opaque history cursor meaning "continue below entry ``entry_id``": the id as 8 bytes,
+    big-endian, in base64url without padding (always 11 characters of [A-Za-z0-9_-])."""
+    return base64.urlsafe_b64encode(entry_id.to_bytes(8, "big")).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> int:
+    """The entry id a cursor points below. Every 11-character base64url string is a position
+    (ids past the largest are clamped to it); anything else is refused (422)."""
+    if len(cursor) == 11 and cursor.isascii() and all(char.isalnum() or char in "-_" for char in cursor):
+        return min(int.from_bytes(base64.urlsafe_b64decode(cursor + "="), "big"), MAX_BIGINT)
+    raise ValidationFailed([{"field": "cursor", "reason": "is not a cursor returned by this API"}])
+
+
+def _history_query(request: web.Request) -> tuple[int, int]:
+    errors, query = [], request.query
+    errors += [{"field": name, "reason": "is not a query parameter of this route"}
+               for name in query if name not in ("limit", "cursor")]
+    limit = HISTORY_DEFAULT_LIMIT
+    if "limit" in query:
+        raw = query["limit"]
+        if raw.isascii() and raw.isdigit() and 1 <= int(raw) <= HISTORY_MAX_LIMIT:
+            limit = int(raw)
+        else:
+            errors.append({"field": "limit", "reason": f"must be an integer from 1 to {HISTORY_MAX_LIMIT}"})
+    if errors:
+        raise ValidationFailed(errors)
+    before = _decode_cursor(query["cursor"]) if "cursor" in query else MAX_BIGINT
+    return limit, before
+
+
+async def get_history(request: web.Request) -> web.Response:
+    """``GET /api/users/{id}/history?limit=&cursor=`` → 200 ``{"userId", "entries", "nextCursor"}``,
+    newest first; ``nextCursor`` is null on the last page."""
+    user_id = _id_from_path(request, "id")
+    limit, before = _history_query(request)
+    entries = await ledger.read_history(request.app[DB_POOL], user_id, before, limit + 1)
+    page, more = entries[:limit], len(entries) > limit
+    return web.json_response({
+        "userId": user_id,
+        "entries": [_entry_json(entry) for entry in page],
+        "nextCursor": encode_cursor(page[-1].entry_id) if more else None,
+    })
 
 
 async def health(request: web.Request) -> web.Response:
@@ -43,3 +180,8 @@ async def health(request: web.Request) -> web.Response:
     except DATABASE_UNAVAILABLE_ERRORS:
         raise DatabaseUnavailable("The database did not answer the health check in time.") from None
     return web.json_response({"status": "ok", "database": "ok"})
+
+
+async def openapi(request: web.Request) -> web.Response:
+    """``GET /api/openapi.json`` → the OpenAPI 3.1 document of this API."""
+    return web.json_response(openapi_document())

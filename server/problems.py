@@ -38,9 +38,9 @@ class Problem(Exception):
         self.headers = headers or {}
         self.extensions = extensions
 
-    def response(self, instance: str) -> web.Response:
-        """Render as an ``application/problem+json`` response for request path ``instance``."""
-        body = {
+    def body(self, instance: str) -> dict[str, Any]:
+        """The problem document for request path ``instance``."""
+        return {
             "type": f"/problems/{self.code}",
             "title": self.title,
             "status": self.status,
@@ -49,9 +49,12 @@ class Problem(Exception):
             "code": self.code,
             **self.extensions,
         }
+
+    def response(self, instance: str) -> web.Response:
+        """Render as an ``application/problem+json`` response for request path ``instance``."""
         return web.Response(
             status=self.status,
-            body=json.dumps(body).encode(),
+            body=json.dumps(self.body(instance)).encode(),
             content_type=PROBLEM_CONTENT_TYPE,
             headers=self.headers,
         )
@@ -68,8 +71,18 @@ class RouteNotFound(Problem):
 class UserNotFound(Problem):
     status, code, title = 404, "user_not_found", "User not found"
 
-    def __init__(self, user_id: int):
-        super().__init__(f"There is no user with id {user_id}.", userId=user_id)
+    def __init__(self, user_id: int, role: str | None = None):
+        """``role`` says which side of a transfer is missing: ``"from"`` or ``"to"``."""
+        side = {"from": " (the sender)", "to": " (the receiver)"}.get(role or "", "")
+        extensions = {"userId": user_id, "role": role} if role else {"userId": user_id}
+        super().__init__(f"There is no user with id {user_id}{side}.", **extensions)
+
+
+class TransferNotFound(Problem):
+    status, code, title = 404, "transfer_not_found", "Transfer not found"
+
+    def __init__(self, transfer_id: int):
+        super().__init__(f"There is no transfer with id {transfer_id}.", transferId=transfer_id)
 
 
 class MethodNotAllowed(Problem):
@@ -117,6 +130,24 @@ class ValidationFailed(Problem):
         super().__init__(summary, errors=errors)
 
 
+class SameAccount(Problem):
+    status, code, title = 422, "same_account", "Transfer to the same account"
+
+    def __init__(self, user_id: int):
+        super().__init__(f"fromUserId and toUserId are both {user_id}; a transfer needs two accounts.",
+                         userId=user_id)
+
+
+class IdempotencyKeyReused(Problem):
+    status, code, title = 422, "idempotency_key_reused", "Idempotency key reused"
+
+    def __init__(self, key: str):
+        super().__init__(
+            "This Idempotency-Key was first used with a different route or body; nothing was changed. "
+            "Use a new key for a new request.", idempotencyKey=key,
+        )
+
+
 class DatabaseUnavailable(Problem):
     status, code, title = 503, "database_unavailable", "Database unavailable"
 
@@ -153,6 +184,11 @@ DATABASE_UNAVAILABLE_ERRORS = (
 )
 
 
+def instance(request: web.Request) -> str:
+    """The problem's ``instance``: the request path as sent, percent-encoded (a URI reference)."""
+    return request.rel_url.raw_path
+
+
 @web.middleware
 async def problem_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Turn every error raised by a handler or by aiohttp into a problem-details response.
@@ -163,14 +199,14 @@ async def problem_middleware(request: web.Request, handler: Handler) -> web.Stre
     try:
         return await handler(request)
     except Problem as problem:
-        return problem.response(request.path)
+        return problem.response(instance(request))
     except web.HTTPException as error:
         if error.status < 400:
             raise
-        return _from_http_exception(error).response(request.path)
+        return _from_http_exception(error).response(instance(request))
     except DATABASE_UNAVAILABLE_ERRORS as error:
         log.warning("database unavailable: %r", error)
-        return DatabaseUnavailable().response(request.path)
+        return DatabaseUnavailable().response(instance(request))
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.path)
-        return Problem("An unexpected error occurred.").response(request.path)
+        return Problem("An unexpected error occurred.").response(instance(request))

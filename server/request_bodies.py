@@ -11,7 +11,7 @@ import json
 from typing import Annotated, TypeVar
 
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .problems import MalformedJson, UnsupportedMediaType, ValidationFailed
 
@@ -22,6 +22,9 @@ MAX_BIGINT = 2**63 - 1
 # Python's 4300-digit int conversion limit), handing pydantic a value it reports as out of range.
 _MAX_INT_DIGITS = 20
 _OUT_OF_RANGE = 10**_MAX_INT_DIGITS
+
+HISTORY_DEFAULT_LIMIT = 50  # GET /api/users/{id}/history?limit=
+HISTORY_MAX_LIMIT = 500
 
 Amount = Annotated[int, Field(ge=-MAX_BIGINT, le=MAX_BIGINT, description="signed, minor units, not 0")]
 UserId = Annotated[int, Field(ge=1, le=MAX_BIGINT)]
@@ -37,7 +40,7 @@ class BalanceChange(StrictBody):
     """Body of ``PATCH /api/balance``: ``{"userId": <int >= 1>, "amount": <signed int, not 0>}``."""
 
     user_id: UserId = Field(alias="userId")
-    amount: Amount
+    amount: Annotated[Amount, Field(json_schema_extra={"not": {"const": 0}})]
 
     @field_validator("amount")
     @classmethod
@@ -45,6 +48,48 @@ class BalanceChange(StrictBody):
         if amount == 0:
             raise ValueError("must not be zero")
         return amount
+
+
+PositiveAmount = Annotated[int, Field(ge=1, le=MAX_BIGINT, description="minor units, > 0")]
+
+
+def _storable_text(text: str) -> str:
+    # PostgreSQL text holds neither NUL nor unpaired surrogates (JSON allows "\u0000", "\ud800").
+    if "\x00" in text:
+        raise ValueError("must not contain the NUL character (U+0000)")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("must be valid Unicode text (no unpaired surrogate code points)") from None
+    return text
+
+
+Description = Annotated[
+    str,
+    Field(min_length=1, max_length=500, pattern="^[^\\x00]*$",
+          description="1-500 characters of valid Unicode text: no NUL, no unpaired surrogate escapes"),
+    AfterValidator(_storable_text),
+]
+
+
+class NewUser(StrictBody):
+    """Body of ``POST /api/users``: ``{}`` (or no body at all); a new user starts at balance 0."""
+
+
+class CreditOrDebit(StrictBody):
+    """Body of ``POST /api/users/{id}/credit`` and ``.../debit``: ``{"amount": > 0, "description"?}``."""
+
+    amount: PositiveAmount
+    description: Description | None = None
+
+
+class TransferRequest(StrictBody):
+    """Body of ``POST /api/transfers``: ``{"fromUserId", "toUserId", "amount": > 0, "description"?}``."""
+
+    from_user_id: UserId = Field(alias="fromUserId")
+    to_user_id: UserId = Field(alias="toUserId")
+    amount: PositiveAmount
+    description: Description | None = None
 
 
 Body = TypeVar("Body", bound=StrictBody)
@@ -85,6 +130,12 @@ def _is_json(content_type: str) -> bool:
     return content_type == "application/json" or (
         content_type.startswith("application/") and content_type.endswith("+json")
     )
+
+
+def canonical_json(body: StrictBody) -> str:
+    """The validated body as canonical JSON (aliases, sorted keys): what an idempotency key's
+    fingerprint compares, so ``{"a":1,"b":2}`` and ``{ "b": 2, "a": 1 }`` are the same request."""
+    return json.dumps(body.model_dump(mode="json", by_alias=True), sort_keys=True, separators=(",", ":"))
 
 
 async def read_json_body(request: web.Request, model: type[Body]) -> Body:

@@ -6,7 +6,9 @@ that is unset, an embedded one started for the session in a temporary directory.
 
 from __future__ import annotations
 
+import json
 import os
+import urllib.request
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import NamedTuple
@@ -17,6 +19,7 @@ import pytest
 from psycopg import sql
 
 from server.embedded_postgres import embedded_postgres, replace_database
+from tests.openapi_contract import OpenApiContract, contract_middleware
 from tests.service_process import running_service
 
 
@@ -112,7 +115,18 @@ def new_user(db) -> Callable[[int], int]:
     return create
 
 
+@pytest.fixture(scope="session")
+def openapi_contract(service_url) -> OpenApiContract:
+    """The OpenAPI document the service serves, for validating responses."""
+    with urllib.request.urlopen(f"{service_url}/api/openapi.json", timeout=10) as response:
+        return OpenApiContract(json.load(response))
+
+
 @pytest.fixture
-async def http(service_url) -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(base_url=service_url) as session:
+async def http(service_url, openapi_contract) -> AsyncIterator[aiohttp.ClientSession]:
+    """An HTTP client for the service; every response it gets is checked against the OpenAPI document."""
+    async with aiohttp.ClientSession(
+        base_url=service_url, middlewares=(contract_middleware(openapi_contract),),
+        connector=aiohttp.TCPConnector(limit=200),
+    ) as session:
         yield session

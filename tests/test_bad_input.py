@@ -38,7 +38,7 @@ INVALID_BODIES = {
     "amount past bigint": (b'{"userId": %d, "amount": 9223372036854775808}', "amount"),
     "amount below -bigint": (b'{"userId": %d, "amount": -9223372036854775808}', "amount"),
     "amount 30 digits": (b'{"userId": %d, "amount": 999999999999999999999999999999}', "amount"),
-    "amount 4000 digits": (b'{"userId": %d, "amount": -' + b"9" * 4000 + b"}", "amount"),
+    "amount 5000 digits": (b'{"userId": %d, "amount": -' + b"9" * 5000 + b"}", "amount"),
     "amount missing": (b'{"userId": %d}', "amount"),
     "unknown field": (b'{"userId": %d, "amount": -2, "currency": "EUR"}', "currency"),
     "userId string": (b'{"userId": "%d", "amount": -2}', "userId"),
@@ -99,7 +99,7 @@ async def test_a_json_content_type_with_charset_is_accepted(http, new_user):
 
 async def test_an_oversized_body_is_413(http, new_user, db):
     user = new_user(100)
-    body = b'{"userId": %d, "amount": -2, "pad": "%s"}' % (user, b"x" * 10_000)
+    body = b'{"userId": %d, "amount": -2, "pad": "%s"}' % (user, b"x" * 20_000)
     before = database_fingerprint(db)
     response, problem = await send(http, "PATCH", "/api/balance", body)
     assert_problem(response, problem, 413, "payload_too_large")

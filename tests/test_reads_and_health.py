@@ -38,7 +38,7 @@ async def test_get_unknown_user_is_404_user_not_found(http):
 async def test_get_user_with_an_impossible_id_is_422(http, user_id):
     response = await http.get(f"/api/users/{user_id}")
     body = await response.json(content_type=None)
-    assert (response.status, body["code"], body["errors"][0]["field"]) == (422, "validation_error", "userId")
+    assert (response.status, body["code"], body["errors"][0]["field"]) == (422, "validation_error", "id")
 
 
 async def test_health_is_ok_when_the_database_answers(http):

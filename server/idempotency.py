@@ -1,0 +1,183 @@
+"""Idempotency keys with the semantics of Stripe's API, and the bounded retry of transactions.
+
+A mutating request may carry ``Idempotency-Key: <1-255 printable ASCII characters>``:
+
+* The first request with a key is processed; its outcome (status and body, refusals such as
+  ``insufficient_funds`` included) is stored in the SAME transaction as the change itself, so
+  either both commit or neither does.
+* A retry with the same key, route and body gets the stored status and body again, with
+  ``Idempotent-Replayed: true``, and changes nothing, even if the state has changed since.
+* The same key with another route or body is refused: 422 ``idempotency_key_reused``.
+* Concurrent requests with the same key: the first one's ``INSERT ... ON CONFLICT`` claims the
+  key; the others' inserts wait on the primary-key index entry until it commits (PostgreSQL docs,
+  INSERT, "ON CONFLICT Clause"), then find the stored outcome and replay it. Exactly one change.
+* A key expires ``IDEMPOTENCY_KEY_RETENTION`` seconds after first use: an expired key is claimed
+  afresh, and :func:`purge_expired_keys` deletes expired rows in small batches, skipping rows that
+  an in-flight request holds (``SKIP LOCKED``), so it never blocks a request.
+
+Requests that fail validation are not stored (as in Stripe): nothing was attempted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import logging
+import random
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+import asyncpg
+from aiohttp import web
+
+from .app_keys import DB_POOL, SETTINGS
+from .problems import (
+    DATABASE_UNAVAILABLE_ERRORS,
+    PROBLEM_CONTENT_TYPE,
+    IdempotencyKeyReused,
+    Problem,
+    ValidationFailed,
+    instance,
+)
+from .request_bodies import StrictBody, canonical_json
+
+log = logging.getLogger(__name__)
+
+IDEMPOTENCY_KEY_HEADER = "Idempotency-Key"
+
+# Claim a key: a new one, or one whose retention has run out (then it starts over).
+CLAIM_KEY = """
+INSERT INTO idempotency_keys AS stored (key, fingerprint) VALUES ($1, $2)
+ON CONFLICT (key) DO UPDATE
+   SET fingerprint = EXCLUDED.fingerprint, status = NULL, body = NULL, content_type = NULL,
+       location = NULL, created_at = now()
+ WHERE stored.created_at < now() - $3::interval
+RETURNING true
+"""
+READ_STORED = "SELECT fingerprint, status, body, content_type, location FROM idempotency_keys WHERE key = $1"
+STORE_OUTCOME = "UPDATE idempotency_keys SET status = $2, body = $3, content_type = $4, location = $5 WHERE key = $1"
+PURGE_EXPIRED = """
+DELETE FROM idempotency_keys WHERE key IN (
+    SELECT key FROM idempotency_keys WHERE created_at < now() - $1::interval
+     ORDER BY created_at LIMIT $2 FOR UPDATE SKIP LOCKED)
+"""
+
+# SQLSTATE 40P01 and 40001: PostgreSQL asks the client to retry the transaction (docs §13.4).
+RETRYABLE_ERRORS = (asyncpg.DeadlockDetectedError, asyncpg.SerializationError)
+RETRY_ATTEMPTS = 5
+
+Result = TypeVar("Result")
+
+
+async def retry_transaction(attempt: Callable[[], Awaitable[Result]]) -> Result:
+    """Run ``attempt`` (a whole transaction) again, up to 5 times in all, after a deadlock or
+    serialization failure, with a short random back-off; the last failure propagates."""
+    for number in range(1, RETRY_ATTEMPTS + 1):
+        try:
+            return await attempt()
+        except RETRYABLE_ERRORS:
+            if number == RETRY_ATTEMPTS:
+                raise
+            log.info("transaction retried after a deadlock or serialization failure (attempt %d)", number)
+            await asyncio.sleep(random.uniform(0, 0.005 * 2**number))
+    raise AssertionError("unreachable")
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What a mutating request answered: status, body (JSON text), content type, Location."""
+
+    status: int
+    body: str
+    content_type: str = "application/json"
+    location: str | None = None
+
+    @classmethod
+    def of(cls, status: int, document: dict, location: str | None = None) -> Outcome:
+        return cls(status, json.dumps(document), "application/json", location)
+
+    @classmethod
+    def of_problem(cls, problem: Problem, instance: str) -> Outcome:
+        return cls(problem.status, json.dumps(problem.body(instance)), PROBLEM_CONTENT_TYPE)
+
+    def response(self, replayed: bool = False) -> web.Response:
+        headers = {"Location": self.location} if self.location else {}
+        if replayed:
+            headers["Idempotent-Replayed"] = "true"
+        return web.Response(status=self.status, body=self.body.encode(), content_type=self.content_type,
+                            headers=headers)
+
+
+Operation = Callable[[asyncpg.Pool | asyncpg.Connection, str | None], Awaitable[Outcome]]
+
+
+def idempotency_key(request: web.Request) -> str | None:
+    """The request's ``Idempotency-Key``, or None; raises ValidationFailed (422) unless it is
+    1-255 printable ASCII characters (0x20-0x7E)."""
+    key = request.headers.get(IDEMPOTENCY_KEY_HEADER)
+    if key is None:
+        return None
+    if 1 <= len(key) <= 255 and all(" " <= char <= "~" for char in key):
+        return key
+    raise ValidationFailed([{"field": IDEMPOTENCY_KEY_HEADER, "reason": "must be 1 to 255 printable ASCII characters"}])
+
+
+class _KeyVanished(asyncpg.SerializationError):
+    """The key expired and was purged between our claim attempt and our read: try again."""
+
+
+async def _run_keyed(pool: asyncpg.Pool, operation: Operation, key: str, fingerprint: str,
+                     instance: str, retention: dt.timedelta) -> tuple[Outcome, bool]:
+    async with pool.acquire() as conn, conn.transaction():
+        if await conn.fetchval(CLAIM_KEY, key, fingerprint, retention) is None:
+            stored = await conn.fetchrow(READ_STORED, key)
+            if stored is None:
+                raise _KeyVanished()
+            if stored["fingerprint"] != fingerprint:
+                raise IdempotencyKeyReused(key)
+            return Outcome(stored["status"], stored["body"], stored["content_type"], stored["location"]), True
+        try:
+            outcome = await operation(conn, key)
+        except Problem as refusal:  # a refusal is an outcome too; the operation wrote nothing
+            outcome = Outcome.of_problem(refusal, instance)
+        await conn.execute(STORE_OUTCOME, key, outcome.status, outcome.body, outcome.content_type, outcome.location)
+        return outcome, False
+
+
+async def respond(request: web.Request, body: StrictBody, operation: Operation) -> web.Response:
+    """Run ``operation`` for ``request`` (whose validated body is ``body``) and answer its outcome.
+
+    Without an Idempotency-Key the operation runs on the pool (one statement, one round trip).
+    With one, it runs in a transaction that also claims the key and stores the outcome; see the
+    module docstring. Deadlocks and serialization failures are retried (:func:`retry_transaction`).
+    """
+    pool = request.app[DB_POOL]
+    key = idempotency_key(request)
+    if key is None:
+        return (await retry_transaction(lambda: operation(pool, None))).response()
+    fingerprint = f"{request.method} {instance(request)} {canonical_json(body)}"
+    retention = dt.timedelta(seconds=request.app[SETTINGS].idempotency_key_retention)
+    outcome, replayed = await retry_transaction(
+        lambda: _run_keyed(pool, operation, key, fingerprint, instance(request), retention)
+    )
+    return outcome.response(replayed)
+
+
+async def purge_expired_keys(pool: asyncpg.Pool, retention: dt.timedelta, batch: int = 1000) -> int:
+    """Delete up to ``batch`` expired keys, never waiting for one in use; return how many."""
+    status = await pool.execute(PURGE_EXPIRED, retention, batch)
+    return int(status.split()[-1])
+
+
+async def purge_expired_keys_forever(pool: asyncpg.Pool, retention: dt.timedelta, interval: float) -> None:
+    """Purge expired keys every ``interval`` seconds (at once again while batches come back full)."""
+    while True:
+        try:
+            full = await purge_expired_keys(pool, retention) == 1000
+        except DATABASE_UNAVAILABLE_ERRORS as error:
+            log.warning("could not purge expired idempotency keys: %r", error)
+            full = False
+        if not full:
+            await asyncio.sleep(interval)
