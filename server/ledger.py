@@ -25,8 +25,10 @@ from .problems import BalanceOverflow, InsufficientFunds, UserNotFound
 #     row (not our snapshot's), and updates only if the new balance is still within 0..2^63-1. So
 #     each change is checked and applied against the balance left by the one before it, while
 #     holding the lock: no lost update, no overdraft, no read-then-write race.
-#   * The check is done in numeric, so a balance past bigint's range is refused by the WHERE clause
-#     instead of raising an error (SQLSTATE 22003) that would abort the caller's transaction.
+#   * The check is written so that it cannot overflow ($2 is within +-(2^63-1)): a credit needs
+#     balance <= 2^63-1 - $2, a debit balance >= -$2, i.e. 0 <= balance + $2 <= 2^63-1. A balance
+#     past bigint's range is thus refused by the WHERE clause instead of raising SQLSTATE 22003,
+#     which would abort the caller's transaction.
 #   * The ledger INSERT reads the UPDATE's RETURNING row in the same statement (a data-modifying
 #     CTE, §7.8.4), so the entry commits together with the change or not at all, and records the
 #     exact balance after it.
@@ -38,7 +40,8 @@ WITH changed AS (
     UPDATE users
        SET balance = balance + $2, updated_at = now()
      WHERE id = $1
-       AND balance::numeric + $2 BETWEEN 0 AND 9223372036854775807
+       AND CASE WHEN $2::bigint > 0 THEN balance <= 9223372036854775807 - $2::bigint
+                ELSE balance >= -$2::bigint END  -- ::bigint: without it $2 is typed int4 from "> 0"
  RETURNING id, balance
 ), entry AS (
     INSERT INTO ledger_entries (user_id, amount, balance_after, kind, description, idempotency_key)
