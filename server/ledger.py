@@ -15,7 +15,7 @@ from .problems import BalanceOverflow, InsufficientFunds, UserNotFound
 
 # Apply one signed change to one user's balance and append its ledger entry, as ONE statement
 # (so one implicit transaction and one round trip).
-#   $1 user id, $2 signed amount, $3 kind, $4 description, $5 idempotency key
+#   $1 user id, $2 signed amount (and see the two forms below the statement)
 #
 # Why this is safe under concurrency, at PostgreSQL's default READ COMMITTED level (PostgreSQL
 # docs, §13.2.1 "Read Committed Isolation Level"):
@@ -35,7 +35,7 @@ from .problems import BalanceOverflow, InsufficientFunds, UserNotFound
 #   * CHECK (balance >= 0) on users is the last line of defence.
 # When the WHERE clause rejects the row, nothing is written; `user_exists` then tells "no such
 # user" (404) from a refusal (409): insufficient funds for a debit, overflow for a credit.
-APPLY_BALANCE_CHANGE = """
+_BALANCE_CHANGE = """
 WITH changed AS (
     UPDATE users
        SET balance = balance + $2, updated_at = now()
@@ -45,13 +45,17 @@ WITH changed AS (
  RETURNING id, balance
 ), entry AS (
     INSERT INTO ledger_entries (user_id, amount, balance_after, kind, description, idempotency_key)
-    SELECT id, $2, balance, $3, $4, $5 FROM changed
+    SELECT id, $2, balance, {kind}, {description}, {idempotency_key} FROM changed
  RETURNING id, balance_after
 )
 SELECT (SELECT balance_after FROM entry)           AS balance,
        (SELECT id FROM entry)                      AS entry_id,
        EXISTS (SELECT 1 FROM users WHERE id = $1)  AS user_exists
 """
+# The statement above in its two forms: every kind ($3 kind, $4 description, $5 idempotency key),
+# and PATCH /api/balance's hot path, where those are constants and only $1, $2 travel.
+APPLY_BALANCE_CHANGE = _BALANCE_CHANGE.format(kind="$3", description="$4", idempotency_key="$5")
+APPLY_ADJUSTMENT = _BALANCE_CHANGE.format(kind="'adjustment'", description="NULL", idempotency_key="NULL")
 
 TRANSFER_FUNDS = "SELECT * FROM transfer_funds($1, $2, $3, $4, $5)"
 
@@ -141,7 +145,10 @@ async def apply_balance_change(
     when the balance would drop below zero, :class:`~server.problems.BalanceOverflow` (409) when it
     would pass 2^63-1; in each case nothing is written, and no database error is raised.
     """
-    row = await db.fetchrow(APPLY_BALANCE_CHANGE, user_id, amount, kind, description, idempotency_key)
+    if kind == "adjustment" and description is None and idempotency_key is None:
+        row = await db.fetchrow(APPLY_ADJUSTMENT, user_id, amount)
+    else:
+        row = await db.fetchrow(APPLY_BALANCE_CHANGE, user_id, amount, kind, description, idempotency_key)
     if row["balance"] is not None:
         return AppliedChange(user_id, row["balance"], row["entry_id"])
     if not row["user_exists"]:
