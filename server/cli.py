@@ -1,4 +1,4 @@
-"""The ``balance-api`` command: ``serve``, ``migrate`` and ``burst``.
+"""The ``balance-api`` command: ``serve``, ``migrate``, ``check`` and ``burst``.
 
 Exit codes: 0 success, 1 a failed check or run, 2 invalid configuration or arguments.
 """
@@ -67,6 +67,22 @@ def migrate(settings: Settings) -> int:
     return 0
 
 
+def check(settings: Settings) -> int:
+    """Verify the ledger invariants; print each; exit 1 naming what is wrong."""
+    from .embedded_postgres import database_url
+    from .ledger_check import check_ledger
+
+    with database_url(settings) as url:
+        results = check_ledger(url)
+    for result in results:
+        print(f"{'PASS' if result.passed else 'FAIL'} {result.name}: {result.rule}")
+        for offender in result.offenders:
+            print(f"     {offender}")
+    failed = [result.name for result in results if not result.passed]
+    print("ledger consistent" if not failed else f"ledger INCONSISTENT: {', '.join(failed)}")
+    return 1 if failed else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``balance-api`` console script."""
     parser = argparse.ArgumentParser(prog="balance-api", description=__doc__.splitlines()[0])
@@ -75,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     serve_parser.add_argument("--host", help="listen address (default: $HOST or 127.0.0.1)")
     serve_parser.add_argument("--port", type=int, help="listen port (default: $PORT or 8080)")
     commands.add_parser("migrate", help="apply pending database migrations and exit")
+    commands.add_parser("check", help="verify the ledger invariants; exit 1 naming what is wrong")
     commands.add_parser("burst", help="fire N simultaneous balance changes and check the outcome", add_help=False)
 
     argv = sys.argv[1:] if argv is None else argv
@@ -90,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"balance-api: {error}", file=sys.stderr)
         return 2
     _configure_logging(settings)
-    return serve(settings) if args.command == "serve" else migrate(settings)
+    return {"serve": serve, "migrate": migrate, "check": check}[args.command](settings)
 
 
 if __name__ == "__main__":

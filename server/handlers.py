@@ -14,8 +14,8 @@ from aiohttp import web
 from . import ledger
 from .app_keys import DB_POOL, SETTINGS
 from .idempotency import IDEMPOTENCY_KEY_HEADER, Outcome, respond
-from .problems import DATABASE_UNAVAILABLE_ERRORS, DatabaseUnavailable, SameAccount, TransferNotFound, ValidationFailed
 from .openapi import openapi_document
+from .problems import DATABASE_UNAVAILABLE_ERRORS, DatabaseUnavailable, SameAccount, TransferNotFound, ValidationFailed
 from .request_bodies import (
     HISTORY_DEFAULT_LIMIT,
     HISTORY_MAX_LIMIT,
@@ -26,6 +26,7 @@ from .request_bodies import (
     TransferRequest,
     read_json_body,
 )
+
 
 def _id_from_path(request: web.Request, field: str) -> int:
     raw = request.match_info["id"]

@@ -5,6 +5,7 @@ import random
 import time
 
 from tests.conftest import database_fingerprint, ledger_state
+from tests.service_process import balance_api, service_env
 
 
 async def transfer(http, from_user, to_user, amount, **extra):
@@ -92,7 +93,9 @@ async def test_opposite_transfers_at_the_same_moment_all_complete(http, new_user
     assert ledger_state(db, alice).balance == ledger_state(db, bob).balance == 1000
 
 
-async def test_jepsen_style_bank_conserves_money_under_concurrent_transfers_credits_and_debits(http, new_user, db):
+async def test_jepsen_style_bank_conserves_money_under_concurrent_transfers_credits_and_debits(
+    http, new_user, db, database_url
+):
     """5 accounts, 40 concurrent clients, random transfers plus credits and debits on account 0,
     for 4 seconds. Afterwards: total = start + applied credits - applied debits, no negative balance,
     every balance = the sum of its entries, every transfer = exactly its two entries."""
@@ -131,3 +134,5 @@ async def test_jepsen_style_bank_conserves_money_under_concurrent_transfers_cred
         (accounts,),
     ).fetchall()
     assert unbalanced == []
+    verdict = balance_api("check", env=service_env(database_url=database_url))
+    assert verdict.returncode == 0, verdict.stdout
