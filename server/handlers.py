@@ -28,11 +28,15 @@ from .request_bodies import (
 )
 
 
-def _id_from_path(request: web.Request, field: str) -> int:
+def _id_from_path(request: web.Request) -> int:
     raw = request.match_info["id"]
     if raw.isascii() and raw.isdigit() and 1 <= int(raw) <= MAX_BIGINT:
         return int(raw)
-    raise ValidationFailed([{"field": field, "reason": f"must be an integer from 1 to {MAX_BIGINT}"}])
+    raise ValidationFailed([{"field": "id", "reason": f"must be an integer from 1 to {MAX_BIGINT}"}])
+
+
+def _balance_json(applied: ledger.AppliedChange) -> dict:
+    return {"userId": applied.user_id, "balance": applied.balance}
 
 
 def _account_json(account: ledger.Account) -> dict:
@@ -66,22 +70,22 @@ async def change_balance(request: web.Request) -> web.Response:
     change = await read_json_body(request, BalanceChange)
     if IDEMPOTENCY_KEY_HEADER not in request.headers:  # the hot path: one statement, nothing else
         applied = await ledger.apply_balance_change(request.app[DB_POOL], change.user_id, change.amount)
-        return web.json_response({"userId": applied.user_id, "balance": applied.balance})
+        return web.json_response(_balance_json(applied))
 
     async def operation(db, key):
         applied = await ledger.apply_balance_change(db, change.user_id, change.amount, idempotency_key=key)
-        return Outcome.of(200, {"userId": applied.user_id, "balance": applied.balance})
+        return Outcome.of(200, _balance_json(applied))
 
     return await respond(request, change, operation)
 
 
 async def _credit_or_debit(request: web.Request, kind: str, sign: int) -> web.Response:
-    user_id = _id_from_path(request, "id")
+    user_id = _id_from_path(request)
     body = await read_json_body(request, CreditOrDebit)
 
     async def operation(db, key):
         applied = await ledger.apply_balance_change(db, user_id, sign * body.amount, kind, body.description, key)
-        return Outcome.of(200, {"userId": applied.user_id, "balance": applied.balance, "entryId": applied.entry_id})
+        return Outcome.of(200, {**_balance_json(applied), "entryId": applied.entry_id})
 
     return await respond(request, body, operation)
 
@@ -113,7 +117,7 @@ async def create_transfer(request: web.Request) -> web.Response:
 
 async def get_transfer(request: web.Request) -> web.Response:
     """``GET /api/transfers/{id}`` → 200 the transfer with the balances right after it, or 404."""
-    transfer_id = _id_from_path(request, "id")
+    transfer_id = _id_from_path(request)
     transfer = await ledger.read_transfer(request.app[DB_POOL], transfer_id)
     if transfer is None:
         raise TransferNotFound(transfer_id)
@@ -131,7 +135,7 @@ async def create_user(request: web.Request) -> web.Response:
 
 async def get_user(request: web.Request) -> web.Response:
     """``GET /api/users/{id}`` → 200 ``{"userId", "balance", "updatedAt"}``."""
-    account = await ledger.read_account(request.app[DB_POOL], _id_from_path(request, "id"))
+    account = await ledger.read_account(request.app[DB_POOL], _id_from_path(request))
     return web.json_response(_account_json(account))
 
 
@@ -169,7 +173,7 @@ def _history_query(request: web.Request) -> tuple[int, int]:
 async def get_history(request: web.Request) -> web.Response:
     """``GET /api/users/{id}/history?limit=&cursor=`` → 200 ``{"userId", "entries", "nextCursor"}``,
     newest first; ``nextCursor`` is null on the last page."""
-    user_id = _id_from_path(request, "id")
+    user_id = _id_from_path(request)
     limit, before = _history_query(request)
     entries = await ledger.read_history(request.app[DB_POOL], user_id, before, limit + 1)
     page, more = entries[:limit], len(entries) > limit

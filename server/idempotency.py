@@ -64,8 +64,15 @@ DELETE FROM idempotency_keys WHERE key IN (
      ORDER BY created_at LIMIT $2 FOR UPDATE SKIP LOCKED)
 """
 
+PURGE_BATCH = 1000  # expired keys deleted per statement
+
+
+class _KeyVanished(Exception):
+    """The key expired and was purged between our claim attempt and our read: try again."""
+
+
 # SQLSTATE 40P01 and 40001: PostgreSQL asks the client to retry the transaction (docs §13.4).
-RETRYABLE_ERRORS = (asyncpg.DeadlockDetectedError, asyncpg.SerializationError)
+RETRYABLE_ERRORS = (asyncpg.DeadlockDetectedError, asyncpg.SerializationError, _KeyVanished)
 RETRY_ATTEMPTS = 5
 
 Result = TypeVar("Result")
@@ -124,10 +131,6 @@ def idempotency_key(request: web.Request) -> str | None:
     raise ValidationFailed([{"field": IDEMPOTENCY_KEY_HEADER, "reason": "must be 1 to 255 printable ASCII characters"}])
 
 
-class _KeyVanished(asyncpg.SerializationError):
-    """The key expired and was purged between our claim attempt and our read: try again."""
-
-
 async def _run_keyed(pool: asyncpg.Pool, operation: Operation, key: str, fingerprint: str,
                      instance: str, retention: dt.timedelta) -> tuple[Outcome, bool]:
     async with pool.acquire() as conn, conn.transaction():
@@ -157,17 +160,18 @@ async def respond(request: web.Request, body: StrictBody, operation: Operation) 
     key = idempotency_key(request)
     if key is None:
         return (await retry_transaction(lambda: operation(pool, None))).response()
-    fingerprint = f"{request.method} {instance(request)} {canonical_json(body)}"
+    path = instance(request)
+    fingerprint = f"{request.method} {path} {canonical_json(body)}"
     retention = dt.timedelta(seconds=request.app[SETTINGS].idempotency_key_retention)
     outcome, replayed = await retry_transaction(
-        lambda: _run_keyed(pool, operation, key, fingerprint, instance(request), retention)
+        lambda: _run_keyed(pool, operation, key, fingerprint, path, retention)
     )
     return outcome.response(replayed)
 
 
-async def purge_expired_keys(pool: asyncpg.Pool, retention: dt.timedelta, batch: int = 1000) -> int:
-    """Delete up to ``batch`` expired keys, never waiting for one in use; return how many."""
-    status = await pool.execute(PURGE_EXPIRED, retention, batch)
+async def purge_expired_keys(pool: asyncpg.Pool, retention: dt.timedelta) -> int:
+    """Delete up to ``PURGE_BATCH`` expired keys, never waiting for one in use; return how many."""
+    status = await pool.execute(PURGE_EXPIRED, retention, PURGE_BATCH)
     return int(status.split()[-1])
 
 
@@ -175,7 +179,7 @@ async def purge_expired_keys_forever(pool: asyncpg.Pool, retention: dt.timedelta
     """Purge expired keys every ``interval`` seconds (at once again while batches come back full)."""
     while True:
         try:
-            full = await purge_expired_keys(pool, retention) == 1000
+            full = await purge_expired_keys(pool, retention) == PURGE_BATCH
         except DATABASE_UNAVAILABLE_ERRORS as error:
             log.warning("could not purge expired idempotency keys: %r", error)
             full = False

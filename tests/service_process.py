@@ -55,23 +55,29 @@ def wait_until_healthy(base_url: str, process: subprocess.Popen, log_path: Path,
 
 
 @contextlib.contextmanager
-def running_service(log_path: Path, **settings: str) -> Iterator[tuple[str, subprocess.Popen]]:
-    """Start ``balance-api serve`` with ``settings`` on a free port; yield ``(base_url, process)``.
-
-    Stops it with SIGTERM (then SIGKILL after 20 s) when the block exits.
-    """
-    settings.setdefault("port", str(free_port()))
-    base_url = f"http://127.0.0.1:{settings['port']}"
+def running_server(args: list[str], port: int, log_path: Path,
+                   env: dict[str, str] | None = None) -> Iterator[tuple[str, subprocess.Popen]]:
+    """Start ``python ARGS`` (a server listening on ``port``), wait until ``/api/health`` answers
+    200, and yield ``(base_url, process)``; stop it with :func:`stop_process` when the block exits."""
     with open(log_path, "ab") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "server", "serve"], cwd=PROJECT_ROOT,
-            env=service_env(host="127.0.0.1", **settings), stdout=log, stderr=subprocess.STDOUT,
-        )
+        process = subprocess.Popen([sys.executable, *args], cwd=PROJECT_ROOT, env=env,
+                                   stdout=log, stderr=subprocess.STDOUT)
+    base_url = f"http://127.0.0.1:{port}"
     try:
         wait_until_healthy(base_url, process, log_path)
         yield base_url, process
     finally:
         stop_process(process)
+
+
+def running_service(log_path: Path, **settings: str):
+    """Start ``balance-api serve`` with ``settings`` on a free port; yield ``(base_url, process)``.
+
+    Stops it with SIGTERM (then SIGKILL after 20 s) when the block exits.
+    """
+    settings.setdefault("port", str(free_port()))
+    return running_server(["-m", "server", "serve"], int(settings["port"]), log_path,
+                          service_env(host="127.0.0.1", **settings))
 
 
 def stop_process(process: subprocess.Popen, grace: float = 20) -> int:

@@ -11,7 +11,7 @@ import subprocess
 import sys
 
 from tests.conftest import ledger_state
-from tests.service_process import PROJECT_ROOT, balance_api, free_port, wait_until_healthy
+from tests.service_process import PROJECT_ROOT, balance_api, free_port, running_server
 
 ALL_CHECKS = ["successes", "refusals", "balance chain", "final balance"]
 
@@ -78,16 +78,8 @@ def test_the_locust_scenario_sends_exactly_10000_and_passes_the_proof(service_ur
 @contextlib.contextmanager
 def noop_server(tmp_path):
     port = free_port()
-    log_path = tmp_path / "noop.log"
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen([sys.executable, "-m", "loadtest.noop_server", "--port", str(port)],
-                                   cwd=PROJECT_ROOT, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        wait_until_healthy(f"http://127.0.0.1:{port}", process, log_path)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        process.terminate()
-        process.wait(10)
+    with running_server(["-m", "loadtest.noop_server", "--port", str(port)], port, tmp_path / "noop.log") as (url, _):
+        yield url
 
 
 def test_the_burst_tool_exits_1_when_the_outcome_is_not_exact(tmp_path):
