@@ -154,6 +154,7 @@ class BurstReport:
     client_cpu_us_per_request: float
     final_balance: int | None = None
     checks: list[dict] = field(default_factory=list)
+    returned_balances: list[int] = field(default_factory=list)  # of the 200s, ascending
 
     @property
     def ok(self) -> bool:
@@ -335,6 +336,7 @@ async def run_burst(config: BurstConfig) -> BurstReport:
         requests_per_s=config.requests / fire_s if fire_s else 0.0,
         latency_ms=_latency_ms(outcomes),
         client_cpu_us_per_request=cpu_s / config.requests * 1e6,
+        returned_balances=sorted(outcome.balance for outcome in outcomes if outcome.balance is not None),
     )
     if config.verify:
         report.final_balance = await read_balance(config)

@@ -4,6 +4,8 @@ import asyncpg
 from aiohttp import web
 
 from .config import Settings
+from .database import Database
 
 SETTINGS = web.AppKey("settings", Settings)
-DB_POOL = web.AppKey("db_pool", asyncpg.Pool)
+DB_POOL = web.AppKey("db_pool", asyncpg.Pool)  # health checks and background jobs
+DATABASE = web.AppKey("database", Database)  # request handlers: bounded, with an acquire deadline

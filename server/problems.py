@@ -155,6 +155,29 @@ class DatabaseUnavailable(Problem):
         super().__init__(detail, headers={"Retry-After": "1"})
 
 
+class Unauthorized(Problem):
+    """401 with ``WWW-Authenticate: Bearer realm="balance-api"`` (RFC 6750 §3), plus
+    ``error="invalid_token"`` when credentials were sent but are not a valid token (§3.1)."""
+
+    status, code, title = 401, "unauthorized", "Authentication required"
+
+    def __init__(self, credentials_sent: bool):
+        challenge = 'Bearer realm="balance-api"' + (', error="invalid_token"' if credentials_sent else "")
+        detail = ("The bearer token is not valid." if credentials_sent
+                  else "This route needs an Authorization: Bearer <token> header.")
+        super().__init__(detail, headers={"WWW-Authenticate": challenge})
+
+
+class ServiceOverloaded(Problem):
+    status, code, title = 503, "service_overloaded", "Service overloaded"
+
+    def __init__(self, max_pending: int):
+        super().__init__(
+            f"{max_pending} requests are already waiting for the database in this worker; nothing was "
+            "changed. Retry later.", headers={"Retry-After": "1"},
+        )
+
+
 def _from_http_exception(error: web.HTTPException) -> Problem:
     """Map aiohttp's own HTTP errors (unknown route, wrong method, body too large) to problems."""
     if isinstance(error, web.HTTPMethodNotAllowed):
@@ -181,6 +204,7 @@ DATABASE_UNAVAILABLE_ERRORS = (
     asyncpg.CannotConnectNowError,
     asyncpg.ConnectionDoesNotExistError,
     asyncpg.InterfaceError,
+    asyncpg.QueryCanceledError,  # statement_timeout: PostgreSQL cancelled and rolled back the statement
 )
 
 

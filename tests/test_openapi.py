@@ -9,7 +9,6 @@ import urllib.request
 
 from jsonschema import Draft202012Validator
 
-from server.app import create_app
 from server.config import Settings
 from tests.service_process import PROJECT_ROOT
 
@@ -27,7 +26,10 @@ def test_the_document_is_openapi_3_1_with_valid_json_schemas(service_url):
         Draft202012Validator.check_schema(schema)  # raises SchemaError naming the problem
 
 
-def test_every_served_route_is_described_and_every_described_route_is_served(service_url):
+def test_every_served_route_is_described_and_every_described_route_is_served(service_url, tmp_path, monkeypatch):
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))  # server.metrics needs it at import
+    from server.app import create_app
+
     app = create_app(Settings(database_url="postgresql://unused/never-connected"))
     served = {(route.method.lower(), route.resource.canonical) for route in app.router.routes()
               if route.method != "HEAD"}

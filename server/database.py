@@ -1,0 +1,85 @@
+"""The service's way to the database: an asyncpg pool behind a bound and a deadline.
+
+* At most ``DB_MAX_PENDING`` requests per worker may hold or wait for a pool connection at once;
+  one more is refused at once with 503 ``service_overloaded`` instead of joining a queue that
+  only grows (load shedding).
+* Waiting for a connection ends after ``DB_ACQUIRE_TIMEOUT`` seconds with 503
+  ``database_unavailable``. Nothing has been sent to PostgreSQL by then, so nothing changed.
+* Statements are bounded by PostgreSQL's ``statement_timeout`` (set per connection from
+  ``DB_STATEMENT_TIMEOUT``; PostgreSQL cancels and rolls back a statement that runs longer, docs
+  §19.11.2) and by asyncpg's client-side ``command_timeout`` (``DB_COMMAND_TIMEOUT``) for a server
+  that stops answering altogether.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+import asyncpg
+
+from .config import Settings
+from .problems import DatabaseUnavailable, ServiceOverloaded
+
+
+def create_pool(settings: Settings) -> asyncpg.Pool:
+    """The asyncpg pool for ``settings.database_url`` (not yet opened: ``await`` or ``async with`` it).
+
+    ``DB_STATEMENT_CACHE_SIZE=0`` turns asyncpg's prepared-statement cache off, as PgBouncer in
+    transaction pooling mode needs (asyncpg FAQ); ``DB_STATEMENT_TIMEOUT=0`` leaves the server's
+    ``statement_timeout`` alone (PgBouncer refuses unknown start-up parameters: set it on the role).
+    """
+    server_settings = {}
+    if settings.db_statement_timeout:
+        server_settings["statement_timeout"] = str(round(settings.db_statement_timeout * 1000))
+    return asyncpg.create_pool(
+        settings.database_url,
+        min_size=settings.db_pool_min_size,
+        max_size=settings.db_pool_max_size,
+        timeout=settings.db_connect_timeout,
+        command_timeout=settings.db_command_timeout,
+        statement_cache_size=settings.db_statement_cache_size,
+        server_settings=server_settings,
+    )
+
+
+class Database:
+    """The pool as request handlers use it: :meth:`connection`, bounded and with a deadline.
+
+    ``max_pending`` is a count of requests; ``acquire_timeout`` is in seconds.
+    """
+
+    def __init__(self, pool: asyncpg.Pool, max_pending: int, acquire_timeout: float):
+        self.pool = pool
+        self.max_pending = max_pending
+        self.acquire_timeout = acquire_timeout
+        self.pending = 0
+
+    @contextlib.asynccontextmanager
+    async def connection(self) -> AsyncIterator[asyncpg.Connection]:
+        """Lend a pool connection for the block.
+
+        Raises :class:`ServiceOverloaded` (503) at once when ``max_pending`` requests already hold
+        or wait for one, and :class:`DatabaseUnavailable` (503) when none is free within
+        ``acquire_timeout`` seconds; connection errors propagate (the problem middleware makes
+        them 503 too).
+        """
+        if self.pending >= self.max_pending:
+            raise ServiceOverloaded(self.max_pending)
+        self.pending += 1
+        try:
+            try:
+                async with asyncio.timeout(self.acquire_timeout):
+                    conn = await self.pool.acquire()
+            except TimeoutError:
+                raise DatabaseUnavailable(
+                    f"No database connection became free within {self.acquire_timeout:g} s; nothing was "
+                    "changed. Retry later."
+                ) from None
+            try:
+                yield conn
+            finally:
+                await self.pool.release(conn)
+        finally:
+            self.pending -= 1

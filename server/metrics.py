@@ -1,0 +1,101 @@
+"""Prometheus metrics (``prometheus-client``), correct across several worker processes.
+
+The service always runs prometheus-client in multiprocess mode: each worker writes its samples to
+memory-mapped files in ``PROMETHEUS_MULTIPROC_DIR`` and ``GET /metrics`` on any worker adds up all
+of them (prometheus-client docs, "Multiprocess Mode"). That directory must be set before
+``prometheus_client`` is imported, so ``balance-api serve`` sets it up (:func:`server.metrics_directory.multiprocess_directory`)
+before it imports the application.
+
+Process metrics: prometheus-client's process collector does not work in multiprocess mode, so each
+worker copies its own readings into gauges labelled with its pid (``multiprocess_mode="liveall"``)
+every ``METRICS_SAMPLE_INTERVAL`` seconds, together with its pool gauges.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING
+
+from .metrics_directory import MULTIPROC_ENV
+
+if TYPE_CHECKING:
+    import asyncpg
+
+    from .database import Database
+
+if not os.environ.get(MULTIPROC_ENV):  # checked before prometheus_client is imported: see above
+    raise RuntimeError(f"server.metrics needs {MULTIPROC_ENV}; import it inside "
+                       "server.metrics_directory.multiprocess_directory()")
+
+from prometheus_client import (  # noqa: E402
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+from prometheus_client.process_collector import ProcessCollector  # noqa: E402
+
+REQUESTS = Counter(
+    "http_requests_total", "HTTP requests answered, by method, route template and status.",
+    ["method", "route", "status"],
+)
+REQUEST_DURATION = Histogram(
+    "http_request_duration_seconds", "Time from request received to response ready, by route and status.",
+    ["method", "route", "status"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
+)
+BALANCE_CHANGES = Counter(
+    "balance_changes_total",
+    "Balance changes (PATCH /api/balance, credits, debits) by outcome: applied, insufficient_funds, "
+    "not_found, balance_overflow, idempotent_replay.",
+    ["outcome"],
+)
+POOL_CONNECTIONS = Gauge("db_pool_connections", "Open connections in the asyncpg pools of all workers.",
+                         multiprocess_mode="livesum")
+POOL_IN_USE = Gauge("db_pool_connections_in_use", "Pool connections lent out to requests, all workers.",
+                    multiprocess_mode="livesum")
+POOL_MAX = Gauge("db_pool_max_connections", "Upper bound of the pools of all workers (DB_POOL_MAX_SIZE x workers).",
+                 multiprocess_mode="livesum")
+DB_PENDING = Gauge("db_pending_requests", "Requests holding or waiting for a pool connection, all workers.",
+                   multiprocess_mode="livesum")
+_PROCESS_GAUGES: dict[str, Gauge] = {}
+
+
+def _process_gauge(name: str, documentation: str) -> Gauge:
+    if name not in _PROCESS_GAUGES:
+        _PROCESS_GAUGES[name] = Gauge(name, documentation, multiprocess_mode="liveall",
+                                      registry=None)  # not the default registry: its process collector has these names
+    return _PROCESS_GAUGES[name]
+
+
+def sample_process_metrics() -> None:
+    """Copy this process's CPU, memory, file-descriptor and start-time readings into its gauges."""
+    for family in ProcessCollector(registry=None).collect():
+        for sample in family.samples:
+            _process_gauge(sample.name, family.documentation).set(sample.value)
+
+
+def sample_worker_metrics(pool: asyncpg.Pool, database: Database) -> None:
+    """Record this worker's pool gauges (open, in use, maximum; requests pending on
+    ``database``) and its process gauges, now."""
+    size = pool.get_size()
+    POOL_CONNECTIONS.set(size)
+    POOL_IN_USE.set(size - pool.get_idle_size())
+    POOL_MAX.set(pool.get_max_size())
+    DB_PENDING.set(database.pending)
+    sample_process_metrics()
+
+
+def mark_process_dead(pid: int) -> None:
+    """Drop the live gauges of worker ``pid`` once it has exited (prometheus-client multiprocess docs)."""
+    multiprocess.mark_process_dead(pid)
+
+
+def exposition() -> tuple[bytes, str]:
+    """The metrics of all workers in Prometheus text format, and its content type."""
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry)
+    return generate_latest(registry), CONTENT_TYPE_LATEST
