@@ -1,0 +1,103 @@
+"""Optional bearer-token authentication (RFC 6750): off by default; with API_TOKEN or
+API_TOKENS_FILE every route but /api/health and /metrics needs the token."""
+
+import json
+import urllib.error
+import urllib.request
+
+import pytest
+
+from tests.service_process import balance_api, running_service, service_env
+
+TOKEN = "s3cret-token_1.A~b+c/d="
+
+
+def send(url: str, method: str = "GET", body: dict | None = None, token: str | None = None,
+         authorization: str | None = None):
+    headers = {"Content-Type": "application/json"}
+    if token is not None:
+        headers["Authorization"] = f"Bearer {token}"
+    if authorization is not None:
+        headers["Authorization"] = authorization
+    request = urllib.request.Request(url, method=method, data=json.dumps(body).encode() if body else None,
+                                     headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, response.headers, json.loads(response.read() or b"null")
+    except urllib.error.HTTPError as error:
+        return error.code, error.headers, json.loads(error.read() or b"null")
+
+
+@pytest.fixture(scope="module")
+def protected_url(database_url, tmp_path_factory):
+    log_path = tmp_path_factory.mktemp("auth") / "service.log"
+    with running_service(log_path, database_url=database_url, api_token=TOKEN) as (url, _):
+        yield url
+
+
+def test_without_a_token_configured_no_authorization_is_needed(service_url):
+    status, headers, _ = send(f"{service_url}/api/users/1")
+    assert status == 200 and "WWW-Authenticate" not in headers
+
+
+def test_a_request_without_a_token_is_401_problem_with_a_bearer_challenge(protected_url):
+    status, headers, problem = send(f"{protected_url}/api/balance", "PATCH", {"userId": 1, "amount": 1})
+    assert (status, headers["Content-Type"], problem["code"]) == (401, "application/problem+json", "unauthorized")
+    assert headers["WWW-Authenticate"] == 'Bearer realm="balance-api"'
+
+
+def test_a_wrong_token_is_401_with_error_invalid_token(protected_url):
+    status, headers, problem = send(f"{protected_url}/api/users/1", token="not-the-token")
+    assert (status, problem["code"]) == (401, "unauthorized")
+    assert headers["WWW-Authenticate"] == 'Bearer realm="balance-api", error="invalid_token"'
+
+
+@pytest.mark.parametrize("authorization", [f"Basic {TOKEN}", "Bearer", f"Bearer {TOKEN}x", f"Bearer {TOKEN[:-1]}"])
+def test_other_schemes_and_near_misses_are_refused(protected_url, authorization):
+    assert send(f"{protected_url}/api/users/1", authorization=authorization)[0] == 401
+
+
+def test_the_right_token_is_let_through(protected_url):
+    status, _, body = send(f"{protected_url}/api/balance", "PATCH", {"userId": 1, "amount": 1}, token=TOKEN)
+    assert status == 200 and body["userId"] == 1
+
+
+def test_the_scheme_name_is_case_insensitive(protected_url):
+    assert send(f"{protected_url}/api/users/1", authorization=f"bearer {TOKEN}")[0] == 200
+
+
+def test_a_refused_request_changes_nothing(protected_url, db):
+    before = db.execute("SELECT balance FROM users WHERE id = 1").fetchone()
+    assert send(f"{protected_url}/api/balance", "PATCH", {"userId": 1, "amount": 5}, token="wrong")[0] == 401
+    assert db.execute("SELECT balance FROM users WHERE id = 1").fetchone() == before
+
+
+def test_health_and_metrics_need_no_token(protected_url):
+    assert send(f"{protected_url}/api/health")[0] == 200
+    with urllib.request.urlopen(f"{protected_url}/metrics", timeout=10) as response:
+        assert response.status == 200
+
+
+def test_every_other_route_needs_the_token(protected_url):
+    for method, path in [("GET", "/api/openapi.json"), ("POST", "/api/users"), ("GET", "/api/transfers/1"),
+                         ("GET", "/api/users/1/history"), ("GET", "/no/such/route")]:
+        assert send(f"{protected_url}{path}", method)[0] == 401, path
+
+
+def test_a_tokens_file_grants_each_of_its_tokens_and_ignores_comments(database_url, tmp_path):
+    tokens_file = tmp_path / "tokens"
+    tokens_file.write_text("# one token per line\nfirst-token\n\n  second-token  \n")
+    with running_service(tmp_path / "service.log", database_url=database_url, api_tokens_file=str(tokens_file)) as (url, _):
+        assert send(f"{url}/api/users/1", token="first-token")[0] == 200
+        assert send(f"{url}/api/users/1", token="second-token")[0] == 200
+        assert send(f"{url}/api/users/1", token="# one token per line")[0] == 401
+
+
+def test_a_missing_tokens_file_is_refused_at_start_up(tmp_path):
+    result = balance_api("serve", env=service_env(api_tokens_file=str(tmp_path / "absent")))
+    assert result.returncode == 2 and "API_TOKENS_FILE" in result.stderr
+
+
+def test_a_token_with_characters_outside_rfc_6750_is_refused_at_start_up():
+    result = balance_api("serve", env=service_env(api_token="has space"))
+    assert result.returncode == 2 and "b64token" in result.stderr and "has space" not in result.stderr
