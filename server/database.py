@@ -15,12 +15,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator
 
 import asyncpg
 
 from .config import Settings
 from .problems import DatabaseUnavailable, ServiceOverloaded
+
+log = logging.getLogger(__name__)
 
 
 def create_pool(settings: Settings) -> asyncpg.Pool:
@@ -80,6 +83,16 @@ class Database:
             try:
                 yield conn
             finally:
-                await self.pool.release(conn)
+                await self._release(conn)
         finally:
             self.pending -= 1
+
+    async def _release(self, conn: asyncpg.Connection) -> None:
+        """Return ``conn`` to the pool. If resetting it fails, the pool has already terminated it;
+        that must not change the request's outcome: its statements had completed (asyncpg returns a
+        result only at ReadyForQuery, i.e. after the implicit commit), or their own error stands.
+        Seen when PostgreSQL's postmaster dies: its backends send a FATAL message after the result."""
+        try:
+            await self.pool.release(conn)
+        except Exception as error:
+            log.warning("a pool connection broke after its work was done; discarded: %r", error)

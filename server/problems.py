@@ -205,6 +205,9 @@ DATABASE_UNAVAILABLE_ERRORS = (
     asyncpg.ConnectionDoesNotExistError,
     asyncpg.InterfaceError,
     asyncpg.QueryCanceledError,  # statement_timeout: PostgreSQL cancelled and rolled back the statement
+    # A pooled connection left unusable by a server that died (e.g. a FATAL message arrived while it
+    # was idle): asyncpg refuses to start the statement, so nothing was sent.
+    asyncpg.InternalClientError,
 )
 
 
