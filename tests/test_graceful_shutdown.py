@@ -8,10 +8,9 @@ import socket
 import time
 
 import aiohttp
-import psycopg
-import pytest
 
 from tests.conftest import ledger_state
+from tests.row_locks import wait_for_lock_waiters
 from tests.service_process import running_service
 
 
@@ -23,20 +22,6 @@ async def patch(url: str, user: int, amount: int) -> int | str:
                 return response.status
     except aiohttp.ClientError as error:
         return type(error).__name__
-
-
-def wait_for_lock_waiters(database_url: str, count: int, seconds: float = 20) -> None:
-    """Wait until ``count`` sessions of the database are blocked on a lock (our row lock)."""
-    deadline = time.monotonic() + seconds
-    with psycopg.connect(database_url, autocommit=True) as conn:  # autocommit: a fresh stats snapshot each time
-        while time.monotonic() < deadline:
-            waiting = conn.execute(
-                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()"
-            ).fetchone()[0]
-            if waiting >= count:
-                return
-            time.sleep(0.05)
-    pytest.fail(f"{count} requests never reached the database")
 
 
 def refuses_connections(url: str) -> bool:

