@@ -11,7 +11,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from aiohttp import web
 
 from . import handlers, metrics
-from .app_keys import DATABASE, DB_POOL, SETTINGS
+from .app_keys import BATCHER, DATABASE, DB_POOL, SETTINGS
+from .batching import BalanceChangeBatcher
 from .bearer_auth import bearer_auth_middleware
 from .config import Settings
 from .database import Database, create_pool
@@ -32,6 +33,8 @@ async def _database(app: web.Application) -> AsyncIterator[None]:
     pool = await create_pool(settings)
     app[DB_POOL] = pool
     app[DATABASE] = Database(pool, settings.db_max_pending, settings.db_acquire_timeout)
+    if settings.batching:
+        app[BATCHER] = BalanceChangeBatcher(app[DATABASE], settings.batch_max_size)
     yield
     try:
         async with asyncio.timeout(settings.shutdown_timeout):

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 import asyncpg
 
@@ -71,36 +71,52 @@ class Database:
         self.acquire_timeout = acquire_timeout
         self.pending = 0
 
+    @contextlib.contextmanager
+    def admission(self) -> Iterator[None]:
+        """Count one request as pending for the block.
+
+        Raises :class:`ServiceOverloaded` (503) at once when ``max_pending`` requests already are.
+        """
+        if self.pending >= self.max_pending:
+            raise ServiceOverloaded(self.max_pending)
+        self.pending += 1
+        try:
+            yield
+        finally:
+            self.pending -= 1
+
     @contextlib.asynccontextmanager
     async def connection(self) -> AsyncIterator[asyncpg.Connection]:
-        """Lend a pool connection for the block.
+        """Lend a pool connection for the block, counting the request as pending (:meth:`admission`).
 
         Raises :class:`ServiceOverloaded` (503) at once when ``max_pending`` requests already hold
         or wait for one, and :class:`DatabaseUnavailable` (503) when none is free within
         ``acquire_timeout`` seconds; connection errors propagate (the problem middleware makes
         them 503 too).
         """
-        if self.pending >= self.max_pending:
-            raise ServiceOverloaded(self.max_pending)
-        self.pending += 1
-        try:
-            try:
-                if self.pool.get_idle_size():  # one is free: no wait, no deadline to arm
-                    conn = await self.pool.acquire()
-                else:
-                    async with asyncio.timeout(self.acquire_timeout):
-                        conn = await self.pool.acquire()
-            except TimeoutError:
-                raise DatabaseUnavailable(
-                    f"No database connection became free within {self.acquire_timeout:g} s; nothing was "
-                    "changed. Retry later."
-                ) from None
-            try:
+        with self.admission():
+            async with self.pooled_connection() as conn:
                 yield conn
-            finally:
-                await self._release(conn)
+
+    @contextlib.asynccontextmanager
+    async def pooled_connection(self) -> AsyncIterator[asyncpg.Connection]:
+        """Lend a pool connection for the block, without counting a request (the batcher counts
+        its queued changes itself). Raises :class:`DatabaseUnavailable` as :meth:`connection`."""
+        try:
+            if self.pool.get_idle_size():  # one is free: no wait, no deadline to arm
+                conn = await self.pool.acquire()
+            else:
+                async with asyncio.timeout(self.acquire_timeout):
+                    conn = await self.pool.acquire()
+        except TimeoutError:
+            raise DatabaseUnavailable(
+                f"No database connection became free within {self.acquire_timeout:g} s; nothing was "
+                "changed. Retry later."
+            ) from None
+        try:
+            yield conn
         finally:
-            self.pending -= 1
+            await self._release(conn)
 
     async def _release(self, conn: asyncpg.Connection) -> None:
         """Return ``conn`` to the pool. If resetting it fails, the pool has already terminated it;

@@ -12,7 +12,7 @@ import base64
 from aiohttp import web
 
 from . import ledger, metrics
-from .app_keys import DATABASE, DB_POOL, SETTINGS
+from .app_keys import BATCHER, DATABASE, DB_POOL, SETTINGS
 from .idempotency import IDEMPOTENCY_KEY_HEADER, Outcome, respond
 from .openapi import openapi_document
 from .problems import (
@@ -77,28 +77,47 @@ async def _apply_balance_change(db, user_id: int, amount: int, kind: str = "adju
     try:
         applied = await ledger.apply_balance_change(db, user_id, amount, kind, description, key)
     except Problem as refusal:
-        metrics.BALANCE_CHANGES.labels(_REFUSAL_OUTCOMES.get(refusal.code, refusal.code)).inc()
+        _count_refusal(refusal)
         raise
     metrics.BALANCE_CHANGES.labels("applied").inc()
     return applied
+
+
+def _count_refusal(refusal: Problem) -> None:
+    if refusal.status != 503:
+        metrics.BALANCE_CHANGES.labels(_REFUSAL_OUTCOMES.get(refusal.code, refusal.code)).inc()
 
 
 def _count_replay() -> None:
     metrics.BALANCE_CHANGES.labels("idempotent_replay").inc()
 
 
+async def _apply_unkeyed(request: web.Request, user_id: int, amount: int, kind: str = "adjustment",
+                         description: str | None = None) -> ledger.AppliedChange:
+    """A change without an Idempotency-Key: through the per-account batcher when ``BATCHING`` is
+    on, else one statement of its own; counted in ``balance_changes_total`` either way."""
+    batcher = request.app.get(BATCHER)
+    if batcher is not None:
+        try:
+            applied = await batcher.apply(user_id, amount, kind, description)
+        except Problem as refusal:
+            _count_refusal(refusal)
+            raise
+        metrics.BALANCE_CHANGES.labels("applied").inc()
+        return applied
+    async with request.app[DATABASE].connection() as db:
+        return await _apply_balance_change(db, user_id, amount, kind, description)
+
+
 async def change_balance(request: web.Request) -> web.Response:
     """``PATCH /api/balance`` ``{"userId", "amount"}`` → 200 ``{"userId", "balance"}``.
 
-    Without an Idempotency-Key this is the proof's hot path: one statement and the response, no
-    retry wrapper (a one-row change cannot deadlock) and no outcome to store; measured against the
-    generic path it saves about a tenth of the service's CPU per request.
+    Without an Idempotency-Key this is the proof's hot path: straight to the batcher (or one
+    statement), no retry wrapper (a one-row change cannot deadlock) and no outcome to store.
     """
     change = await read_json_body(request, BalanceChange)
-    if IDEMPOTENCY_KEY_HEADER not in request.headers:  # the hot path: one statement, nothing else
-        async with request.app[DATABASE].connection() as db:
-            applied = await _apply_balance_change(db, change.user_id, change.amount)
-        return web.json_response(_balance_json(applied))
+    if IDEMPOTENCY_KEY_HEADER not in request.headers:  # the hot path
+        return web.json_response(_balance_json(await _apply_unkeyed(request, change.user_id, change.amount)))
 
     async def operation(db, key):
         applied = await _apply_balance_change(db, change.user_id, change.amount, key=key)
@@ -110,6 +129,9 @@ async def change_balance(request: web.Request) -> web.Response:
 async def _credit_or_debit(request: web.Request, kind: str, sign: int) -> web.Response:
     user_id = _id_from_path(request)
     body = await read_json_body(request, CreditOrDebit)
+    if IDEMPOTENCY_KEY_HEADER not in request.headers:
+        applied = await _apply_unkeyed(request, user_id, sign * body.amount, kind, body.description)
+        return web.json_response({**_balance_json(applied), "entryId": applied.entry_id})
 
     async def operation(db, key):
         applied = await _apply_balance_change(db, user_id, sign * body.amount, kind, body.description, key)
