@@ -29,6 +29,7 @@ def create_noop_app() -> web.Application:
     app = web.Application()
     app.router.add_patch("/api/balance", _answer)
     app.router.add_get("/api/users/{user_id}", _answer)
+    app.router.add_post("/api/users/{user_id}/credit", _answer)
     app.router.add_get("/api/health", _answer)
     return app
 
@@ -37,11 +38,12 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8090)
+    parser.add_argument("--reuse-port", action="store_true", help="bind with SO_REUSEPORT (several processes)")
     args = parser.parse_args(argv)
     raise_open_file_limit()
     web.run_app(
         create_noop_app(), host=args.host, port=args.port, backlog=Settings().listen_backlog,
-        access_log=None, loop=uvloop.new_event_loop(), print=None,
+        access_log=None, loop=uvloop.new_event_loop(), print=None, reuse_port=args.reuse_port or None,
     )
 
 

@@ -34,7 +34,7 @@ async def _database(app: web.Application) -> AsyncIterator[None]:
     app[DB_POOL] = pool
     app[DATABASE] = Database(pool, settings.db_max_pending, settings.db_acquire_timeout)
     if settings.batching:
-        app[BATCHER] = BalanceChangeBatcher(app[DATABASE], settings.batch_max_size)
+        app[BATCHER] = BalanceChangeBatcher(app[DATABASE], settings.batch_max_size, metrics.BATCH_SIZE.observe)
     yield
     try:
         async with asyncio.timeout(settings.shutdown_timeout):

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from .database import Database
@@ -65,9 +66,13 @@ class BalanceChangeBatcher:
     pending requests of ``database`` (``DB_MAX_PENDING``), like requests waiting for a connection.
     """
 
-    def __init__(self, database: Database, max_batch: int):
+    def __init__(self, database: Database, max_batch: int,
+                 on_batch: Callable[[int], object] | None = None):
+        """``on_batch(size)`` is called for every statement sent (e.g. a metrics histogram)."""
         self._database = database
         self._max_batch = max_batch
+        self._on_batch = on_batch
+        self.statements = 0  # statements sent so far
         # account -> changes that arrived while a batch for it was in flight; an account is a key
         # here exactly while a batch for it is in flight
         self._waiting: dict[int, list[_Change]] = {}
@@ -125,6 +130,9 @@ class BalanceChangeBatcher:
     async def _send(self, user_id: int, batch: list[_Change]) -> None:
         """Apply ``batch`` in one statement and settle every change's ``answer``; never raises
         (except on cancellation)."""
+        self.statements += 1
+        if self._on_batch is not None:
+            self._on_batch(len(batch))
         try:
             async with self._database.pooled_connection() as conn:
                 rows = await conn.fetch(

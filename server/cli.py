@@ -1,4 +1,4 @@
-"""The ``balance-api`` command: ``serve``, ``migrate``, ``check`` and ``burst``.
+"""The ``balance-api`` command: ``serve``, ``migrate``, ``check``, ``burst`` and ``bench``.
 
 Exit codes: 0 success, 1 a failed check or run, 2 invalid configuration or arguments.
 """
@@ -107,12 +107,18 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser("migrate", help="apply pending database migrations and exit")
     commands.add_parser("check", help="verify the ledger invariants; exit 1 naming what is wrong")
     commands.add_parser("burst", help="fire N simultaneous balance changes and check the outcome", add_help=False)
+    commands.add_parser("bench", help="measure the service, batching off and on, against a no-op ceiling",
+                        add_help=False)
 
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["burst"]:
         from loadtest.burst import main as burst_main
 
         return burst_main(argv[1:])
+    if argv[:1] == ["bench"]:
+        from loadtest.bench import main as bench_main
+
+        return bench_main(argv[1:])
     args = parser.parse_args(argv)
     overrides = {key: value for key in ("host", "port", "workers") if (value := getattr(args, key, None)) is not None}
     try:

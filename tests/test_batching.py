@@ -1,0 +1,137 @@
+"""Per-account batching: changes applied through the batcher give exactly the results and the
+ledger of applying them one at a time in arrival order (property-based, hypothesis), against the
+real PostgreSQL. (The 10,000-request proof runs with batching on, the default: with one worker in
+tests/test_concurrency_proof.py and with two in tests/test_workers.py.)"""
+
+import asyncio
+import json
+import math
+
+import asyncpg
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from server.batching import BalanceChangeBatcher
+from server.database import Database
+from server.ledger import AppliedChange
+from server.problems import Problem
+from tests.service_process import balance_api, running_service
+
+MAX_BIGINT = 2**63 - 1
+
+
+def one_at_a_time(start: int, amounts: list[int]) -> tuple[list[int | str], list[tuple[int, int]], int]:
+    """The model: each change accepted iff 0 <= balance + amount <= 2^63-1, in order.
+    Returns each change's outcome (new balance or refusal code), the ledger entries
+    ``(amount, balance_after)`` and the final balance."""
+    balance, outcomes, entries = start, [], []
+    for amount in amounts:
+        if 0 <= balance + amount <= MAX_BIGINT:
+            balance += amount
+            outcomes.append(balance)
+            entries.append((amount, balance))
+        else:
+            outcomes.append("insufficient_funds" if amount < 0 else "balance_overflow")
+    return outcomes, entries, balance
+
+
+@pytest.fixture(scope="module")
+def loop_and_pool(database_url, service_url):  # service_url: the service has migrated it
+    """An event loop and an asyncpg pool on the session's (migrated) database, for the examples."""
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)  # asyncpg binds to the current loop
+    pool = loop.run_until_complete(asyncpg.create_pool(database_url, min_size=2, max_size=10))
+    yield loop, pool
+    loop.run_until_complete(pool.close())
+    loop.close()
+    asyncio.set_event_loop(None)
+
+
+async def open_account(pool: asyncpg.Pool, balance: int) -> int:
+    async with pool.acquire() as conn, conn.transaction():
+        user = await conn.fetchval("INSERT INTO users (balance) VALUES ($1) RETURNING id", balance)
+        if balance:
+            await conn.execute("INSERT INTO ledger_entries (user_id, amount, balance_after, kind) "
+                               "VALUES ($1, $2, $2, 'opening')", user, balance)
+    return user
+
+
+async def apply_concurrently(pool, user: int, amounts: list[int], max_batch: int):
+    """Submit every change at once, in list order (tasks start in creation order), to one batcher."""
+    batcher = BalanceChangeBatcher(Database(pool, max_pending=100_000, acquire_timeout=30), max_batch)
+    tasks = [asyncio.create_task(batcher.apply(user, amount)) for amount in amounts]
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    entries = await pool.fetch("SELECT amount, balance_after FROM ledger_entries "
+                               "WHERE user_id = $1 AND kind = 'adjustment' ORDER BY id", user)
+    balance = await pool.fetchval("SELECT balance FROM users WHERE id = $1", user)
+    return results, [tuple(entry) for entry in entries], balance, batcher.statements
+
+
+def outcome(result) -> int | str:
+    if isinstance(result, AppliedChange):
+        return result.balance
+    assert isinstance(result, Problem), repr(result)
+    return result.code
+
+
+nonzero = st.integers(-300, 300).filter(bool)
+extreme = st.sampled_from([MAX_BIGINT, -MAX_BIGINT, MAX_BIGINT - 1, 1 - MAX_BIGINT])
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    start=st.one_of(st.integers(0, 1000), st.just(MAX_BIGINT - 100)),
+    amounts=st.lists(st.one_of(nonzero, nonzero, nonzero, extreme), min_size=1, max_size=60),
+    max_batch=st.integers(1, 8),
+)
+def test_batched_changes_give_exactly_the_results_and_ledger_of_one_at_a_time(loop_and_pool, start, amounts,
+                                                                                max_batch):
+    loop, pool = loop_and_pool
+    user = loop.run_until_complete(open_account(pool, start))
+    results, entries, balance, statements = loop.run_until_complete(
+        apply_concurrently(pool, user, amounts, max_batch))
+    expected_outcomes, expected_entries, expected_balance = one_at_a_time(start, amounts)
+    assert [outcome(result) for result in results] == expected_outcomes
+    assert entries == expected_entries
+    assert balance == expected_balance
+    # the first change goes alone; the rest ride in batches of at most max_batch
+    assert statements == 1 + math.ceil((len(amounts) - 1) / max_batch)
+
+
+def test_changes_for_an_unknown_user_are_each_refused_as_not_found(loop_and_pool):
+    loop, pool = loop_and_pool
+    results, entries, _, _ = loop.run_until_complete(apply_concurrently(pool, 987654321, [5, -1, 7], 10))
+    assert [outcome(result) for result in results] == ["user_not_found"] * 3 and entries == []
+
+
+def test_a_failed_batch_fails_every_change_in_it_and_commits_none(loop_and_pool, database_url):
+    loop, pool = loop_and_pool
+
+    async def scenario():
+        user = await open_account(pool, 100)
+        short = await asyncpg.create_pool(database_url, min_size=1, max_size=2,
+                                          server_settings={"statement_timeout": "300"})
+        try:
+            async with pool.acquire() as locker, locker.transaction():  # longer than the statement timeout
+                await locker.execute("SELECT 1 FROM users WHERE id = $1 FOR UPDATE", user)
+                results, *_ = await apply_concurrently(short, user, [-1, -2, -3, -4, -5], 10)
+        finally:
+            await short.close()
+        return user, results
+
+    user, results = loop.run_until_complete(scenario())
+    assert [(result.status, result.code) for result in results] == [(503, "database_unavailable")] * 5
+    state = loop.run_until_complete(pool.fetchrow(
+        "SELECT balance, (SELECT count(*) FROM ledger_entries WHERE user_id = $1) AS entries FROM users WHERE id = $1",
+        user))
+    assert tuple(state) == (100, 1)
+
+
+def test_with_batching_switched_off_the_proof_still_holds(database_url, db, new_user, tmp_path):
+    user = new_user(0)
+    with running_service(tmp_path / "service.log", database_url=database_url, batching="false") as (url, _):
+        result = balance_api("burst", "--url", url, "--user-id", str(user), "--requests", "2000", "--amount", "-2",
+                             "--start-balance", "1000", "--json", str(tmp_path / "burst.json"), timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert json.loads((tmp_path / "burst.json").read_text())["counts"] == {"200": 500, "409 insufficient_funds": 1500}
