@@ -34,7 +34,8 @@ async def _database(app: web.Application) -> AsyncIterator[None]:
     app[DB_POOL] = pool
     app[DATABASE] = Database(pool, settings.db_max_pending, settings.db_acquire_timeout)
     if settings.batching:
-        app[BATCHER] = BalanceChangeBatcher(app[DATABASE], settings.batch_max_size, metrics.BATCH_SIZE.observe)
+        app[BATCHER] = BalanceChangeBatcher(app[DATABASE], settings.batch_max_size, metrics.BATCH_SIZE.observe,
+                                            dt.timedelta(seconds=settings.idempotency_key_retention))
     yield
     try:
         async with asyncio.timeout(settings.shutdown_timeout):

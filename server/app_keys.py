@@ -1,13 +1,19 @@
 """Typed keys for what the application holds (aiohttp ``web.AppKey``, not string keys)."""
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 import asyncpg
 from aiohttp import web
 
-from .batching import BalanceChangeBatcher
 from .config import Settings
 from .database import Database
+
+if TYPE_CHECKING:  # server.batching imports modules that import this one
+    from .batching import BalanceChangeBatcher
 
 SETTINGS = web.AppKey("settings", Settings)
 DB_POOL = web.AppKey("db_pool", asyncpg.Pool)  # health checks and background jobs
 DATABASE = web.AppKey("database", Database)  # request handlers: bounded, with an acquire deadline
-BATCHER = web.AppKey("batcher", BalanceChangeBatcher)  # present when BATCHING is on
+BATCHER: web.AppKey[BalanceChangeBatcher] = web.AppKey("batcher")  # present when BATCHING is on

@@ -16,18 +16,36 @@ call of ``apply_balance_changes()`` (migration 0003): one statement, one transac
 * Batching is per process: with several workers each batches its own requests, and PostgreSQL's
   row lock still serialises the batches (see the function's comment).
 
-Changes with an ``Idempotency-Key`` do not come here: their key claim, change and stored outcome are
-one transaction of their own (:mod:`server.idempotency`).
+* Changes with an ``Idempotency-Key`` are batched too. A batch holding any is one transaction of
+  four statements: claim the keys (in key order), read the stored outcomes of keys already used
+  (a replay, or 422 ``idempotency_key_reused``), apply the changes of the claimed keys and the
+  unkeyed ones in one ``apply_balance_changes()`` call, store the outcomes of the claimed keys;
+  then commit, then answer. A key that appears twice in one batch is deferred to the next batch,
+  where it finds the first one's stored outcome. Deadlocks and serialization failures retry the
+  whole batch (:func:`server.idempotency.retry_transaction`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import asyncpg
+
 from .database import Database
+from .idempotency import (
+    CLAIM_KEYS,
+    READ_STORED_MANY,
+    STORE_OUTCOMES,
+    KeyedRequest,
+    KeyVanished,
+    Outcome,
+    retry_transaction,
+    stored_outcome,
+)
 from .ledger import AppliedChange
 from .problems import (
     DATABASE_UNAVAILABLE_ERRORS,
@@ -43,12 +61,20 @@ log = logging.getLogger(__name__)
 APPLY_BALANCE_CHANGES = "SELECT balance_after, entry_id, outcome FROM apply_balance_changes($1, $2, $3, $4, $5)"
 
 
+
+# How a keyed change's result (the applied change, or its refusal) becomes the response stored
+# under its key.
+Render = Callable[[AppliedChange | Problem], Outcome]
+
+
 @dataclass(slots=True)
 class _Change:
     amount: int  # signed, minor units
     kind: str
     description: str | None
-    answer: asyncio.Future[AppliedChange]
+    answer: asyncio.Future  # AppliedChange; for a keyed change (Outcome, replayed)
+    keyed: KeyedRequest | None = None
+    render: Render | None = None
 
 
 def _refusal(outcome: str, user_id: int, amount: int) -> Problem:
@@ -67,9 +93,12 @@ class BalanceChangeBatcher:
     """
 
     def __init__(self, database: Database, max_batch: int,
-                 on_batch: Callable[[int], object] | None = None):
-        """``on_batch(size)`` is called for every statement sent (e.g. a metrics histogram)."""
+                 on_batch: Callable[[int], object] | None = None,
+                 key_retention: dt.timedelta = dt.timedelta(days=1)):
+        """``on_batch(size)`` is called for every batch sent (e.g. a metrics histogram);
+        ``key_retention`` is how long an idempotency key stays claimed (``IDEMPOTENCY_KEY_RETENTION``)."""
         self._database = database
+        self._key_retention = key_retention
         self._max_batch = max_batch
         self._on_batch = on_batch
         self.statements = 0  # statements sent so far
@@ -86,8 +115,23 @@ class BalanceChangeBatcher:
         :class:`InsufficientFunds` / :class:`BalanceOverflow` (409), :class:`ServiceOverloaded` or
         :class:`DatabaseUnavailable` (503) -- exactly as :func:`server.ledger.apply_balance_change`.
         """
+        return await self._submit(user_id, _Change(amount, kind, description, self._future()))
+
+    async def apply_keyed(self, user_id: int, amount: int, kind: str, description: str | None,
+                          keyed: KeyedRequest, render: Render) -> tuple[Outcome, bool]:
+        """Apply a change sent with an Idempotency-Key: returns ``(outcome, replayed)``, the outcome
+        being ``render(result)`` stored under the key with the change, or the one stored before
+        (``replayed``). Raises :class:`~server.problems.IdempotencyKeyReused` (422) when the key was
+        used for another request, and the 503 problems as :meth:`apply`."""
+        change = _Change(amount, kind, description, self._future(), keyed, render)
+        return await self._submit(user_id, change)
+
+    @staticmethod
+    def _future() -> asyncio.Future:
+        return asyncio.get_running_loop().create_future()
+
+    async def _submit(self, user_id: int, change: _Change):
         with self._database.admission():
-            change = _Change(amount, kind, description, asyncio.get_running_loop().create_future())
             waiting = self._waiting.get(user_id)
             if waiting is not None:  # a batch for this account is in flight: ride with the next one
                 waiting.append(change)
@@ -128,28 +172,90 @@ class BalanceChangeBatcher:
             raise
 
     async def _send(self, user_id: int, batch: list[_Change]) -> None:
-        """Apply ``batch`` in one statement and settle every change's ``answer``; never raises
-        (except on cancellation)."""
+        """Apply ``batch`` (one statement, or one transaction when it holds keys) and settle every
+        change's ``answer`` after the commit; never raises (except on cancellation)."""
         self.statements += 1
         if self._on_batch is not None:
             self._on_batch(len(batch))
         try:
-            async with self._database.pooled_connection() as conn:
-                rows = await conn.fetch(
-                    APPLY_BALANCE_CHANGES, user_id,
-                    [change.amount for change in batch], [change.kind for change in batch],
-                    [change.description for change in batch], [None] * len(batch),
-                )
+            if any(change.keyed for change in batch):
+                settled = await retry_transaction(lambda: self._apply_keyed_batch(user_id, batch))
+            else:
+                async with self._database.pooled_connection() as conn:
+                    settled = list(zip(batch, await self._apply(conn, user_id, batch)))
         except Exception as error:
             if not isinstance(error, (Problem, *DATABASE_UNAVAILABLE_ERRORS)):
                 log.exception("batch of %d changes for user %d failed", len(batch), user_id)
             if isinstance(error, DATABASE_UNAVAILABLE_ERRORS):
                 error = DatabaseUnavailable()
-            for change in batch:  # one statement: none of it committed
-                change.answer.set_exception(error)
+            for change in batch:  # one transaction: none of it committed
+                if not change.answer.done():
+                    change.answer.set_exception(error)
             return
-        for change, (balance_after, entry_id, outcome) in zip(batch, rows, strict=True):
-            if outcome == "applied":
-                change.answer.set_result(AppliedChange(user_id, balance_after, entry_id))
+        for change, result in settled:
+            if isinstance(result, BaseException):
+                change.answer.set_exception(result)
             else:
-                change.answer.set_exception(_refusal(outcome, user_id, change.amount))
+                change.answer.set_result(result)
+
+    @staticmethod
+    async def _apply(conn: asyncpg.Connection, user_id: int,
+                     changes: list[_Change]) -> list[AppliedChange | Problem]:
+        """One ``apply_balance_changes()`` call: each change's applied result or refusal, in order."""
+        if not changes:
+            return []
+        rows = await conn.fetch(
+            APPLY_BALANCE_CHANGES, user_id,
+            [change.amount for change in changes], [change.kind for change in changes],
+            [change.description for change in changes],
+            [change.keyed.key if change.keyed else None for change in changes],
+        )
+        return [AppliedChange(user_id, balance_after, entry_id) if outcome == "applied"
+                else _refusal(outcome, user_id, change.amount)
+                for change, (balance_after, entry_id, outcome) in zip(changes, rows, strict=True)]
+
+    async def _apply_keyed_batch(self, user_id: int, batch: list[_Change]) -> list[tuple[_Change, object]]:
+        """The transaction of a batch holding keyed changes (module docstring); returns what each
+        change is to be answered, to be settled once it has committed."""
+        first_use: dict[str, _Change] = {}
+        sending, deferred = [], []
+        for change in batch:
+            if change.keyed and change.keyed.key in first_use:
+                deferred.append(change)  # the same key twice in one batch: the next batch replays it
+            else:
+                if change.keyed:
+                    first_use[change.keyed.key] = change
+                sending.append(change)
+        settled: list[tuple[_Change, object]] = []
+        async with self._database.pooled_connection() as conn, conn.transaction():
+            keys = [change.keyed.key for change in first_use.values()]
+            claimed = {row["key"] for row in await conn.fetch(
+                CLAIM_KEYS, keys, [change.keyed.fingerprint for change in first_use.values()], self._key_retention)}
+            stored = {row["key"]: row for row in await conn.fetch(
+                READ_STORED_MANY, [key for key in keys if key not in claimed])} if len(claimed) < len(keys) else {}
+            applying = []
+            for change in sending:
+                if change.keyed is None or change.keyed.key in claimed:
+                    applying.append(change)
+                elif change.keyed.key not in stored:
+                    raise KeyVanished()  # expired and purged between claim and read: retry
+                else:
+                    try:
+                        settled.append((change, (stored_outcome(stored[change.keyed.key], change.keyed.fingerprint,
+                                                                change.keyed.key), True)))
+                    except Problem as reused:
+                        settled.append((change, reused))
+            outcomes = []
+            for change, result in zip(applying, await self._apply(conn, user_id, applying)):
+                if change.keyed is None:
+                    settled.append((change, result))
+                else:
+                    outcome = change.render(result)
+                    outcomes.append((change.keyed.key, outcome))
+                    settled.append((change, (outcome, False)))
+            if outcomes:
+                await conn.execute(STORE_OUTCOMES, *map(list, zip(*(
+                    (key, o.status, o.body, o.content_type, o.location) for key, o in outcomes))))
+        if deferred:
+            self._waiting[user_id][:0] = deferred
+        return settled

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import base64
+from collections.abc import Callable
 
 from aiohttp import web
 
 from . import ledger, metrics
 from .app_keys import BATCHER, DATABASE, DB_POOL, SETTINGS
-from .idempotency import IDEMPOTENCY_KEY_HEADER, Outcome, respond
+from .idempotency import IDEMPOTENCY_KEY_HEADER, Outcome, keyed_request, respond
 from .openapi import openapi_document
 from .problems import (
     DATABASE_UNAVAILABLE_ERRORS,
@@ -109,6 +110,32 @@ async def _apply_unkeyed(request: web.Request, user_id: int, amount: int, kind: 
         return await _apply_balance_change(db, user_id, amount, kind, description)
 
 
+async def _apply_keyed(request: web.Request, body, user_id: int, amount: int, kind: str,
+                       description: str | None, render: Callable[[ledger.AppliedChange], dict]) -> web.Response:
+    """A change sent with an Idempotency-Key. With ``BATCHING`` on it goes through the batcher
+    (key claim, change and stored outcome in its batch's transaction); else through
+    :func:`server.idempotency.respond`. ``render`` makes the 200 body of an applied change."""
+    batcher = request.app.get(BATCHER)
+    if batcher is None:
+        async def operation(db, key):
+            return Outcome.of(200, render(await _apply_balance_change(db, user_id, amount, kind, description, key)))
+
+        return await respond(request, body, operation, on_replay=_count_replay)
+    keyed = keyed_request(request, body)
+
+    def outcome_of(result: ledger.AppliedChange | Problem) -> Outcome:
+        if isinstance(result, Problem):
+            _count_refusal(result)
+            return Outcome.of_problem(result, keyed.instance)
+        metrics.BALANCE_CHANGES.labels("applied").inc()
+        return Outcome.of(200, render(result))
+
+    outcome, replayed = await batcher.apply_keyed(user_id, amount, kind, description, keyed, outcome_of)
+    if replayed:
+        _count_replay()
+    return outcome.response(replayed)
+
+
 async def change_balance(request: web.Request) -> web.Response:
     """``PATCH /api/balance`` ``{"userId", "amount"}`` → 200 ``{"userId", "balance"}``.
 
@@ -118,12 +145,11 @@ async def change_balance(request: web.Request) -> web.Response:
     change = await read_json_body(request, BalanceChange)
     if IDEMPOTENCY_KEY_HEADER not in request.headers:  # the hot path
         return web.json_response(_balance_json(await _apply_unkeyed(request, change.user_id, change.amount)))
+    return await _apply_keyed(request, change, change.user_id, change.amount, "adjustment", None, _balance_json)
 
-    async def operation(db, key):
-        applied = await _apply_balance_change(db, change.user_id, change.amount, key=key)
-        return Outcome.of(200, _balance_json(applied))
 
-    return await respond(request, change, operation, on_replay=_count_replay)
+def _entry_applied_json(applied: ledger.AppliedChange) -> dict:
+    return {**_balance_json(applied), "entryId": applied.entry_id}
 
 
 async def _credit_or_debit(request: web.Request, kind: str, sign: int) -> web.Response:
@@ -131,13 +157,9 @@ async def _credit_or_debit(request: web.Request, kind: str, sign: int) -> web.Re
     body = await read_json_body(request, CreditOrDebit)
     if IDEMPOTENCY_KEY_HEADER not in request.headers:
         applied = await _apply_unkeyed(request, user_id, sign * body.amount, kind, body.description)
-        return web.json_response({**_balance_json(applied), "entryId": applied.entry_id})
-
-    async def operation(db, key):
-        applied = await _apply_balance_change(db, user_id, sign * body.amount, kind, body.description, key)
-        return Outcome.of(200, {**_balance_json(applied), "entryId": applied.entry_id})
-
-    return await respond(request, body, operation, on_replay=_count_replay)
+        return web.json_response(_entry_applied_json(applied))
+    return await _apply_keyed(request, body, user_id, sign * body.amount, kind, body.description,
+                              _entry_applied_json)
 
 
 async def credit(request: web.Request) -> web.Response:

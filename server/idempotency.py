@@ -59,6 +59,29 @@ RETURNING true
 """
 READ_STORED = "SELECT fingerprint, status, body, content_type, location FROM idempotency_keys WHERE key = $1"
 STORE_OUTCOME = "UPDATE idempotency_keys SET status = $2, body = $3, content_type = $4, location = $5 WHERE key = $1"
+
+# The same three steps for many keys at once (server/batching.py). Keys are claimed in key order,
+# so two batches claiming overlapping keys wait for each other instead of deadlocking.
+CLAIM_KEYS = """
+INSERT INTO idempotency_keys AS stored (key, fingerprint)
+SELECT key, fingerprint FROM unnest($1::text[], $2::text[]) AS claim(key, fingerprint) ORDER BY key
+ON CONFLICT (key) DO UPDATE
+   SET fingerprint = EXCLUDED.fingerprint, status = NULL, body = NULL, content_type = NULL,
+       location = NULL, created_at = now()
+ WHERE stored.created_at < now() - $3::interval
+RETURNING key
+"""
+READ_STORED_MANY = """
+SELECT key, fingerprint, status, body, content_type, location FROM idempotency_keys WHERE key = ANY($1::text[])
+"""
+STORE_OUTCOMES = """
+UPDATE idempotency_keys AS stored
+   SET status = outcome.status, body = outcome.body, content_type = outcome.content_type,
+       location = outcome.location
+  FROM unnest($1::text[], $2::smallint[], $3::text[], $4::text[], $5::text[])
+       AS outcome(key, status, body, content_type, location)
+ WHERE stored.key = outcome.key
+"""
 PURGE_EXPIRED = """
 DELETE FROM idempotency_keys WHERE key IN (
     SELECT key FROM idempotency_keys WHERE created_at < now() - $1::interval
@@ -68,12 +91,12 @@ DELETE FROM idempotency_keys WHERE key IN (
 PURGE_BATCH = 1000  # expired keys deleted per statement
 
 
-class _KeyVanished(Exception):
+class KeyVanished(Exception):
     """The key expired and was purged between our claim attempt and our read: try again."""
 
 
 # SQLSTATE 40P01 and 40001: PostgreSQL asks the client to retry the transaction (docs §13.4).
-RETRYABLE_ERRORS = (asyncpg.DeadlockDetectedError, asyncpg.SerializationError, _KeyVanished)
+RETRYABLE_ERRORS = (asyncpg.DeadlockDetectedError, asyncpg.SerializationError, KeyVanished)
 RETRY_ATTEMPTS = 5
 
 Result = TypeVar("Result")
@@ -138,16 +161,42 @@ async def _run_keyed(database: Database, operation: Operation, key: str, fingerp
         if await conn.fetchval(CLAIM_KEY, key, fingerprint, retention) is None:
             stored = await conn.fetchrow(READ_STORED, key)
             if stored is None:
-                raise _KeyVanished()
-            if stored["fingerprint"] != fingerprint:
-                raise IdempotencyKeyReused(key)
-            return Outcome(stored["status"], stored["body"], stored["content_type"], stored["location"]), True
+                raise KeyVanished()
+            return stored_outcome(stored, fingerprint, key), True
         try:
             outcome = await operation(conn, key)
         except Problem as refusal:  # a refusal is an outcome too; the operation wrote nothing
             outcome = Outcome.of_problem(refusal, instance)
         await conn.execute(STORE_OUTCOME, key, outcome.status, outcome.body, outcome.content_type, outcome.location)
         return outcome, False
+
+
+@dataclass(frozen=True, slots=True)
+class KeyedRequest:
+    """A mutating request's Idempotency-Key, its fingerprint (method, raw path, canonical body)
+    and the path a refusal's problem document names as ``instance``."""
+
+    key: str
+    fingerprint: str
+    instance: str
+
+
+def keyed_request(request: web.Request, body: StrictBody) -> KeyedRequest | None:
+    """The request's key and fingerprint, or None without a key; raises ValidationFailed (422)
+    for a malformed key (see :func:`idempotency_key`)."""
+    key = idempotency_key(request)
+    if key is None:
+        return None
+    path = instance(request)
+    return KeyedRequest(key, f"{request.method} {path} {canonical_json(body)}", path)
+
+
+def stored_outcome(stored: asyncpg.Record, fingerprint: str, key: str) -> Outcome:
+    """The outcome stored under ``key`` for a replay; raises IdempotencyKeyReused (422) when it was
+    stored for another request (``fingerprint`` differs)."""
+    if stored["fingerprint"] != fingerprint:
+        raise IdempotencyKeyReused(key)
+    return Outcome(stored["status"], stored["body"], stored["content_type"], stored["location"])
 
 
 async def respond(request: web.Request, body: StrictBody, operation: Operation,
@@ -160,18 +209,16 @@ async def respond(request: web.Request, body: StrictBody, operation: Operation,
     serialization failures are retried (:func:`retry_transaction`).
     """
     database = request.app[DATABASE]
-    key = idempotency_key(request)
-    if key is None:
+    keyed = keyed_request(request, body)
+    if keyed is None:
         async def attempt() -> Outcome:
             async with database.connection() as conn:
                 return await operation(conn, None)
 
         return (await retry_transaction(attempt)).response()
-    path = instance(request)
-    fingerprint = f"{request.method} {path} {canonical_json(body)}"
     retention = dt.timedelta(seconds=request.app[SETTINGS].idempotency_key_retention)
     outcome, replayed = await retry_transaction(
-        lambda: _run_keyed(database, operation, key, fingerprint, path, retention)
+        lambda: _run_keyed(database, operation, keyed.key, keyed.fingerprint, keyed.instance, retention)
     )
     if replayed and on_replay is not None:
         on_replay()

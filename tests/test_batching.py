@@ -6,6 +6,7 @@ tests/test_concurrency_proof.py and with two in tests/test_workers.py.)"""
 import asyncio
 import json
 import math
+import uuid
 
 import asyncpg
 import pytest
@@ -97,6 +98,75 @@ def test_batched_changes_give_exactly_the_results_and_ledger_of_one_at_a_time(lo
     assert balance == expected_balance
     # the first change goes alone; the rest ride in batches of at most max_batch
     assert statements == 1 + math.ceil((len(amounts) - 1) / max_batch)
+
+
+def keyed_model(start: int, changes: list[tuple[int, str | None]]) -> list[tuple]:
+    """One at a time with idempotency keys: a key's first use applies (or is refused) and is
+    stored; a later use with the same amount replays it, with another amount is refused (422)."""
+    balance, answers, first_use = start, [], {}
+    for amount, key in changes:
+        if key is not None and key in first_use:
+            first_amount, first_answer = first_use[key]
+            answers.append(("replayed", *first_answer) if amount == first_amount else ("reused",))
+            continue
+        if 0 <= balance + amount <= MAX_BIGINT:
+            balance += amount
+            answer = (200, balance)
+        else:
+            answer = (409, "insufficient_funds" if amount < 0 else "balance_overflow")
+        if key is not None:
+            first_use[key] = (amount, answer)
+        answers.append(answer)
+    return answers
+
+
+async def apply_keyed_concurrently(pool, user: int, changes: list[tuple[int, str | None]], max_batch: int):
+    from server.idempotency import KeyedRequest, Outcome
+
+    def render(result):
+        if isinstance(result, Problem):
+            return Outcome.of_problem(result, "/api/balance")
+        return Outcome.of(200, {"balance": result.balance})
+
+    batcher = BalanceChangeBatcher(Database(pool, max_pending=100_000, acquire_timeout=30), max_batch)
+    tasks = [asyncio.create_task(
+        batcher.apply(user, amount) if key is None else
+        batcher.apply_keyed(user, amount, "adjustment", None,
+                            KeyedRequest(key, f"PATCH /api/balance {user} {amount}", "/api/balance"), render))
+        for amount, key in changes]
+    answers = []
+    for result in await asyncio.gather(*tasks, return_exceptions=True):
+        if isinstance(result, AppliedChange):
+            answers.append((200, result.balance))
+        elif isinstance(result, Problem):
+            answers.append(("reused",) if result.code == "idempotency_key_reused" else (result.status, result.code))
+        else:
+            outcome, replayed = result
+            document = json.loads(outcome.body)
+            answer = (outcome.status, document.get("balance", document.get("code")))
+            answers.append(("replayed", *answer) if replayed else answer)
+    entries = await pool.fetch("SELECT amount, balance_after FROM ledger_entries "
+                               "WHERE user_id = $1 AND kind = 'adjustment' ORDER BY id", user)
+    return answers, [tuple(entry) for entry in entries]
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    start=st.integers(0, 500),
+    changes=st.lists(st.tuples(st.sampled_from([-50, -7, -1, 1, 7, 50]),
+                               st.one_of(st.none(), st.sampled_from("abcde"))), min_size=1, max_size=40),
+    max_batch=st.integers(1, 6),
+)
+def test_batched_changes_with_idempotency_keys_match_the_one_at_a_time_model(loop_and_pool, start, changes,
+                                                                              max_batch):
+    loop, pool = loop_and_pool
+    prefix = f"prop-{uuid.uuid4()}-"
+    changes = [(amount, None if key is None else prefix + key) for amount, key in changes]
+    user = loop.run_until_complete(open_account(pool, start))
+    answers, entries = loop.run_until_complete(apply_keyed_concurrently(pool, user, changes, max_batch))
+    assert answers == keyed_model(start, changes)
+    applied = [answer for answer in answers if answer[0] == 200]
+    assert [balance for _, balance in entries] == [balance for _, balance in applied]
 
 
 def test_changes_for_an_unknown_user_are_each_refused_as_not_found(loop_and_pool):
