@@ -60,8 +60,6 @@ log = logging.getLogger(__name__)
 
 APPLY_BALANCE_CHANGES = "SELECT balance_after, entry_id, outcome FROM apply_balance_changes($1, $2, $3, $4, $5)"
 
-
-
 # How a keyed change's result (the applied change, or its refusal) becomes the response stored
 # under its key.
 Render = Callable[[AppliedChange | Problem], Outcome]
@@ -101,7 +99,7 @@ class BalanceChangeBatcher:
         self._key_retention = key_retention
         self._max_batch = max_batch
         self._on_batch = on_batch
-        self.statements = 0  # statements sent so far
+        self.batches_sent = 0
         # account -> changes that arrived while a batch for it was in flight; an account is a key
         # here exactly while a batch for it is in flight
         self._waiting: dict[int, list[_Change]] = {}
@@ -174,7 +172,7 @@ class BalanceChangeBatcher:
     async def _send(self, user_id: int, batch: list[_Change]) -> None:
         """Apply ``batch`` (one statement, or one transaction when it holds keys) and settle every
         change's ``answer`` after the commit; never raises (except on cancellation)."""
-        self.statements += 1
+        self.batches_sent += 1
         if self._on_batch is not None:
             self._on_batch(len(batch))
         try:

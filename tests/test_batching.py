@@ -66,7 +66,7 @@ async def apply_concurrently(pool, user: int, amounts: list[int], max_batch: int
     entries = await pool.fetch("SELECT amount, balance_after FROM ledger_entries "
                                "WHERE user_id = $1 AND kind = 'adjustment' ORDER BY id", user)
     balance = await pool.fetchval("SELECT balance FROM users WHERE id = $1", user)
-    return results, [tuple(entry) for entry in entries], balance, batcher.statements
+    return results, [tuple(entry) for entry in entries], balance, batcher.batches_sent
 
 
 def outcome(result) -> int | str:
@@ -90,14 +90,14 @@ def test_batched_changes_give_exactly_the_results_and_ledger_of_one_at_a_time(lo
                                                                                 max_batch):
     loop, pool = loop_and_pool
     user = loop.run_until_complete(open_account(pool, start))
-    results, entries, balance, statements = loop.run_until_complete(
+    results, entries, balance, batches = loop.run_until_complete(
         apply_concurrently(pool, user, amounts, max_batch))
     expected_outcomes, expected_entries, expected_balance = one_at_a_time(start, amounts)
     assert [outcome(result) for result in results] == expected_outcomes
     assert entries == expected_entries
     assert balance == expected_balance
     # the first change goes alone; the rest ride in batches of at most max_batch
-    assert statements == 1 + math.ceil((len(amounts) - 1) / max_batch)
+    assert batches == 1 + math.ceil((len(amounts) - 1) / max_batch)
 
 
 def keyed_model(start: int, changes: list[tuple[int, str | None]]) -> list[tuple]:
