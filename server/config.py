@@ -98,9 +98,10 @@ class Settings(BaseSettings):
     def _tokens_are_usable(self) -> Settings:
         if self.api_tokens_file is not None and not self.api_tokens_file.is_file():
             raise ValueError(f"API_TOKENS_FILE {self.api_tokens_file} is not a readable file")
-        if self.api_tokens_file is not None and not self.api_tokens():
+        tokens = self.api_tokens()
+        if self.api_tokens_file is not None and not tokens:
             raise ValueError(f"API_TOKENS_FILE {self.api_tokens_file} holds no token")
-        if any(not _TOKEN68.fullmatch(token.decode()) for token in self.api_tokens()):
+        if any(not _TOKEN68.fullmatch(token.decode()) for token in tokens):
             raise ValueError("API_TOKEN and API_TOKENS_FILE tokens must be RFC 6750 b64token characters "
                              "(letters, digits and -._~+/, then optional =)")
         return self

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
@@ -72,21 +72,23 @@ def _entry_json(entry: ledger.LedgerEntry) -> dict:
 _REFUSAL_OUTCOMES = {"user_not_found": "not_found"}
 
 
-async def _apply_balance_change(db, user_id: int, amount: int, kind: str = "adjustment",
-                                description: str | None = None, key: str | None = None) -> ledger.AppliedChange:
-    """:func:`ledger.apply_balance_change`, counted in ``balance_changes_total`` by outcome."""
+def _count(result: ledger.AppliedChange | Problem) -> None:
+    """Count a balance change's result in ``balance_changes_total`` by outcome (503s are not results)."""
+    if not isinstance(result, Problem):
+        metrics.BALANCE_CHANGES.labels("applied").inc()
+    elif result.status != 503:
+        metrics.BALANCE_CHANGES.labels(_REFUSAL_OUTCOMES.get(result.code, result.code)).inc()
+
+
+async def _counted(change: Awaitable[ledger.AppliedChange]) -> ledger.AppliedChange:
+    """Await ``change`` and count its result (:func:`_count`), refusals re-raised."""
     try:
-        applied = await ledger.apply_balance_change(db, user_id, amount, kind, description, key)
+        applied = await change
     except Problem as refusal:
-        _count_refusal(refusal)
+        _count(refusal)
         raise
-    metrics.BALANCE_CHANGES.labels("applied").inc()
+    _count(applied)
     return applied
-
-
-def _count_refusal(refusal: Problem) -> None:
-    if refusal.status != 503:
-        metrics.BALANCE_CHANGES.labels(_REFUSAL_OUTCOMES.get(refusal.code, refusal.code)).inc()
 
 
 def _count_replay() -> None:
@@ -99,15 +101,9 @@ async def _apply_unkeyed(request: web.Request, user_id: int, amount: int, kind: 
     on, else one statement of its own; counted in ``balance_changes_total`` either way."""
     batcher = request.app.get(BATCHER)
     if batcher is not None:
-        try:
-            applied = await batcher.apply(user_id, amount, kind, description)
-        except Problem as refusal:
-            _count_refusal(refusal)
-            raise
-        metrics.BALANCE_CHANGES.labels("applied").inc()
-        return applied
+        return await _counted(batcher.apply(user_id, amount, kind, description))
     async with request.app[DATABASE].connection() as db:
-        return await _apply_balance_change(db, user_id, amount, kind, description)
+        return await _counted(ledger.apply_balance_change(db, user_id, amount, kind, description))
 
 
 async def _apply_keyed(request: web.Request, body, user_id: int, amount: int, kind: str,
@@ -118,16 +114,16 @@ async def _apply_keyed(request: web.Request, body, user_id: int, amount: int, ki
     batcher = request.app.get(BATCHER)
     if batcher is None:
         async def operation(db, key):
-            return Outcome.of(200, render(await _apply_balance_change(db, user_id, amount, kind, description, key)))
+            return Outcome.of(200, render(await _counted(
+                ledger.apply_balance_change(db, user_id, amount, kind, description, key))))
 
         return await respond(request, body, operation, on_replay=_count_replay)
     keyed = keyed_request(request, body)
 
     def outcome_of(result: ledger.AppliedChange | Problem) -> Outcome:
+        _count(result)
         if isinstance(result, Problem):
-            _count_refusal(result)
             return Outcome.of_problem(result, keyed.instance)
-        metrics.BALANCE_CHANGES.labels("applied").inc()
         return Outcome.of(200, render(result))
 
     outcome, replayed = await batcher.apply_keyed(user_id, amount, kind, description, keyed, outcome_of)

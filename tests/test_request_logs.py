@@ -4,22 +4,11 @@ the request id comes from X-Request-ID or is generated, and is echoed back."""
 import json
 import re
 import time
-import urllib.error
-import urllib.request
 
 import pytest
 
+from tests.http_calls import call
 from tests.service_process import running_service
-
-
-def send(url: str, method: str = "GET", body: dict | None = None, headers: dict | None = None):
-    request = urllib.request.Request(url, method=method, data=json.dumps(body).encode() if body else None,
-                                     headers={"Content-Type": "application/json", **(headers or {})})
-    try:
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return response
-    except urllib.error.HTTPError as error:
-        return error
 
 
 def log_lines(log_path) -> list[dict]:
@@ -46,8 +35,8 @@ def logged_service(database_url, tmp_path_factory):
 
 def test_a_request_is_logged_as_one_json_line_with_method_route_status_duration_and_id(logged_service):
     url, log_path = logged_service
-    response = send(f"{url}/api/balance", "PATCH", {"userId": 1, "amount": 1}, {"X-Request-ID": "trace-4711"})
-    assert response.status == 200
+    status, _, _ = call(f"{url}/api/balance", "PATCH", {"userId": 1, "amount": 1}, {"X-Request-ID": "trace-4711"})
+    assert status == 200
     [line] = request_lines(log_path, "trace-4711")
     assert (line["method"], line["route"], line["path"], line["status"]) == ("PATCH", "/api/balance", "/api/balance", 200)
     assert line["level"] == "info" and isinstance(line["duration_ms"], float) and line["duration_ms"] >= 0
@@ -56,26 +45,26 @@ def test_a_request_is_logged_as_one_json_line_with_method_route_status_duration_
 
 def test_the_client_request_id_is_echoed_in_the_response(logged_service):
     url, _ = logged_service
-    assert send(f"{url}/api/users/1", headers={"X-Request-ID": "abc-123"}).headers["X-Request-ID"] == "abc-123"
+    assert call(f"{url}/api/users/1", headers={"X-Request-ID": "abc-123"})[1]["X-Request-ID"] == "abc-123"
 
 
 def test_without_a_request_id_one_is_generated_echoed_and_logged(logged_service):
     url, log_path = logged_service
-    request_id = send(f"{url}/api/users/1").headers["X-Request-ID"]
+    request_id = call(f"{url}/api/users/1")[1]["X-Request-ID"]
     assert re.fullmatch(r"[0-9a-f]{32}", request_id)
     assert len(request_lines(log_path, request_id)) == 1
 
 
 def test_a_malformed_request_id_is_replaced_not_echoed(logged_service):
     url, _ = logged_service
-    echoed = send(f"{url}/api/users/1", headers={"X-Request-ID": "x" * 300}).headers["X-Request-ID"]
+    echoed = call(f"{url}/api/users/1", headers={"X-Request-ID": "x" * 300})[1]["X-Request-ID"]
     assert re.fullmatch(r"[0-9a-f]{32}", echoed)
 
 
 def test_errors_are_logged_with_their_status_and_the_route_template(logged_service):
     url, log_path = logged_service
-    response = send(f"{url}/api/users/987654321", headers={"X-Request-ID": "missing-user"})
-    assert response.status == 404 and response.headers["X-Request-ID"] == "missing-user"
+    status, headers, _ = call(f"{url}/api/users/987654321", headers={"X-Request-ID": "missing-user"})
+    assert status == 404 and headers["X-Request-ID"] == "missing-user"
     [line] = request_lines(log_path, "missing-user")
     assert (line["route"], line["status"]) == ("/api/users/{id}", 404)
 
@@ -89,6 +78,6 @@ def test_every_line_the_service_writes_is_json(logged_service):
 def test_request_lines_below_the_log_level_are_not_written(database_url, tmp_path):
     log_path = tmp_path / "service.log"
     with running_service(log_path, database_url=database_url, log_level="INFO", request_log_level="DEBUG") as (url, _):
-        send(f"{url}/api/users/1", headers={"X-Request-ID": "quiet"})
+        call(f"{url}/api/users/1", headers={"X-Request-ID": "quiet"})
         assert request_lines(log_path, "quiet", wait=1) == []
     assert any(line["event"].startswith("listening on") for line in log_lines(log_path))

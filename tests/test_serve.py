@@ -1,18 +1,13 @@
 """balance-api serve: embedded PostgreSQL by default, configuration checked at start-up."""
 
-import json
-import urllib.request
-
+from tests.http_calls import call
 from tests.service_process import balance_api, running_service, service_env
 
 
 def http_json(url: str, method: str = "GET", body: dict | None = None) -> dict:
-    request = urllib.request.Request(
-        url, method=method, data=json.dumps(body).encode() if body else None,
-        headers={"Content-Type": "application/json"},
-    )
-    with urllib.request.urlopen(request, timeout=10) as response:
-        return json.load(response)
+    status, _, document = call(url, method, body)
+    assert status == 200, (status, document)
+    return document
 
 
 def test_without_database_url_serve_runs_an_embedded_postgres_that_keeps_data_across_restarts(tmp_path):
