@@ -150,10 +150,21 @@ def _prepare_database(url_template: str, name: str) -> str:
         conn.execute(f'CREATE DATABASE "{name}"')
     url = url_template.format(name)
     apply_migrations(url, PROJECT_ROOT / "migrations")
-    with psycopg.connect(url) as conn, conn.transaction():
-        conn.execute("INSERT INTO users (id, balance) SELECT g, 1000000 FROM generate_series(2, %s) g", (ACCOUNTS,))
-        conn.execute("INSERT INTO ledger_entries (user_id, amount, balance_after, kind) "
-                     "SELECT g, 1000000, 1000000, 'opening' FROM generate_series(2, %s) g", (ACCOUNTS,))
+    with psycopg.connect(url) as conn, conn.transaction():  # users 2..ACCOUNTS, opened from the system account
+        conn.execute("INSERT INTO users (id) SELECT g FROM generate_series(2, %s) g", (ACCOUNTS,))
+        conn.execute("SELECT setval(pg_get_serial_sequence('users', 'id'), %s)", (ACCOUNTS,))
+        conn.execute("INSERT INTO accounts (asset_id, user_id, balance) SELECT s.id, g, 1000000 "
+                     "FROM generate_series(2, %s) g, assets s WHERE s.is_default", (ACCOUNTS,))
+        conn.execute("""
+            WITH opening AS (
+                INSERT INTO transfers (asset_id, from_account_id, to_account_id, amount, code)
+                SELECT a.asset_id, sys.id, a.id, a.balance, 'opening'
+                  FROM accounts a JOIN accounts sys ON sys.asset_id = a.asset_id AND sys.is_system
+                 WHERE a.user_id >= 2
+             RETURNING id, from_account_id, to_account_id, amount)
+            INSERT INTO ledger_entries (account_id, transfer_id, amount, balance_after, kind)
+            SELECT to_account_id, id, amount, amount, 'opening' FROM opening
+            UNION ALL SELECT from_account_id, id, -amount, NULL, 'opening' FROM opening""")
     return url
 
 

@@ -10,8 +10,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
 
-from . import handlers, metrics
-from .app_keys import BATCHER, DATABASE, DB_POOL, SETTINGS
+from . import handlers, ledger, metrics
+from .app_keys import ASSETS, BATCHER, DATABASE, DB_POOL, SETTINGS
 from .batching import BalanceChangeBatcher
 from .bearer_auth import bearer_auth_middleware
 from .config import Settings
@@ -33,6 +33,7 @@ async def _database(app: web.Application) -> AsyncIterator[None]:
     pool = await create_pool(settings)
     app[DB_POOL] = pool
     app[DATABASE] = Database(pool, settings.db_max_pending, settings.db_acquire_timeout)
+    app[ASSETS] = ledger.AssetDirectory()
     if settings.batching:
         app[BATCHER] = BalanceChangeBatcher(app[DATABASE], settings.batch_max_size, metrics.BATCH_SIZE.observe,
                                             dt.timedelta(seconds=settings.idempotency_key_retention))
@@ -106,7 +107,21 @@ def create_app(settings: Settings) -> web.Application:
         web.post("/api/users/{id}/credit", handlers.credit),
         web.post("/api/users/{id}/debit", handlers.debit),
         web.post("/api/transfers", handlers.create_transfer),
+        web.get("/api/transfers", handlers.list_transfers),
         web.get("/api/transfers/{id}", handlers.get_transfer),
+        web.post("/api/assets", handlers.create_asset),
+        web.get("/api/assets", handlers.list_assets),
+        web.get("/api/assets/{code}", handlers.get_asset),
+        web.post("/api/accounts", handlers.create_account),
+        web.get("/api/accounts/{id}", handlers.get_account),
+        web.patch("/api/accounts/{id}", handlers.update_account),
+        web.post("/api/accounts/{id}/freeze", handlers.freeze_account),
+        web.post("/api/accounts/{id}/unfreeze", handlers.unfreeze_account),
+        web.post("/api/accounts/{id}/close", handlers.close_account),
+        web.post("/api/accounts/{id}/credit", handlers.account_credit),
+        web.post("/api/accounts/{id}/debit", handlers.account_debit),
+        web.get("/api/accounts/{id}/history", handlers.get_account_history),
+        web.get("/api/accounts/{id}/balance", handlers.get_account_balance),
         web.get("/api/health", handlers.health),
         web.get("/api/openapi.json", handlers.openapi),
         web.get("/metrics", handlers.prometheus_metrics),

@@ -12,8 +12,10 @@ from .database import Database
 
 if TYPE_CHECKING:  # server.batching imports modules that import this one
     from .batching import BalanceChangeBatcher
+    from .ledger import AssetDirectory
 
 SETTINGS = web.AppKey("settings", Settings)
 DB_POOL = web.AppKey("db_pool", asyncpg.Pool)  # health checks and background jobs
 DATABASE = web.AppKey("database", Database)  # request handlers: bounded, with an acquire deadline
 BATCHER: web.AppKey[BalanceChangeBatcher] = web.AppKey("batcher")  # present when BATCHING is on
+ASSETS: web.AppKey[AssetDirectory] = web.AppKey("assets")  # the default asset, and assets looked up

@@ -4,12 +4,15 @@ Every change to one account serialises on that account's row lock, held until th
 disk. Changes that arrive for an account while a statement for it is in flight would wait in this
 process anyway (for a pool connection, then for the row lock); instead they are collected, and when
 the in-flight statement returns, all of them (at most ``BATCH_MAX_SIZE``) go to PostgreSQL as ONE
-call of ``apply_balance_changes()`` (migration 0003): one statement, one transaction, one commit.
+call of ``apply_balance_changes()`` (migration 0004): one statement, one transaction, one commit.
+Each change is a transfer between the account and its asset's system account; the system account's
+row is never locked, so batches for different accounts never wait for each other.
 
 * A lone change goes out at once, as a batch of one: no timer, no added latency without contention.
 * Semantics are those of applying the changes one at a time in arrival order: the SQL function
-  walks the batch in order, accepting a change iff the running balance stays within
-  0..2^63-1, and writes one ledger entry per accepted change with its own ``balance_after``.
+  walks the batch in order, accepting a change iff the account is open and the running balance
+  stays within its limits, and writes one transfer (two entries) per accepted change, the account's
+  entry with its own ``balance_after``.
 * Every request is answered with its own outcome, after its batch has committed. If the batch
   fails (connection lost, timeout), every request in it gets the error (503): the batch was one
   statement, so nothing of it committed.
@@ -28,6 +31,7 @@ call of ``apply_balance_changes()`` (migration 0003): one statement, one transac
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 import logging
 from collections.abc import Callable
@@ -46,19 +50,10 @@ from .idempotency import (
     retry_transaction,
     stored_outcome,
 )
-from .ledger import AppliedChange
-from .problems import (
-    DATABASE_UNAVAILABLE_ERRORS,
-    BalanceOverflow,
-    DatabaseUnavailable,
-    InsufficientFunds,
-    Problem,
-    UserNotFound,
-)
+from .ledger import AccountRef, AppliedChange, BalanceChange, apply_balance_changes
+from .problems import DATABASE_UNAVAILABLE_ERRORS, DatabaseUnavailable, Problem
 
 log = logging.getLogger(__name__)
-
-APPLY_BALANCE_CHANGES = "SELECT balance_after, entry_id, outcome FROM apply_balance_changes($1, $2, $3, $4, $5)"
 
 # How a keyed change's result (the applied change, or its refusal) becomes the response stored
 # under its key.
@@ -67,20 +62,10 @@ Render = Callable[[AppliedChange | Problem], Outcome]
 
 @dataclass(slots=True)
 class _Change:
-    amount: int  # signed, minor units
-    kind: str
-    description: str | None
+    change: BalanceChange
     answer: asyncio.Future  # AppliedChange; for a keyed change (Outcome, replayed)
     keyed: KeyedRequest | None = None
     render: Render | None = None
-
-
-def _refusal(outcome: str, user_id: int, amount: int) -> Problem:
-    if outcome == "insufficient_funds":
-        return InsufficientFunds(user_id, amount)
-    if outcome == "balance_overflow":
-        return BalanceOverflow(user_id, amount)
-    return UserNotFound(user_id)
 
 
 class BalanceChangeBatcher:
@@ -102,74 +87,72 @@ class BalanceChangeBatcher:
         self.batches_sent = 0
         # account -> changes that arrived while a batch for it was in flight; an account is a key
         # here exactly while a batch for it is in flight
-        self._waiting: dict[int, list[_Change]] = {}
+        self._waiting: dict[AccountRef, list[_Change]] = {}
         self._drainers: set[asyncio.Task] = set()
 
-    async def apply(self, user_id: int, amount: int, kind: str = "adjustment",
-                    description: str | None = None) -> AppliedChange:
-        """Apply ``amount`` (signed, non-zero, minor units) to ``user_id`` as ledger entry ``kind``.
+    async def apply(self, ref: AccountRef, change: BalanceChange) -> AppliedChange:
+        """Apply ``change`` to the account ``ref``.
 
-        Returns the :class:`AppliedChange`; raises :class:`UserNotFound` (404),
-        :class:`InsufficientFunds` / :class:`BalanceOverflow` (409), :class:`ServiceOverloaded` or
+        Returns the :class:`AppliedChange`; raises its refusal, :class:`ServiceOverloaded` or
         :class:`DatabaseUnavailable` (503) -- exactly as :func:`server.ledger.apply_balance_change`.
         """
-        return await self._submit(user_id, _Change(amount, kind, description, self._future()))
+        return await self._submit(ref, _Change(change, self._future()))
 
-    async def apply_keyed(self, user_id: int, amount: int, kind: str, description: str | None,
-                          keyed: KeyedRequest, render: Render) -> tuple[Outcome, bool]:
+    async def apply_keyed(self, ref: AccountRef, change: BalanceChange, keyed: KeyedRequest,
+                          render: Render) -> tuple[Outcome, bool]:
         """Apply a change sent with an Idempotency-Key: returns ``(outcome, replayed)``, the outcome
         being ``render(result)`` stored under the key with the change, or the one stored before
         (``replayed``). Raises :class:`~server.problems.IdempotencyKeyReused` (422) when the key was
         used for another request, and the 503 problems as :meth:`apply`."""
-        change = _Change(amount, kind, description, self._future(), keyed, render)
-        return await self._submit(user_id, change)
+        change = dataclasses.replace(change, idempotency_key=keyed.key)
+        return await self._submit(ref, _Change(change, self._future(), keyed, render))
 
     @staticmethod
     def _future() -> asyncio.Future:
         return asyncio.get_running_loop().create_future()
 
-    async def _submit(self, user_id: int, change: _Change):
+    async def _submit(self, account: AccountRef, change: _Change):
         with self._database.admission():
-            waiting = self._waiting.get(user_id)
+            waiting = self._waiting.get(account)
             if waiting is not None:  # a batch for this account is in flight: ride with the next one
                 waiting.append(change)
                 return await change.answer
-            self._waiting[user_id] = []
+            self._waiting[account] = []
             try:  # nothing in flight: go at once, alone
-                await self._send(user_id, [change])
+                await self._send(account, [change])
             finally:
-                self._hand_on(user_id)
+                self._hand_on(account)
             return await change.answer
 
-    def _next_batch(self, user_id: int) -> list[_Change]:
-        waiting = self._waiting[user_id]
+    def _next_batch(self, account: AccountRef) -> list[_Change]:
+        waiting = self._waiting[account]
         if not waiting:
-            del self._waiting[user_id]
+            del self._waiting[account]
             return []
-        batch, self._waiting[user_id] = waiting[:self._max_batch], waiting[self._max_batch:]
+        batch, self._waiting[account] = waiting[:self._max_batch], waiting[self._max_batch:]
         return batch
 
-    def _hand_on(self, user_id: int) -> None:
-        """After a batch for ``user_id`` returned: send what queued meanwhile, from a task of its
+    def _hand_on(self, account: AccountRef) -> None:
+        """After a batch for ``account`` returned: send what queued meanwhile, from a task of its
         own (the request that sent the first batch answers now, not after the queue drains)."""
-        batch = self._next_batch(user_id)
+        batch = self._next_batch(account)
         if batch:
-            task = asyncio.create_task(self._drain(user_id, batch))
+            task = asyncio.create_task(self._drain(account, batch))
             self._drainers.add(task)
             task.add_done_callback(self._drainers.discard)
 
-    async def _drain(self, user_id: int, batch: list[_Change]) -> None:
+    async def _drain(self, account: AccountRef, batch: list[_Change]) -> None:
         try:
             while batch:
-                await self._send(user_id, batch)
-                batch = self._next_batch(user_id)
+                await self._send(account, batch)
+                batch = self._next_batch(account)
         except BaseException:  # cancelled (shutdown): nobody must wait forever
-            for change in [*batch, *self._waiting.pop(user_id, [])]:
+            for change in [*batch, *self._waiting.pop(account, [])]:
                 if not change.answer.done():
                     change.answer.set_exception(DatabaseUnavailable("The service is shutting down; retry."))
             raise
 
-    async def _send(self, user_id: int, batch: list[_Change]) -> None:
+    async def _send(self, account: AccountRef, batch: list[_Change]) -> None:
         """Apply ``batch`` (one statement, or one transaction when it holds keys) and settle every
         change's ``answer`` after the commit; never raises (except on cancellation)."""
         self.batches_sent += 1
@@ -177,13 +160,13 @@ class BalanceChangeBatcher:
             self._on_batch(len(batch))
         try:
             if any(change.keyed for change in batch):
-                settled = await retry_transaction(lambda: self._apply_keyed_batch(user_id, batch))
+                settled = await retry_transaction(lambda: self._apply_keyed_batch(account, batch))
             else:
                 async with self._database.pooled_connection() as conn:
-                    settled = list(zip(batch, await self._apply(conn, user_id, batch)))
+                    settled = list(zip(batch, await self._apply(conn, account, batch)))
         except Exception as error:
             if not isinstance(error, (Problem, *DATABASE_UNAVAILABLE_ERRORS)):
-                log.exception("batch of %d changes for user %d failed", len(batch), user_id)
+                log.exception("batch of %d changes for %s failed", len(batch), account)
             if isinstance(error, DATABASE_UNAVAILABLE_ERRORS):
                 error = DatabaseUnavailable()
             for change in batch:  # one transaction: none of it committed
@@ -197,22 +180,12 @@ class BalanceChangeBatcher:
                 change.answer.set_result(result)
 
     @staticmethod
-    async def _apply(conn: asyncpg.Connection, user_id: int,
+    async def _apply(conn: asyncpg.Connection, account: AccountRef,
                      changes: list[_Change]) -> list[AppliedChange | Problem]:
         """One ``apply_balance_changes()`` call: each change's applied result or refusal, in order."""
-        if not changes:
-            return []
-        rows = await conn.fetch(
-            APPLY_BALANCE_CHANGES, user_id,
-            [change.amount for change in changes], [change.kind for change in changes],
-            [change.description for change in changes],
-            [change.keyed.key if change.keyed else None for change in changes],
-        )
-        return [AppliedChange(user_id, balance_after, entry_id) if outcome == "applied"
-                else _refusal(outcome, user_id, change.amount)
-                for change, (balance_after, entry_id, outcome) in zip(changes, rows, strict=True)]
+        return await apply_balance_changes(conn, account, [change.change for change in changes])
 
-    async def _apply_keyed_batch(self, user_id: int, batch: list[_Change]) -> list[tuple[_Change, object]]:
+    async def _apply_keyed_batch(self, account: AccountRef, batch: list[_Change]) -> list[tuple[_Change, object]]:
         """The transaction of a batch holding keyed changes (module docstring); returns what each
         change is to be answered, to be settled once it has committed."""
         first_use: dict[str, _Change] = {}
@@ -244,7 +217,7 @@ class BalanceChangeBatcher:
                     except Problem as reused:
                         settled.append((change, reused))
             outcomes = []
-            for change, result in zip(applying, await self._apply(conn, user_id, applying)):
+            for change, result in zip(applying, await self._apply(conn, account, applying)):
                 if change.keyed is None:
                     settled.append((change, result))
                 else:
@@ -255,5 +228,5 @@ class BalanceChangeBatcher:
                 await conn.execute(STORE_OUTCOMES, *map(list, zip(*(
                     (key, o.status, o.body, o.content_type, o.location) for key, o in outcomes))))
         if deferred:
-            self._waiting[user_id][:0] = deferred
+            self._waiting[account][:0] = deferred
         return settled

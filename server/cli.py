@@ -28,7 +28,7 @@ def serve(settings: Settings) -> int:
 
     with multiprocess_directory(), database_url(settings) as url:
         if settings.migrate_on_start:
-            apply_migrations(url, settings.migrations_dir)
+            apply_migrations(url, settings.migrations_dir, settings.default_asset_code)
         settings = settings.model_copy(update={"database_url": url, "migrate_on_start": False})
         if settings.workers > 1:
             from .workers import supervise_workers
@@ -69,14 +69,15 @@ def _serve_in_this_process(settings: Settings) -> int:
     return 0
 
 
-def migrate(settings: Settings) -> int:
-    """Apply pending migrations to the configured (or embedded) database and exit."""
+def migrate(settings: Settings, rollback: int = 0) -> int:
+    """Apply pending migrations to the configured (or embedded) database and exit; with
+    ``rollback`` > 0, roll back that many applied migrations instead, newest first."""
     from .embedded_postgres import database_url
     from .migrations import apply_migrations
 
     with database_url(settings) as url:
-        applied = apply_migrations(url, settings.migrations_dir)
-    print(f"applied {len(applied)} migration(s)" + (": " + ", ".join(applied) if applied else ""))
+        done = apply_migrations(url, settings.migrations_dir, settings.default_asset_code, rollback)
+    print(f"{'rolled back' if rollback else 'applied'} {len(done)} migration(s)" + (": " + ", ".join(done) if done else ""))
     return 0
 
 
@@ -104,7 +105,9 @@ def main(argv: list[str] | None = None) -> int:
     serve_parser.add_argument("--host", help="listen address (default: $HOST or 127.0.0.1)")
     serve_parser.add_argument("--port", type=int, help="listen port (default: $PORT or 8080)")
     serve_parser.add_argument("--workers", type=int, help="server processes sharing the port (default: $WORKERS or 1)")
-    commands.add_parser("migrate", help="apply pending database migrations and exit")
+    migrate_parser = commands.add_parser("migrate", help="apply pending database migrations and exit")
+    migrate_parser.add_argument("--rollback", nargs="?", type=int, const=1, default=0, metavar="N",
+                                help="roll back the newest N applied migrations instead (default 1)")
     commands.add_parser("check", help="verify the ledger invariants; exit 1 naming what is wrong")
     commands.add_parser("burst", help="fire N simultaneous balance changes and check the outcome", add_help=False)
     commands.add_parser("bench", help="measure the service, batching off and on, against a no-op ceiling",
@@ -127,7 +130,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"balance-api: {error}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level)
-    return {"serve": serve, "migrate": migrate, "check": check}[args.command](settings)
+    if args.command == "migrate":
+        if args.rollback < 0:
+            parser.error("--rollback takes a number of migrations >= 1")
+        return migrate(settings, args.rollback)
+    return {"serve": serve, "check": check}[args.command](settings)
 
 
 if __name__ == "__main__":

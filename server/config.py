@@ -50,6 +50,9 @@ class Settings(BaseSettings):
     embedded_database: str = "balance"
     migrations_dir: Path = PROJECT_ROOT / "migrations"
     migrate_on_start: bool = True
+    # the code migration 0004 gives the default asset (where existing balances go); used only when
+    # that migration runs, the asset is found by its "default" flag afterwards
+    default_asset_code: Annotated[str, Field(pattern="^[A-Za-z0-9_]{1,32}$")] = "default"
     db_pool_min_size: Annotated[int, Field(ge=0, le=1000)] = 2
     db_pool_max_size: Annotated[int, Field(ge=1, le=1000)] = 20
     health_timeout: Annotated[float, Field(gt=0, le=60)] = 1.0

@@ -1,216 +1,697 @@
 """The SQL that reads and moves money, in one place.
 
-Balances and amounts are integers in minor units (e.g. cents), stored as PostgreSQL ``bigint``.
-Every function takes ``db``: an asyncpg pool, or a connection (inside a caller's transaction).
+Balances and amounts are integers in minor units, stored as PostgreSQL ``bigint``. Money moves only
+by transfers between two accounts of one asset, through the two SQL functions of migration 0004:
+``apply_balance_changes()`` (changes between one account and its asset's system account: PATCH,
+credits, debits; batched or a batch of one) and ``transfer_funds()`` (between any two accounts).
+Their comments say why each is safe under concurrency. Every function here takes ``db``: an asyncpg
+pool, or a connection (inside a caller's transaction).
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import json
+from collections.abc import Sequence
 from dataclasses import dataclass
+from decimal import Decimal
 
 import asyncpg
 
-from .problems import BalanceOverflow, InsufficientFunds, UserNotFound
-
-# Apply one signed change to one user's balance and append its ledger entry, as ONE statement
-# (so one implicit transaction and one round trip).
-#   $1 user id, $2 signed amount (and see the two forms below the statement)
-#
-# Why this is safe under concurrency, at PostgreSQL's default READ COMMITTED level (PostgreSQL
-# docs, §13.2.1 "Read Committed Isolation Level"):
-#   * The UPDATE takes the row lock on the user's row. A concurrent change to the same row makes
-#     it wait until that transaction commits or aborts.
-#   * After the wait, PostgreSQL re-evaluates the WHERE clause against the NEWEST version of the
-#     row (not our snapshot's), and updates only if the new balance is still within 0..2^63-1. So
-#     each change is checked and applied against the balance left by the one before it, while
-#     holding the lock: no lost update, no overdraft, no read-then-write race.
-#   * The check is written so that it cannot overflow ($2 is within +-(2^63-1)): a credit needs
-#     balance <= 2^63-1 - $2, a debit balance >= -$2, i.e. 0 <= balance + $2 <= 2^63-1. A balance
-#     past bigint's range is thus refused by the WHERE clause instead of raising SQLSTATE 22003,
-#     which would abort the caller's transaction.
-#   * The ledger INSERT reads the UPDATE's RETURNING row in the same statement (a data-modifying
-#     CTE, §7.8.4), so the entry commits together with the change or not at all, and records the
-#     exact balance after it.
-#   * CHECK (balance >= 0) on users is the last line of defence.
-# When the WHERE clause rejects the row, nothing is written; `user_exists` then tells "no such
-# user" (404) from a refusal (409): insufficient funds for a debit, overflow for a credit.
-_BALANCE_CHANGE = """
-WITH changed AS (
-    UPDATE users
-       SET balance = balance + $2, updated_at = now()
-     WHERE id = $1
-       AND CASE WHEN $2::bigint > 0 THEN balance <= 9223372036854775807 - $2::bigint
-                ELSE balance >= -$2::bigint END  -- ::bigint: without it $2 is typed int4 from "> 0"
- RETURNING id, balance
-), entry AS (
-    INSERT INTO ledger_entries (user_id, amount, balance_after, kind, description, idempotency_key)
-    SELECT id, $2, balance, {kind}, {description}, {idempotency_key} FROM changed
- RETURNING id, balance_after
+from .problems import (
+    AccountClosed,
+    AccountExists,
+    AccountFrozen,
+    AccountNotEmpty,
+    AccountNotFound,
+    AssetExists,
+    AssetMismatch,
+    AssetNotFound,
+    BalanceOverflow,
+    InsufficientFunds,
+    LimitViolated,
+    MaxBalanceExceeded,
+    Problem,
+    SameAccount,
+    SystemAccount,
+    UserNotFound,
 )
-SELECT (SELECT balance_after FROM entry)           AS balance,
-       (SELECT id FROM entry)                      AS entry_id,
-       EXISTS (SELECT 1 FROM users WHERE id = $1)  AS user_exists
-"""
-# The statement above in its two forms: every kind ($3 kind, $4 description, $5 idempotency key),
-# and PATCH /api/balance's hot path, where those are constants and only $1, $2 travel.
-APPLY_BALANCE_CHANGE = _BALANCE_CHANGE.format(kind="$3", description="$4", idempotency_key="$5")
-APPLY_ADJUSTMENT = _BALANCE_CHANGE.format(kind="'adjustment'", description="NULL", idempotency_key="NULL")
-
-TRANSFER_FUNDS = "SELECT * FROM transfer_funds($1, $2, $3, $4, $5)"
-
-READ_ACCOUNT = "SELECT id, balance, updated_at FROM users WHERE id = $1"
-
-CREATE_USER = "INSERT INTO users DEFAULT VALUES RETURNING id, balance, updated_at"
-
-# A transfer with the balances its two ledger entries recorded.
-READ_TRANSFER = """
-SELECT t.id, t.from_user_id, t.to_user_id, t.amount, t.description, t.created_at,
-       sent.balance_after AS from_balance, received.balance_after AS to_balance
-  FROM transfers t
-  JOIN ledger_entries sent     ON sent.transfer_id = t.id     AND sent.kind = 'transfer_out'
-  JOIN ledger_entries received ON received.transfer_id = t.id AND received.kind = 'transfer_in'
- WHERE t.id = $1
-"""
-
-# Keyset pagination, newest first: entries of $1 with id below $2, served by the index
-# ledger_entries (user_id, id) without scanning the user's older entries or anyone else's.
-READ_HISTORY = """
-SELECT id, amount, balance_after, kind, description, idempotency_key, transfer_id, created_at
-  FROM ledger_entries
- WHERE user_id = $1 AND id < $2
- ORDER BY id DESC
- LIMIT $3
-"""
-
-USER_EXISTS = "SELECT EXISTS (SELECT 1 FROM users WHERE id = $1)"
 
 Db = asyncpg.Pool | asyncpg.Connection
 
+# ---------------------------------------------------------------------------------------------
+# Moving money
+# ---------------------------------------------------------------------------------------------
+
+# One call applies a batch of changes to one account (see migration 0004 for the function and why it
+# is safe): $1 account id, or $2 user id and $3 asset id; then one array per field, in order.
+APPLY_BALANCE_CHANGES = """
+SELECT account_id, user_id, balance_after, transfer_id, entry_id, outcome
+  FROM apply_balance_changes($1, $2, $3, $4, $5, $6, $7, $8, $9)
+"""
+
+TRANSFER_FUNDS = "SELECT * FROM transfer_funds($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
+
 
 @dataclass(frozen=True, slots=True)
-class Account:
-    """A user's balance (minor units) as of ``updated_at`` (the last change, UTC)."""
+class AccountRef:
+    """An account named by its id, or as user ``user_id``'s account in asset ``asset_id``."""
 
-    user_id: int
-    balance: int
-    updated_at: dt.datetime
+    account_id: int | None = None
+    user_id: int | None = None
+    asset_id: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class BalanceChange:
+    """A signed change (minor units, not 0) between an account and its asset's system account.
+
+    ``kind`` is the account's ledger entry kind (``adjustment``, ``credit`` or ``debit``), ``code``
+    the transfer's code; ``metadata`` a JSON object of strings or None.
+    """
+
+    amount: int
+    kind: str = "adjustment"
+    code: str = "adjustment"
+    description: str | None = None
+    metadata: dict[str, str] | None = None
+    idempotency_key: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class AppliedChange:
-    """An accepted change: the user's new balance and the id of its ledger entry."""
+    """An accepted change: the account (and its user), its new balance, the transfer and the
+    account's ledger entry."""
 
-    user_id: int
+    account_id: int
+    user_id: int | None
     balance: int
+    transfer_id: int
     entry_id: int
+
+
+def _metadata_json(metadata: dict[str, str] | None) -> str | None:
+    return None if metadata is None else json.dumps(metadata)
+
+
+def balance_change_refusal(outcome: str, ref: AccountRef, account_id: int | None, amount: int) -> Problem:
+    """The problem for a refused change (``outcome`` from ``apply_balance_changes()``)."""
+    if outcome == "user_not_found":
+        return UserNotFound(ref.user_id)
+    if outcome == "account_not_found":
+        return AccountNotFound(ref.account_id, user_id=ref.user_id)
+    if outcome == "same_account":
+        return SystemAccount(account_id, "is the counter-party of credits and debits; it cannot be credited "
+                                         "or debited against itself")
+    return REFUSALS[outcome](account_id=account_id, user_id=ref.user_id, amount=amount)
+
+
+REFUSALS: dict[str, type[Problem]] = {
+    "insufficient_funds": InsufficientFunds,
+    "balance_overflow": BalanceOverflow,
+    "max_balance_exceeded": MaxBalanceExceeded,
+    "account_frozen": AccountFrozen,
+    "account_closed": AccountClosed,
+}
+
+
+async def apply_balance_changes(db: Db, ref: AccountRef,
+                                changes: Sequence[BalanceChange]) -> list[AppliedChange | Problem]:
+    """Apply ``changes`` to the account ``ref`` in order, in ONE statement; return each one's
+    :class:`AppliedChange` or its refusal (a :class:`Problem`, not raised), in order.
+
+    The outcome is exactly that of applying them one at a time (migration 0004,
+    ``apply_balance_changes()``); refusals write nothing.
+    """
+    if not changes:
+        return []
+    rows = await db.fetch(
+        APPLY_BALANCE_CHANGES, ref.account_id, ref.user_id, ref.asset_id,
+        [c.amount for c in changes], [c.kind for c in changes], [c.code for c in changes],
+        [c.description for c in changes], [_metadata_json(c.metadata) for c in changes],
+        [c.idempotency_key for c in changes],
+    )
+    return [AppliedChange(account_id, user_id, balance_after, transfer_id, entry_id) if outcome == "applied"
+            else balance_change_refusal(outcome, ref, account_id, change.amount)
+            for change, (account_id, user_id, balance_after, transfer_id, entry_id, outcome)
+            in zip(changes, rows, strict=True)]
+
+
+async def apply_balance_change(db: Db, ref: AccountRef, change: BalanceChange) -> AppliedChange:
+    """Apply one change (a batch of one); return it or raise its refusal: :class:`UserNotFound`,
+    :class:`AccountNotFound` (404), :class:`InsufficientFunds`, :class:`MaxBalanceExceeded`,
+    :class:`BalanceOverflow`, :class:`AccountFrozen`, :class:`AccountClosed` (409),
+    :class:`SystemAccount` (422). Nothing is written on a refusal."""
+    (result,) = await apply_balance_changes(db, ref, [change])
+    if isinstance(result, Problem):
+        raise result
+    return result
 
 
 @dataclass(frozen=True, slots=True)
 class Transfer:
-    """A completed transfer and the balances right after it (minor units)."""
+    """A transfer (amount > 0, minor units) and the balances of its two sides right after it
+    (None for a system account, whose entries carry no running balance)."""
 
     transfer_id: int
-    from_user_id: int
-    to_user_id: int
+    asset: str
+    from_account_id: int
+    to_account_id: int
+    from_user_id: int | None
+    to_user_id: int | None
     amount: int
+    code: str
     description: str | None
+    metadata: dict[str, str]
     created_at: dt.datetime
-    from_balance: int
-    to_balance: int
+    from_balance: int | None
+    to_balance: int | None
 
 
 @dataclass(frozen=True, slots=True)
-class LedgerEntry:
-    """One row of a user's history: ``amount`` signed, ``balance_after`` in minor units."""
+class TransferOrder:
+    """What ``POST /api/transfers`` asks: the two sides (:class:`AccountRef`), amount > 0 (minor
+    units), the transfer code, description and metadata."""
 
-    entry_id: int
+    source: AccountRef
+    destination: AccountRef
     amount: int
-    balance_after: int
-    kind: str
-    description: str | None
-    idempotency_key: str | None
-    transfer_id: int | None
-    created_at: dt.datetime
+    code: str = "transfer"
+    description: str | None = None
+    metadata: dict[str, str] | None = None
 
 
-async def apply_balance_change(
-    db: Db, user_id: int, amount: int, kind: str = "adjustment",
-    description: str | None = None, idempotency_key: str | None = None,
-) -> AppliedChange:
-    """Add ``amount`` (signed, non-zero, minor units) to user ``user_id``'s balance.
+def _transfer_refusal(outcome: str, role: str | None, order: TransferOrder, row) -> Problem:
+    side = order.source if role == "from" else order.destination
+    account_id = row["from_account_id"] if role == "from" else row["to_account_id"]
+    if outcome == "user_not_found":
+        return UserNotFound(side.user_id, role=role)
+    if outcome == "account_not_found":
+        return AccountNotFound(side.account_id, user_id=side.user_id, role=role)
+    if outcome == "same_account":
+        return SameAccount(row["from_account_id"])
+    if outcome == "asset_mismatch":
+        return AssetMismatch(row["from_account_id"], row["to_account_id"])
+    amount = -order.amount if outcome == "insufficient_funds" else order.amount
+    return REFUSALS[outcome](account_id=account_id, user_id=side.user_id, amount=amount, role=role)
 
-    ``kind`` is the ledger entry's kind (``adjustment``, ``credit`` or ``debit``). Raises
-    :class:`~server.problems.UserNotFound` (404), :class:`~server.problems.InsufficientFunds` (409)
-    when the balance would drop below zero, :class:`~server.problems.BalanceOverflow` (409) when it
-    would pass 2^63-1; in each case nothing is written, and no database error is raised.
+
+async def transfer_funds(db: Db, order: TransferOrder, idempotency_key: str | None = None) -> Transfer:
+    """Move ``order.amount`` between two different accounts of one asset, atomically (one call of
+    ``transfer_funds()``, migration 0004) and return the :class:`Transfer`.
+
+    Raises, writing nothing: :class:`UserNotFound` / :class:`AccountNotFound` (404, with ``role``),
+    :class:`SameAccount` / :class:`AssetMismatch` (422), :class:`InsufficientFunds` (sender),
+    :class:`MaxBalanceExceeded` / :class:`BalanceOverflow` (receiver), :class:`AccountFrozen` /
+    :class:`AccountClosed` (409, with ``role``).
     """
-    if kind == "adjustment" and description is None and idempotency_key is None:
-        row = await db.fetchrow(APPLY_ADJUSTMENT, user_id, amount)
-    else:
-        row = await db.fetchrow(APPLY_BALANCE_CHANGE, user_id, amount, kind, description, idempotency_key)
-    if row["balance"] is not None:
-        return AppliedChange(user_id, row["balance"], row["entry_id"])
-    if not row["user_exists"]:
-        raise UserNotFound(user_id)
-    if amount > 0:
-        raise BalanceOverflow(user_id, amount)
-    raise InsufficientFunds(user_id, amount)
+    src, dst = order.source, order.destination
+    row = await db.fetchrow(
+        TRANSFER_FUNDS, src.account_id, src.user_id, dst.account_id, dst.user_id,
+        src.asset_id if src.account_id is None else dst.asset_id, order.amount, order.code,
+        order.description, _metadata_json(order.metadata), idempotency_key,
+    )
+    if row["outcome"] != "transferred":
+        raise _transfer_refusal(row["outcome"], row["role"], order, row)
+    return await read_transfer(db, row["transfer_id"])
 
 
-async def transfer_funds(
-    db: Db, from_user_id: int, to_user_id: int, amount: int,
-    description: str | None = None, idempotency_key: str | None = None,
-) -> Transfer:
-    """Move ``amount`` (> 0, minor units) between two different users, atomically.
+# ---------------------------------------------------------------------------------------------
+# Transfers: reading
+# ---------------------------------------------------------------------------------------------
 
-    Raises :class:`~server.problems.UserNotFound` naming the missing side (``role`` ``from`` or
-    ``to``), :class:`~server.problems.InsufficientFunds` for the sender, or
-    :class:`~server.problems.BalanceOverflow` for the receiver; nothing is written then.
-    """
-    row = await db.fetchrow(TRANSFER_FUNDS, from_user_id, to_user_id, amount, description, idempotency_key)
-    outcome = row["outcome"]
-    if outcome == "transferred":
-        return Transfer(row["transfer_id"], from_user_id, to_user_id, amount, description,
-                        row["created_at"], row["from_balance"], row["to_balance"])
-    if outcome == "sender_not_found":
-        raise UserNotFound(from_user_id, role="from")
-    if outcome == "receiver_not_found":
-        raise UserNotFound(to_user_id, role="to")
-    if outcome == "insufficient_funds":
-        raise InsufficientFunds(from_user_id, -amount)
-    raise BalanceOverflow(to_user_id, amount)
+# A transfer with the balances its two ledger entries recorded.
+_TRANSFER_COLUMNS = """
+SELECT t.id, s.code AS asset, t.from_account_id, t.to_account_id, fa.user_id AS from_user_id,
+       ta.user_id AS to_user_id, t.amount, t.code, t.description, t.metadata, t.created_at,
+       (SELECT e.balance_after FROM ledger_entries e WHERE e.transfer_id = t.id AND e.account_id = t.from_account_id)
+           AS from_balance,
+       (SELECT e.balance_after FROM ledger_entries e WHERE e.transfer_id = t.id AND e.account_id = t.to_account_id)
+           AS to_balance
+  FROM transfers t
+  JOIN assets s ON s.id = t.asset_id
+  JOIN accounts fa ON fa.id = t.from_account_id
+  JOIN accounts ta ON ta.id = t.to_account_id
+"""
+READ_TRANSFER = _TRANSFER_COLUMNS + " WHERE t.id = $1"
 
-
-async def read_account(db: Db, user_id: int) -> Account:
-    """Return user ``user_id``'s :class:`Account`; raises :class:`~server.problems.UserNotFound`."""
-    row = await db.fetchrow(READ_ACCOUNT, user_id)
-    if row is None:
-        raise UserNotFound(user_id)
-    return Account(user_id=row["id"], balance=row["balance"], updated_at=row["updated_at"])
+# All transfers, newest first, keyset-paged by transfer id ($1: below this id), with optional
+# filters ($2 code, $3 from, $4 to: from <= created_at < to).
+LIST_TRANSFERS = _TRANSFER_COLUMNS + """
+ WHERE t.id < $1 AND ($2::text IS NULL OR t.code = $2) AND ($3::timestamptz IS NULL OR t.created_at >= $3)
+   AND ($4::timestamptz IS NULL OR t.created_at < $4)
+ ORDER BY t.id DESC LIMIT $5
+"""
 
 
-async def create_user(db: Db) -> Account:
-    """Open a new user with balance 0 (no ledger entry: the sum of no entries is 0)."""
-    row = await db.fetchrow(CREATE_USER)
-    return Account(user_id=row["id"], balance=row["balance"], updated_at=row["updated_at"])
+# An account's transfers, newest first, keyset-paged by the account's ledger entry id ($2: below it),
+# through the index ledger_entries (account_id, id); filters as in LIST_TRANSFERS.
+LIST_ACCOUNT_TRANSFERS = _TRANSFER_COLUMNS.replace("SELECT t.id,", "SELECT x.id AS entry_id, t.id,", 1) + """
+  JOIN ledger_entries x ON x.transfer_id = t.id
+ WHERE x.account_id = $1 AND x.id < $2 AND ($3::text IS NULL OR t.code = $3)
+   AND ($4::timestamptz IS NULL OR t.created_at >= $4) AND ($5::timestamptz IS NULL OR t.created_at < $5)
+ ORDER BY x.id DESC LIMIT $6
+"""
+
+
+def _transfer(row) -> Transfer:
+    return Transfer(row["id"], row["asset"], row["from_account_id"], row["to_account_id"], row["from_user_id"],
+                    row["to_user_id"], row["amount"], row["code"], row["description"],
+                    json.loads(row["metadata"]) if row["metadata"] else {}, row["created_at"],
+                    row["from_balance"], row["to_balance"])
 
 
 async def read_transfer(db: Db, transfer_id: int) -> Transfer | None:
     """Return transfer ``transfer_id`` with the balances its entries recorded, or None."""
     row = await db.fetchrow(READ_TRANSFER, transfer_id)
+    return None if row is None else _transfer(row)
+
+
+@dataclass(frozen=True, slots=True)
+class PageQuery:
+    """One page of a newest-first listing: ids below ``before``, at most ``limit`` rows, optional
+    filters on the transfer code and on ``created_from <= created_at < created_to``."""
+
+    before: int
+    limit: int
+    code: str | None = None
+    created_from: dt.datetime | None = None
+    created_to: dt.datetime | None = None
+
+
+async def list_transfers(db: Db, page: PageQuery) -> list[Transfer]:
+    """Transfers newest first (by transfer id), filtered as ``page`` says."""
+    rows = await db.fetch(LIST_TRANSFERS, page.before, page.code, page.created_from, page.created_to, page.limit)
+    return [_transfer(row) for row in rows]
+
+
+async def list_account_transfers(db: Db, account_id: int, page: PageQuery) -> list[tuple[int, Transfer]]:
+    """The transfers of ``account_id`` newest first, each with the account's entry id (the
+    position ``page.before`` counts in); raises :class:`AccountNotFound`."""
+    rows = await db.fetch(LIST_ACCOUNT_TRANSFERS, account_id, page.before, page.code, page.created_from,
+                          page.created_to, page.limit)
+    if not rows and not await db.fetchval(ACCOUNT_EXISTS, account_id):
+        raise AccountNotFound(account_id)
+    return [(row["entry_id"], _transfer(row)) for row in rows]
+
+
+# ---------------------------------------------------------------------------------------------
+# Ledger entries: an account's history and its balance at a moment
+# ---------------------------------------------------------------------------------------------
+
+# Keyset pagination, newest first: entries of account $1 with id below $2, served by the index
+# ledger_entries (account_id, id) without scanning the account's older entries or anyone else's.
+READ_ENTRIES = """
+SELECT e.id, e.transfer_id, e.amount, e.balance_after,
+       CASE WHEN t.from_account_id = e.account_id THEN t.to_account_id ELSE t.from_account_id END
+           AS counterparty_account_id,
+       t.code, e.kind, e.description, t.metadata, e.idempotency_key, e.created_at
+  FROM ledger_entries e JOIN transfers t ON t.id = e.transfer_id
+ WHERE e.account_id = $1 AND e.id < $2 AND ($3::text IS NULL OR t.code = $3)
+   AND ($4::timestamptz IS NULL OR e.created_at >= $4) AND ($5::timestamptz IS NULL OR e.created_at < $5)
+ ORDER BY e.id DESC
+ LIMIT $6
+"""
+
+# The account's balance right after its last entry at or before $2 (0 before its first). A system
+# account's entries carry no running balance: its balance then is the sum of its entries up to $2.
+BALANCE_AT = """
+SELECT CASE WHEN a.is_system
+            THEN (SELECT coalesce(sum(e.amount), 0) FROM ledger_entries e
+                   WHERE e.account_id = a.id AND e.created_at <= $2)
+            ELSE coalesce((SELECT e.balance_after FROM ledger_entries e
+                            WHERE e.account_id = a.id AND e.created_at <= $2
+                            ORDER BY e.id DESC LIMIT 1), 0)
+       END AS balance, s.code AS asset
+  FROM accounts a JOIN assets s ON s.id = a.asset_id
+ WHERE a.id = $1
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerEntry:
+    """One side of a transfer, as an account's history shows it: ``amount`` signed (minor units),
+    ``balance_after`` the account's balance right after it (None on a system account)."""
+
+    entry_id: int
+    transfer_id: int
+    amount: int
+    balance_after: int | None
+    counterparty_account_id: int
+    code: str
+    kind: str
+    description: str | None
+    metadata: dict[str, str]
+    idempotency_key: str | None
+    created_at: dt.datetime
+
+
+async def read_entries(db: Db, account_id: int, page: PageQuery) -> list[LedgerEntry]:
+    """Up to ``page.limit`` entries of ``account_id`` with id < ``page.before``, newest first,
+    filtered as ``page`` says. Raises :class:`AccountNotFound` when there is no such account."""
+    rows = await db.fetch(READ_ENTRIES, account_id, page.before, page.code, page.created_from, page.created_to,
+                          page.limit)
+    if not rows and not await db.fetchval(ACCOUNT_EXISTS, account_id):
+        raise AccountNotFound(account_id)
+    return [LedgerEntry(*row[:8], json.loads(row["metadata"]) if row["metadata"] else {}, row["idempotency_key"],
+                        row["created_at"]) for row in rows]
+
+
+async def balance_at(db: Db, account_id: int, at: dt.datetime) -> tuple[str, int]:
+    """``(asset code, balance)`` of ``account_id`` right after its last change at or before
+    ``at``; raises :class:`AccountNotFound`."""
+    row = await db.fetchrow(BALANCE_AT, account_id, at)
     if row is None:
-        return None
-    return Transfer(row["id"], row["from_user_id"], row["to_user_id"], row["amount"], row["description"],
-                    row["created_at"], row["from_balance"], row["to_balance"])
+        raise AccountNotFound(account_id)
+    return row["asset"], int(row["balance"])
 
 
-async def read_history(db: Db, user_id: int, before_entry_id: int, limit: int) -> list[LedgerEntry]:
-    """Up to ``limit`` entries of ``user_id`` with id < ``before_entry_id``, newest first.
+# ---------------------------------------------------------------------------------------------
+# Assets
+# ---------------------------------------------------------------------------------------------
 
-    Raises :class:`~server.problems.UserNotFound` when the user does not exist.
-    """
-    rows = await db.fetch(READ_HISTORY, user_id, before_entry_id, limit)
-    if not rows and not await db.fetchval(USER_EXISTS, user_id):
+# A new asset and its system account, in one statement.
+CREATE_ASSET = """
+WITH asset AS (
+    INSERT INTO assets (code, scale, name) VALUES ($1, $2, $3) ON CONFLICT (code) DO NOTHING
+ RETURNING id, code, scale, name, is_default, created_at
+), system_account AS (
+    INSERT INTO accounts (asset_id, name, is_system) SELECT id, 'System account', true FROM asset
+ RETURNING id
+)
+SELECT asset.*, (SELECT id FROM system_account) AS system_account_id FROM asset
+"""
+
+# The asset's supply: the sum of its non-system balances, i.e. minus the system account's balance.
+_ASSET_COLUMNS = """
+SELECT s.id, s.code, s.scale, s.name, s.is_default, s.created_at, a.id AS system_account_id
+  FROM assets s JOIN accounts a ON a.asset_id = s.id AND a.is_system
+"""
+READ_ASSET = _ASSET_COLUMNS + " WHERE s.code = $1"
+READ_DEFAULT_ASSET = _ASSET_COLUMNS + " WHERE s.is_default"
+LIST_ASSETS = _ASSET_COLUMNS + " ORDER BY s.id"
+ASSET_SUPPLY = "SELECT coalesce(sum(balance), 0) FROM accounts WHERE asset_id = $1 AND NOT is_system"
+
+
+@dataclass(frozen=True, slots=True)
+class Asset:
+    """An asset: ``code``, ``scale`` (decimal places of one minor unit), its system account."""
+
+    asset_id: int
+    code: str
+    scale: int
+    name: str | None
+    default: bool
+    created_at: dt.datetime
+    system_account_id: int
+
+
+async def create_asset(db: Db, code: str, scale: int, name: str | None) -> Asset:
+    """Create asset ``code`` and its system account; raises :class:`AssetExists` (409)."""
+    row = await db.fetchrow(CREATE_ASSET, code, scale, name)
+    if row is None:
+        raise AssetExists(code)
+    return Asset(*row.values())
+
+
+async def read_asset(db: Db, code: str) -> Asset:
+    """Asset ``code``; raises :class:`AssetNotFound` (404)."""
+    row = await db.fetchrow(READ_ASSET, code)
+    if row is None:
+        raise AssetNotFound(code)
+    return Asset(*row.values())
+
+
+async def read_default_asset(db: Db) -> Asset:
+    """The default asset (created by migration 0004)."""
+    return Asset(*(await db.fetchrow(READ_DEFAULT_ASSET)).values())
+
+
+async def list_assets(db: Db) -> list[Asset]:
+    """Every asset, oldest first."""
+    return [Asset(*row.values()) for row in await db.fetch(LIST_ASSETS)]
+
+
+async def asset_supply(db: Db, asset: Asset) -> int:
+    """The sum of all non-system balances of ``asset`` (minor units)."""
+    return int(await db.fetchval(ASSET_SUPPLY, asset.asset_id))
+
+
+class AssetDirectory:
+    """The assets this process has looked up, by code. Assets are never deleted and their id and
+    system account never change, so an asset found once stays valid; an unknown code is asked of
+    the database each time (it may have been created since). ``default`` is the default asset once
+    looked up (None before: the service starts even while the database is down)."""
+
+    def __init__(self) -> None:
+        self.default: Asset | None = None
+        self._by_code: dict[str, Asset] = {}
+
+    async def get(self, db: Db, code: str | None) -> Asset:
+        """The asset ``code`` (None: the default asset); raises :class:`AssetNotFound`."""
+        if code is None:
+            if self.default is None:
+                self.default = await read_default_asset(db)
+            return self.default
+        asset = self._by_code.get(code)
+        if asset is None:
+            asset = self._by_code[code] = await read_asset(db, code)
+        return asset
+
+
+# ---------------------------------------------------------------------------------------------
+# Accounts and users
+# ---------------------------------------------------------------------------------------------
+
+# A system account's balance is the sum of its entries (its row's balance is not maintained).
+_ACCOUNT_COLUMNS = """
+SELECT a.id, s.code AS asset, a.user_id, a.name, a.is_system,
+       CASE WHEN a.is_system THEN (SELECT coalesce(sum(e.amount), 0) FROM ledger_entries e WHERE e.account_id = a.id)
+            ELSE a.balance END AS balance,
+       a.overdraft_limit, a.max_balance, a.status, a.metadata, a.created_at, a.updated_at
+  FROM accounts a JOIN assets s ON s.id = a.asset_id
+"""
+READ_ACCOUNT = _ACCOUNT_COLUMNS + " WHERE a.id = $1"
+READ_USER_ACCOUNTS = _ACCOUNT_COLUMNS + " WHERE a.user_id = $1 ORDER BY a.id"
+ACCOUNT_EXISTS = "SELECT EXISTS (SELECT 1 FROM accounts WHERE id = $1)"
+USER_EXISTS = "SELECT EXISTS (SELECT 1 FROM users WHERE id = $1)"
+
+CREATE_ACCOUNT = """
+INSERT INTO accounts (asset_id, user_id, name, overdraft_limit, max_balance, metadata)
+VALUES ($1, $2, $3, $4, $5, $6)
+ON CONFLICT (user_id, asset_id) DO NOTHING
+RETURNING id
+"""
+ACCOUNT_OF_USER = "SELECT id FROM accounts WHERE user_id = $1 AND asset_id = $2"
+
+# A new user and its default-asset account, in one statement.
+CREATE_USER = """
+WITH new_user AS (INSERT INTO users DEFAULT VALUES RETURNING id)
+INSERT INTO accounts (asset_id, user_id) SELECT $1, id FROM new_user RETURNING id
+"""
+
+# Limits and names change under the account's row lock (the UPDATE takes it and re-checks its WHERE
+# clause on the newest row, PostgreSQL docs §13.2.1), so a new limit is checked against the balance
+# no concurrent transfer can change before the commit. NULL parameters leave a field as it is;
+# $6 says whether maxBalance was given (it may be set to null: no ceiling).
+UPDATE_ACCOUNT = """
+UPDATE accounts
+   SET name = coalesce($2, name), overdraft_limit = coalesce($3, overdraft_limit),
+       max_balance = CASE WHEN $6 THEN $4 ELSE max_balance END, metadata = coalesce($5, metadata),
+       updated_at = now()
+ WHERE id = $1 AND NOT is_system
+   AND balance >= -coalesce($3, overdraft_limit)
+   AND (NOT $6 OR $4::bigint IS NULL OR balance <= $4)
+RETURNING id
+"""
+
+# freeze / unfreeze / close, under the row lock (as above): closing needs a zero balance, and a
+# closed account stays closed.
+SET_STATUS = """
+UPDATE accounts SET status = $2, updated_at = now()
+ WHERE id = $1 AND NOT is_system AND status <> 'closed' AND ($2 <> 'closed' OR balance = 0)
+RETURNING id
+"""
+READ_STATE = "SELECT is_system, status, balance FROM accounts WHERE id = $1"
+
+
+@dataclass(frozen=True, slots=True)
+class Account:
+    """An account of one asset. ``balance`` and limits in minor units; ``available`` is what can be
+    spent now (the balance, until holds exist); ``max_balance`` None means no ceiling."""
+
+    account_id: int
+    asset: str
+    user_id: int | None
+    name: str | None
+    system: bool
+    balance: int
+    overdraft_limit: int
+    max_balance: int | None
+    status: str
+    metadata: dict[str, str]
+    created_at: dt.datetime
+    updated_at: dt.datetime
+
+    @property
+    def available(self) -> int:
+        return self.balance
+
+
+def _account(row) -> Account:
+    balance = row["balance"]
+    return Account(row["id"], row["asset"], row["user_id"], row["name"], row["is_system"],
+                   int(balance) if isinstance(balance, Decimal) else balance, row["overdraft_limit"],
+                   row["max_balance"], row["status"], json.loads(row["metadata"]), row["created_at"],
+                   row["updated_at"])
+
+
+async def read_account(db: Db, account_id: int) -> Account:
+    """Account ``account_id``; raises :class:`AccountNotFound` (404)."""
+    row = await db.fetchrow(READ_ACCOUNT, account_id)
+    if row is None:
+        raise AccountNotFound(account_id)
+    return _account(row)
+
+
+@dataclass(frozen=True, slots=True)
+class NewAccount:
+    """What ``POST /api/accounts`` asks: limits in minor units, ``max_balance`` None = no ceiling."""
+
+    asset: Asset
+    user_id: int | None = None
+    name: str | None = None
+    overdraft_limit: int = 0
+    max_balance: int | None = None
+    metadata: dict[str, str] | None = None
+
+
+async def create_account(db: Db, new: NewAccount) -> Account:
+    """Open an account; raises :class:`UserNotFound` (404) or :class:`AccountExists` (409, naming
+    the user's existing account in that asset)."""
+    try:
+        account_id = await db.fetchval(CREATE_ACCOUNT, new.asset.asset_id, new.user_id, new.name, new.overdraft_limit,
+                                       new.max_balance, json.dumps(new.metadata or {}))
+    except asyncpg.ForeignKeyViolationError:
+        raise UserNotFound(new.user_id) from None
+    if account_id is None:
+        raise AccountExists(await db.fetchval(ACCOUNT_OF_USER, new.user_id, new.asset.asset_id), new.asset.code)
+    return await read_account(db, account_id)
+
+
+async def open_user_account(db: Db, user_id: int, asset: Asset) -> None:
+    """Open user ``user_id``'s account in ``asset`` unless it has one (a credit opens it);
+    raises :class:`UserNotFound`."""
+    try:
+        await db.execute(CREATE_ACCOUNT, asset.asset_id, user_id, None, 0, None, "{}")
+    except asyncpg.ForeignKeyViolationError:
+        raise UserNotFound(user_id) from None
+
+
+@dataclass(frozen=True, slots=True)
+class AccountUpdate:
+    """What ``PATCH /api/accounts/{id}`` changes; None leaves a field as it is, except
+    ``max_balance`` when ``max_balance_given`` (None then removes the ceiling)."""
+
+    name: str | None = None
+    overdraft_limit: int | None = None
+    max_balance: int | None = None
+    max_balance_given: bool = False
+    metadata: dict[str, str] | None = None
+
+
+async def _refuse_state_change(db: Db, account_id: int, what: str) -> Problem:
+    """Why an UPDATE of account ``account_id`` matched no row (read after it)."""
+    state = await db.fetchrow(READ_STATE, account_id)
+    if state is None:
+        return AccountNotFound(account_id)
+    if state["is_system"]:
+        return SystemAccount(account_id, f"cannot be {what}")
+    if state["status"] == "closed" and what != "given limits outside its balance":
+        return AccountClosed(account_id=account_id)
+    if what == "closed":
+        return AccountNotEmpty(account_id, state["balance"])
+    return LimitViolated(account_id, state["balance"])
+
+
+async def update_account(db: Db, account_id: int, update: AccountUpdate) -> Account:
+    """Change an account's name, limits or metadata; raises :class:`AccountNotFound`,
+    :class:`SystemAccount` (422) or :class:`LimitViolated` (409) when the balance already breaks a
+    new limit."""
+    updated = await db.fetchval(
+        UPDATE_ACCOUNT, account_id, update.name, update.overdraft_limit, update.max_balance,
+        None if update.metadata is None else json.dumps(update.metadata), update.max_balance_given,
+    )
+    if updated is None:
+        raise await _refuse_state_change(db, account_id, "given limits outside its balance")
+    return await read_account(db, account_id)
+
+
+async def set_account_status(db: Db, account_id: int, status: str) -> Account:
+    """Freeze (``frozen``), unfreeze (``open``) or close (``closed``) an account.
+
+    Raises :class:`AccountNotFound`, :class:`SystemAccount` (422), :class:`AccountClosed` (409:
+    closed is final) or, closing, :class:`AccountNotEmpty` (409)."""
+    if await db.fetchval(SET_STATUS, account_id, status) is None:
+        raise await _refuse_state_change(db, account_id, {"frozen": "frozen", "open": "unfrozen"}.get(status, status))
+    return await read_account(db, account_id)
+
+
+@dataclass(frozen=True, slots=True)
+class User:
+    """A user and its accounts; ``default_account`` is its account in the default asset (if any)."""
+
+    user_id: int
+    accounts: list[Account]
+    default_account: Account | None
+
+
+async def create_user(db: Db, default_asset: Asset) -> User:
+    """Open a new user with its default-asset account at balance 0 (one statement)."""
+    account_id = await db.fetchval(CREATE_USER, default_asset.asset_id)
+    account = await read_account(db, account_id)
+    return User(account.user_id, [account], account)
+
+
+async def read_user(db: Db, user_id: int, default_asset: Asset) -> User:
+    """User ``user_id`` with its accounts; raises :class:`UserNotFound`."""
+    accounts = [_account(row) for row in await db.fetch(READ_USER_ACCOUNTS, user_id)]
+    if not accounts and not await db.fetchval(USER_EXISTS, user_id):
         raise UserNotFound(user_id)
-    return [LedgerEntry(*row.values()) for row in rows]
+    default = next((a for a in accounts if a.asset == default_asset.code), None)
+    return User(user_id, accounts, default)
+
+
+# For tests and the bench: a new user whose default-asset account opens with $1 minor units, moved
+# in from the system account as an 'opening' transfer (both sides written, so every check holds).
+SEED_USER = """
+WITH new_user AS (INSERT INTO users DEFAULT VALUES RETURNING id),
+account AS (
+    INSERT INTO accounts (asset_id, user_id, balance)
+    SELECT s.id, new_user.id, $1::bigint FROM assets s, new_user WHERE s.is_default RETURNING id, asset_id
+),
+opening AS (
+    INSERT INTO transfers (asset_id, from_account_id, to_account_id, amount, code)
+    SELECT account.asset_id, sys.id, account.id, $1::bigint, 'opening'
+      FROM account JOIN accounts sys ON sys.asset_id = account.asset_id AND sys.is_system
+     WHERE $1::bigint > 0
+ RETURNING id, from_account_id, to_account_id, amount
+), entries AS (
+    INSERT INTO ledger_entries (account_id, transfer_id, amount, balance_after, kind)
+    SELECT to_account_id, id, amount, amount, 'opening' FROM opening
+    UNION ALL
+    SELECT from_account_id, id, -amount, NULL, 'opening' FROM opening
+)
+SELECT (SELECT id FROM new_user) AS user_id, (SELECT id FROM account) AS account_id
+"""
+
+
+async def user_account_id(db: Db, user_id: int, asset: Asset) -> int:
+    """The id of user ``user_id``'s account in ``asset``; raises :class:`UserNotFound` or
+    :class:`AccountNotFound`."""
+    account_id = await db.fetchval(ACCOUNT_OF_USER, user_id, asset.asset_id)
+    if account_id is None:
+        if not await db.fetchval(USER_EXISTS, user_id):
+            raise UserNotFound(user_id)
+        raise AccountNotFound(None, user_id=user_id)
+    return account_id

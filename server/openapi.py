@@ -15,9 +15,13 @@ from .request_bodies import (
     HISTORY_DEFAULT_LIMIT,
     HISTORY_MAX_LIMIT,
     MAX_BIGINT,
+    AccountCreditOrDebit,
+    AccountPatch,
     BalanceChange,
     CreditOrDebit,
-    NewUser,
+    EmptyBody,
+    NewAccount,
+    NewAsset,
     TransferRequest,
 )
 
@@ -25,8 +29,12 @@ JSON = "application/json"
 PROBLEM = "application/problem+json"
 
 INTEGER_ID = {"type": "integer", "minimum": 1, "maximum": MAX_BIGINT}
+NULLABLE_ID = {"oneOf": [INTEGER_ID, {"type": "null"}]}
+SIGNED = {"type": "integer", "description": "signed minor units"}
 MINOR_UNITS = {"type": "integer", "minimum": 0, "maximum": MAX_BIGINT, "description": "minor units"}
 TIMESTAMP = {"type": "string", "format": "date-time"}
+TEXT_OR_NULL = {"type": ["string", "null"], "maxLength": 500}
+METADATA = {"type": "object", "additionalProperties": {"type": "string"}, "maxProperties": 16}
 
 
 def _ref(name: str) -> dict:
@@ -46,31 +54,73 @@ def _request_schema(model) -> dict:
     return schema
 
 
+_ASSET = {"code": {"type": "string", "pattern": "^[A-Za-z0-9_]{1,32}$"},
+          "scale": {"type": "integer", "minimum": 0, "maximum": 18},
+          "name": {"type": ["string", "null"]}, "default": {"type": "boolean"},
+          "systemAccountId": INTEGER_ID, "createdAt": TIMESTAMP}
+_ACCOUNT = {
+    "accountId": INTEGER_ID, "asset": {"type": "string"}, "userId": NULLABLE_ID, "name": {"type": ["string", "null"]},
+    "system": {"type": "boolean"},
+    "balance": {**SIGNED, "description": "minor units; a system account's may be any integer"},
+    "available": {**SIGNED, "description": "what can be spent now: the balance"},
+    "overdraftLimit": MINOR_UNITS, "maxBalance": {"oneOf": [MINOR_UNITS, {"type": "null"}]},
+    "status": {"enum": ["open", "frozen", "closed"]}, "metadata": METADATA,
+    "createdAt": TIMESTAMP, "updatedAt": TIMESTAMP,
+}
+_CHANGE = {"userId": NULLABLE_ID, "balance": SIGNED, "accountId": INTEGER_ID, "transferId": INTEGER_ID}
+
 SCHEMAS: dict[str, Any] = {
     "BalanceChange": _request_schema(BalanceChange),
     "CreditOrDebit": _request_schema(CreditOrDebit),
+    "AccountCreditOrDebit": _request_schema(AccountCreditOrDebit),
     "TransferRequest": _request_schema(TransferRequest),
-    "NewUser": _request_schema(NewUser),
-    "BalanceChanged": _object({"userId": INTEGER_ID, "balance": MINOR_UNITS}),
-    "EntryApplied": _object({"userId": INTEGER_ID, "balance": MINOR_UNITS, "entryId": INTEGER_ID}),
-    "Account": _object({"userId": INTEGER_ID, "balance": MINOR_UNITS, "updatedAt": TIMESTAMP}),
+    "NewAsset": _request_schema(NewAsset),
+    "NewAccount": _request_schema(NewAccount),
+    "AccountPatch": _request_schema(AccountPatch),
+    "EmptyBody": _request_schema(EmptyBody),
+    "BalanceChanged": _object(_CHANGE),
+    "EntryApplied": _object({**_CHANGE, "entryId": INTEGER_ID}),
+    "Asset": _object(_ASSET),
+    "AssetWithSupply": _object({**_ASSET, "supply": {**SIGNED, "description": "sum of all non-system balances"}}),
+    "Assets": _object({"assets": {"type": "array", "items": _ref("Asset")}}),
+    "Account": _object(_ACCOUNT),
+    "User": _object({"userId": INTEGER_ID, "balance": {**SIGNED, "description": "in the default asset"},
+                     "updatedAt": {"type": ["string", "null"], "format": "date-time"},
+                     "accounts": {"type": "array", "items": _ref("Account")}}),
     "Transfer": _object({
-        "transferId": INTEGER_ID, "fromUserId": INTEGER_ID, "toUserId": INTEGER_ID,
+        "transferId": INTEGER_ID, "fromAccountId": INTEGER_ID, "toAccountId": INTEGER_ID,
+        "fromUserId": NULLABLE_ID, "toUserId": NULLABLE_ID, "asset": {"type": "string"},
         "amount": {**INTEGER_ID, "description": "minor units"},
-        "description": {"type": ["string", "null"], "maxLength": 500},
-        "createdAt": TIMESTAMP,
-        "fromBalance": {**MINOR_UNITS, "description": "sender's balance right after the transfer"},
-        "toBalance": {**MINOR_UNITS, "description": "receiver's balance right after the transfer"},
+        "code": {"type": "string", "pattern": "^[a-z0-9_]{1,32}$"},
+        "description": TEXT_OR_NULL, "metadata": METADATA, "createdAt": TIMESTAMP,
+        "fromBalance": {"type": ["integer", "null"],
+                        "description": "sending account's balance right after; null for a system account"},
+        "toBalance": {"type": ["integer", "null"],
+                      "description": "receiving account's balance right after; null for a system account"},
     }),
+    "Transfers": _object({"transfers": {"type": "array", "items": _ref("Transfer"), "maxItems": HISTORY_MAX_LIMIT},
+                          "nextCursor": {"type": ["string", "null"]}}),
+    "AccountEntry": _object({
+        "entryId": INTEGER_ID, "transferId": INTEGER_ID,
+        "amount": {**SIGNED, "not": {"const": 0}}, "balanceAfter": {"type": ["integer", "null"]},
+        "counterpartyAccountId": INTEGER_ID, "code": {"type": "string"}, "description": TEXT_OR_NULL,
+        "metadata": METADATA, "createdAt": TIMESTAMP,
+    }),
+    "AccountHistory": _object({
+        "accountId": INTEGER_ID,
+        "entries": {"type": "array", "items": _ref("AccountEntry"), "maxItems": HISTORY_MAX_LIMIT},
+        "nextCursor": {"type": ["string", "null"], "description": "pass as `cursor` for the next page"},
+    }),
+    "BalanceAt": _object({"accountId": INTEGER_ID, "asset": {"type": "string"}, "at": TIMESTAMP, "balance": SIGNED}),
     "LedgerEntry": _object({
         "entryId": INTEGER_ID,
         "amount": {"type": "integer", "minimum": -MAX_BIGINT, "maximum": MAX_BIGINT, "not": {"const": 0},
                    "description": "signed minor units"},
-        "balanceAfter": MINOR_UNITS,
+        "balanceAfter": SIGNED,
         "kind": {"enum": ["opening", "adjustment", "credit", "debit", "transfer_in", "transfer_out"]},
-        "description": {"type": ["string", "null"], "maxLength": 500},
+        "description": TEXT_OR_NULL,
         "idempotencyKey": {"type": ["string", "null"], "maxLength": 255},
-        "transferId": {"oneOf": [INTEGER_ID, {"type": "null"}]},
+        "transferId": NULLABLE_ID,
         "createdAt": TIMESTAMP,
     }),
     "History": _object({
@@ -97,13 +147,14 @@ SCHEMAS: dict[str, Any] = {
 }
 
 PROBLEM_CODES = {
-    400: "malformed_json: the body is not JSON",
+    400: "malformed_json: the body is not JSON, or an object repeats a member name (RFC 7493 §2.3)",
     401: "unauthorized: bearer token missing or wrong (only when the service is configured with tokens)",
-    404: "user_not_found / transfer_not_found / route_not_found",
-    409: "insufficient_funds / balance_overflow",
+    404: "user_not_found / account_not_found / asset_not_found / transfer_not_found / route_not_found",
+    409: "insufficient_funds / max_balance_exceeded / balance_overflow / account_frozen / account_closed / "
+         "account_not_empty / limit_violated / asset_exists / account_exists",
     413: "payload_too_large",
     415: "unsupported_media_type",
-    422: "validation_error (with errors[]) / same_account / idempotency_key_reused",
+    422: "validation_error (with errors[]) / same_account / asset_mismatch / system_account / idempotency_key_reused",
     503: "database_unavailable / service_overloaded (with Retry-After)",
 }
 
@@ -141,13 +192,37 @@ IDEMPOTENCY_KEY = {
 }
 BODY_PROBLEMS = (400, 401, 413, 415, 422, 503)
 READ_PROBLEMS = (401, 404, 422, 503)
+LIST_PROBLEMS = (401, 422, 503)
 
 
-def _mutation(summary: str, body: str, ok: dict, *problems: int, parameters: list | None = None) -> dict:
+def _query(name: str, schema: dict, description: str = "") -> dict:
+    return {"name": name, "in": "query", "required": False, "schema": schema,
+            **({"description": description} if description else {})}
+
+
+PAGE_PARAMETERS = [
+    _query("limit", {"type": "integer", "minimum": 1, "maximum": HISTORY_MAX_LIMIT, "default": HISTORY_DEFAULT_LIMIT}),
+    _query("cursor", {"type": "string", "pattern": "^[A-Za-z0-9_-]{11}$"},
+           "`nextCursor` of the previous page; other values are refused (422)"),
+]
+FILTER_PARAMETERS = [
+    _query("from", TIMESTAMP, "RFC 3339: only what was created at or after it"),
+    _query("to", TIMESTAMP, "RFC 3339: only what was created before it"),
+    _query("code", {"type": "string", "pattern": "^[a-z0-9_]{1,32}$"}, "only transfers with this code"),
+]
+
+
+def _read(summary: str, schema: str, description: str, parameters: list, problems=READ_PROBLEMS) -> dict:
+    return {"summary": summary, "parameters": parameters,
+            "responses": {**_ok(200, schema, description), **_problems(*problems)}}
+
+
+def _mutation(summary: str, body: str, ok: dict, *problems: int, parameters: list | None = None,
+              body_required: bool = True) -> dict:
     return {
         "summary": summary,
         "parameters": [*(parameters or []), IDEMPOTENCY_KEY],
-        "requestBody": _body(body),
+        "requestBody": _body(body, required=body_required),
         "responses": {**ok, **_problems(*sorted({*problems, *BODY_PROBLEMS}))},
     }
 
@@ -156,61 +231,88 @@ def _mutation(summary: str, body: str, ok: dict, *problems: int, parameters: lis
 def openapi_document() -> dict:
     """The OpenAPI 3.1 document (built once per process)."""
     user_id = _path_id("user id")
+    account_id = _path_id("account id")
     return {
         "openapi": "3.1.0",
         "info": {
             "title": "balance-api",
             "version": "1",
-            "description": "Account balances in minor units, each change one atomic PostgreSQL statement, "
-                           "with a ledger entry per accepted change. Errors are RFC 9457 problem details.",
+            "description": "A double-entry ledger in PostgreSQL: assets, accounts and transfers in minor "
+                           "units, each movement one atomic statement writing both sides. Errors are RFC 9457 "
+                           "problem details.",
         },
         "paths": {
             "/api/balance": {"patch": _mutation(
-                "Apply a signed change to a user's balance", "BalanceChange",
-                _ok(200, "BalanceChanged", "applied; the new balance", replay=True), 404, 409,
+                "Apply a signed change to a user's account (a transfer with the asset's system account)",
+                "BalanceChange", _ok(200, "BalanceChanged", "applied; the new balance", replay=True), 404, 409,
             )},
+            "/api/assets": {
+                "post": _mutation("Create an asset and its system account", "NewAsset",
+                                  _ok(201, "Asset", "created", location=True, replay=True), 409),
+                "get": _read("List the assets", "Assets", "every asset", [], LIST_PROBLEMS),
+            },
+            "/api/assets/{code}": {"get": _read(
+                "Read an asset and its supply", "AssetWithSupply", "the asset",
+                [{"name": "code", "in": "path", "required": True, "schema": {"type": "string"}}])},
+            "/api/accounts": {"post": _mutation(
+                "Open an account (a user's, or the operator's without userId)", "NewAccount",
+                _ok(201, "Account", "opened", location=True, replay=True), 404, 409,
+            )},
+            "/api/accounts/{id}": {
+                "get": _read("Read an account", "Account", "the account", [account_id]),
+                "patch": _mutation("Change an account's name, limits or metadata", "AccountPatch",
+                                   _ok(200, "Account", "changed", replay=True), 404, 409, parameters=[account_id]),
+            },
+            **{f"/api/accounts/{{id}}/{action}": {"post": _mutation(
+                summary, "EmptyBody", _ok(200, "Account", "the account", replay=True), 404, 409,
+                parameters=[account_id], body_required=False,
+            )} for action, summary in (("freeze", "Freeze an account: transfers touching it are refused"),
+                                       ("unfreeze", "Unfreeze an account"),
+                                       ("close", "Close an account with balance 0, for good"))},
+            "/api/accounts/{id}/credit": {"post": _mutation(
+                "Credit an account from its asset's system account", "AccountCreditOrDebit",
+                _ok(200, "EntryApplied", "applied; the new balance", replay=True), 404, 409, parameters=[account_id],
+            )},
+            "/api/accounts/{id}/debit": {"post": _mutation(
+                "Debit an account to its asset's system account", "AccountCreditOrDebit",
+                _ok(200, "EntryApplied", "applied; the new balance", replay=True), 404, 409, parameters=[account_id],
+            )},
+            "/api/accounts/{id}/history": {"get": _read(
+                "An account's ledger entries, newest first (keyset pagination)", "AccountHistory",
+                "one page of entries", [account_id, *PAGE_PARAMETERS, *FILTER_PARAMETERS])},
+            "/api/accounts/{id}/balance": {"get": _read(
+                "An account's balance at a moment", "BalanceAt", "the balance right after the last change at "
+                "or before `at` (0 before the first)",
+                [account_id, _query("at", TIMESTAMP, "RFC 3339; default: now")])},
             "/api/users": {"post": {
-                "summary": "Open a user with balance 0",
-                "requestBody": _body("NewUser", required=False),
-                "responses": {**_ok(201, "Account", "created", location=True), **_problems(*BODY_PROBLEMS)},
+                "summary": "Open a user with its default-asset account at balance 0",
+                "requestBody": _body("EmptyBody", required=False),
+                "responses": {**_ok(201, "User", "created", location=True), **_problems(*BODY_PROBLEMS)},
             }},
-            "/api/users/{id}": {"get": {
-                "summary": "Read a user's balance",
-                "parameters": [user_id],
-                "responses": {**_ok(200, "Account", "the user"), **_problems(*READ_PROBLEMS)},
-            }},
-            "/api/users/{id}/history": {"get": {
-                "summary": "A user's ledger entries, newest first (keyset pagination)",
-                "parameters": [
-                    user_id,
-                    {"name": "limit", "in": "query", "required": False,
-                     "schema": {"type": "integer", "minimum": 1, "maximum": HISTORY_MAX_LIMIT,
-                                "default": HISTORY_DEFAULT_LIMIT}},
-                    {"name": "cursor", "in": "query", "required": False,
-                     "schema": {"type": "string", "pattern": "^[A-Za-z0-9_-]{11}$"},
-                     "description": "`nextCursor` of the previous page; other values are refused (422)"},
-                ],
-                "responses": {**_ok(200, "History", "one page of entries"), **_problems(*READ_PROBLEMS)},
-            }},
+            "/api/users/{id}": {"get": _read("Read a user: its default-asset balance and its accounts", "User",
+                                             "the user", [user_id])},
+            "/api/users/{id}/history": {"get": _read(
+                "A user's default-asset ledger entries, newest first (keyset pagination)", "History",
+                "one page of entries", [user_id, *PAGE_PARAMETERS])},
             "/api/users/{id}/credit": {"post": _mutation(
-                "Credit a user (add a positive amount)", "CreditOrDebit",
-                _ok(200, "EntryApplied", "applied; the new balance", replay=True), 404, 409,
+                "Credit a user's account from the asset's system account (opens the account if needed)",
+                "CreditOrDebit", _ok(200, "EntryApplied", "applied; the new balance", replay=True), 404, 409,
                 parameters=[user_id],
             )},
             "/api/users/{id}/debit": {"post": _mutation(
-                "Debit a user (take a positive amount; refused if it would overdraw)", "CreditOrDebit",
-                _ok(200, "EntryApplied", "applied; the new balance", replay=True), 404, 409,
+                "Debit a user's account to the asset's system account (refused if it would overdraw)",
+                "CreditOrDebit", _ok(200, "EntryApplied", "applied; the new balance", replay=True), 404, 409,
                 parameters=[user_id],
             )},
-            "/api/transfers": {"post": _mutation(
-                "Move money between two users atomically", "TransferRequest",
-                _ok(201, "Transfer", "transferred", location=True, replay=True), 404, 409,
-            )},
-            "/api/transfers/{id}": {"get": {
-                "summary": "Read a transfer",
-                "parameters": [_path_id("transfer id")],
-                "responses": {**_ok(200, "Transfer", "the transfer"), **_problems(*READ_PROBLEMS)},
-            }},
+            "/api/transfers": {
+                "post": _mutation("Move money between two accounts of one asset, atomically", "TransferRequest",
+                                  _ok(201, "Transfer", "transferred", location=True, replay=True), 404, 409),
+                "get": _read("List transfers, newest first (keyset pagination)", "Transfers", "one page",
+                             [_query("accountId", INTEGER_ID, "only this account's transfers"),
+                              *PAGE_PARAMETERS, *FILTER_PARAMETERS], READ_PROBLEMS),
+            },
+            "/api/transfers/{id}": {"get": _read("Read a transfer", "Transfer", "the transfer",
+                                                 [_path_id("transfer id")])},
             "/api/health": {"get": {
                 "summary": "Liveness and database reachability",
                 "security": [],

@@ -68,14 +68,55 @@ class RouteNotFound(Problem):
     status, code, title = 404, "route_not_found", "No such route"
 
 
+def _named(**members: Any) -> dict[str, Any]:
+    """Extension members that are known (not None), in the given order."""
+    return {name: value for name, value in members.items() if value is not None}
+
+
+_SIDES = {"from": " (the sending side)", "to": " (the receiving side)"}
+
+
 class UserNotFound(Problem):
     status, code, title = 404, "user_not_found", "User not found"
 
     def __init__(self, user_id: int, role: str | None = None):
         """``role`` says which side of a transfer is missing: ``"from"`` or ``"to"``."""
-        side = {"from": " (the sender)", "to": " (the receiver)"}.get(role or "", "")
-        extensions = {"userId": user_id, "role": role} if role else {"userId": user_id}
-        super().__init__(f"There is no user with id {user_id}{side}.", **extensions)
+        super().__init__(f"There is no user with id {user_id}{_SIDES.get(role or '', '')}.",
+                         **_named(userId=user_id, role=role))
+
+
+class AccountNotFound(Problem):
+    status, code, title = 404, "account_not_found", "Account not found"
+
+    def __init__(self, account_id: int | None, user_id: int | None = None, role: str | None = None):
+        """The account ``account_id``, or (``account_id`` None) user ``user_id``'s account in the
+        asset asked for; ``role`` as for :class:`UserNotFound`."""
+        what = f"no account with id {account_id}" if account_id is not None else (
+            f"no account of user {user_id} in this asset")
+        super().__init__(f"There is {what}{_SIDES.get(role or '', '')}.",
+                         **_named(accountId=account_id, userId=user_id, role=role))
+
+
+class AssetNotFound(Problem):
+    status, code, title = 404, "asset_not_found", "Asset not found"
+
+    def __init__(self, code: str):
+        super().__init__(f"There is no asset with code {code!r}.", asset=code)
+
+
+class AssetExists(Problem):
+    status, code, title = 409, "asset_exists", "Asset exists"
+
+    def __init__(self, code: str):
+        super().__init__(f"An asset with code {code!r} exists already; nothing was changed.", asset=code)
+
+
+class AccountExists(Problem):
+    status, code, title = 409, "account_exists", "Account exists"
+
+    def __init__(self, account_id: int, asset: str):
+        super().__init__(f"This user already has an account in {asset}: account {account_id}. A user has at most "
+                         "one account per asset; nothing was changed.", accountId=account_id, asset=asset)
 
 
 class TransferNotFound(Problem):
@@ -89,27 +130,80 @@ class MethodNotAllowed(Problem):
     status, code, title = 405, "method_not_allowed", "Method not allowed"
 
 
-class InsufficientFunds(Problem):
-    status, code, title = 409, "insufficient_funds", "Insufficient funds"
+class Refusal(Problem):
+    """A change of a balance refused by the account's state or limits; nothing was changed.
 
-    def __init__(self, user_id: int, amount: int):
-        super().__init__(
-            f"Applying {amount} to user {user_id} would make the balance negative; nothing was changed.",
-            userId=user_id,
-            amount=amount,
-        )
+    Extension members: ``accountId`` and ``userId`` (when known), ``amount`` (the signed change the
+    account would have seen) and ``role`` (``from``/``to``, on transfers).
+    """
+
+    status = 409
+    reason = "is refused"
+
+    def __init__(self, account_id: int | None = None, user_id: int | None = None, amount: int | None = None,
+                 role: str | None = None):
+        who = f"account {account_id}" if account_id is not None else f"user {user_id}"
+        change = f"Applying {amount} to {who}" if amount is not None else f"A transfer touching {who}"
+        super().__init__(f"{change}{_SIDES.get(role or '', '')} {self.reason}; nothing was changed.",
+                         **_named(accountId=account_id, userId=user_id, amount=amount, role=role))
 
 
-class BalanceOverflow(Problem):
-    status, code, title = 409, "balance_overflow", "Balance would overflow"
+class InsufficientFunds(Refusal):
+    code, title = "insufficient_funds", "Insufficient funds"
+    reason = "would take the balance below its lower limit (0, or minus the overdraft limit)"
 
-    def __init__(self, user_id: int, amount: int):
-        super().__init__(
-            f"Applying {amount} to user {user_id} would take the balance past the largest storable "
-            "value (9223372036854775807 minor units); nothing was changed.",
-            userId=user_id,
-            amount=amount,
-        )
+
+class BalanceOverflow(Refusal):
+    code, title = "balance_overflow", "Balance would overflow"
+    reason = "would take the balance past the largest storable value (9223372036854775807 minor units)"
+
+
+class MaxBalanceExceeded(Refusal):
+    code, title = "max_balance_exceeded", "Maximum balance exceeded"
+    reason = "would take the balance above the account's maxBalance"
+
+
+class AccountFrozen(Refusal):
+    code, title = "account_frozen", "Account frozen"
+    reason = "is refused: the account is frozen"
+
+
+class AccountClosed(Refusal):
+    code, title = "account_closed", "Account closed"
+    reason = "is refused: the account is closed"
+
+
+class AccountNotEmpty(Problem):
+    status, code, title = 409, "account_not_empty", "Account not empty"
+
+    def __init__(self, account_id: int, balance: int):
+        super().__init__(f"Account {account_id} has balance {balance}; only an account with balance 0 can be "
+                         "closed. Nothing was changed.", accountId=account_id, balance=balance)
+
+
+class LimitViolated(Problem):
+    status, code, title = 409, "limit_violated", "Limit violated"
+
+    def __init__(self, account_id: int, balance: int):
+        super().__init__(f"Account {account_id} has balance {balance}, which the new limits would not allow; "
+                         "nothing was changed.", accountId=account_id, balance=balance)
+
+
+class SystemAccount(Problem):
+    status, code, title = 422, "system_account", "System account"
+
+    def __init__(self, account_id: int, what: str):
+        super().__init__(f"Account {account_id} is its asset's system account and {what}; nothing was changed.",
+                         accountId=account_id)
+
+
+class AssetMismatch(Problem):
+    status, code, title = 422, "asset_mismatch", "Assets differ"
+
+    def __init__(self, from_account_id: int, to_account_id: int):
+        super().__init__(f"Accounts {from_account_id} and {to_account_id} hold different assets; a transfer moves "
+                         "one asset. Nothing was changed.", fromAccountId=from_account_id,
+                         toAccountId=to_account_id)
 
 
 class PayloadTooLarge(Problem):
@@ -133,9 +227,10 @@ class ValidationFailed(Problem):
 class SameAccount(Problem):
     status, code, title = 422, "same_account", "Transfer to the same account"
 
-    def __init__(self, user_id: int):
-        super().__init__(f"fromUserId and toUserId are both {user_id}; a transfer needs two accounts.",
-                         userId=user_id)
+    def __init__(self, account_id: int | None = None, user_id: int | None = None):
+        both = f"account {account_id}" if account_id is not None else f"user {user_id}"
+        super().__init__(f"Both sides are {both}; a transfer needs two accounts.",
+                         **_named(accountId=account_id, userId=user_id))
 
 
 class IdempotencyKeyReused(Problem):

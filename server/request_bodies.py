@@ -1,8 +1,10 @@
 """Request bodies: reading, JSON parsing and validation into typed models.
 
-Parsing follows RFC 8259 with Python's ``json`` module; validation uses pydantic in strict mode, so
-``true``, ``"2"``, ``2.5``, ``2.0``, ``NaN`` and ``1e400`` are not integers, unknown fields are
-refused, and every error names its field.
+Parsing follows RFC 8259 with Python's ``json`` module, plus I-JSON's rule (RFC 7493 §2.3) that
+member names are unique: ``{"amount": 5, "amount": -99999}`` is refused (400 ``malformed_json``) so
+that no proxy or validator in front can read another request than the one executed. Validation uses
+pydantic in strict mode, so ``true``, ``"2"``, ``2.5``, ``2.0``, ``NaN`` and ``1e400`` are not
+integers, unknown fields are refused, and every error names its field.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import json
 from typing import Annotated, TypeVar
 
 from aiohttp import web
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .problems import MalformedJson, UnsupportedMediaType, ValidationFailed
 
@@ -36,25 +38,8 @@ class StrictBody(BaseModel):
     model_config = ConfigDict(strict=True, extra="forbid", frozen=True, populate_by_name=False)
 
 
-class BalanceChange(StrictBody):
-    """Body of ``PATCH /api/balance``: ``{"userId": <int >= 1>, "amount": <signed int, not 0>}``."""
-
-    user_id: UserId = Field(alias="userId")
-    amount: Annotated[Amount, Field(json_schema_extra={"not": {"const": 0}})]
-
-    @field_validator("amount")
-    @classmethod
-    def _amount_is_not_zero(cls, amount: int) -> int:
-        if amount == 0:
-            raise ValueError("must not be zero")
-        return amount
-
-
-PositiveAmount = Annotated[int, Field(ge=1, le=MAX_BIGINT, description="minor units, > 0")]
-
-
 def _storable_text(text: str) -> str:
-    # PostgreSQL text holds neither NUL nor unpaired surrogates (JSON allows "\u0000", "\ud800").
+    # PostgreSQL text and jsonb hold neither NUL nor unpaired surrogates (JSON allows "\u0000", "\ud800").
     if "\x00" in text:
         raise ValueError("must not contain the NUL character (U+0000)")
     try:
@@ -64,32 +49,120 @@ def _storable_text(text: str) -> str:
     return text
 
 
-Description = Annotated[
-    str,
-    Field(min_length=1, max_length=500, pattern="^[^\\x00]*$",
-          description="1-500 characters of valid Unicode text: no NUL, no unpaired surrogate escapes"),
-    AfterValidator(_storable_text),
+def _text(low: int, high: int, what: str):
+    return Annotated[str, Field(min_length=low, max_length=high, pattern="^[^\\x00]*$", description=what),
+                     AfterValidator(_storable_text)]
+
+
+Description = _text(1, 500, "1-500 characters of valid Unicode text: no NUL, no unpaired surrogate escapes")
+Name = _text(1, 200, "1-200 characters of valid Unicode text")
+AssetCode = Annotated[str, Field(pattern="^[A-Za-z0-9_]{1,32}$", description="e.g. USD, gold_coins")]
+TransferCode = Annotated[str, Field(pattern="^[a-z0-9_]{1,32}$",
+                                    description="the caller's reason, e.g. topup, spend, bonus, fee")]
+# at most 16 string keys (1-64 characters) to string values (at most 512 characters)
+Metadata = Annotated[
+    dict[_text(1, 64, "metadata key"), Annotated[str, Field(max_length=512, pattern="^[^\\x00]*$"),
+                                                 AfterValidator(_storable_text)]],
+    Field(max_length=16, description="at most 16 string keys (1-64 characters) to strings (at most 512 characters)"),
 ]
+PositiveAmount = Annotated[int, Field(ge=1, le=MAX_BIGINT, description="minor units, > 0")]
+Limit = Annotated[int, Field(ge=0, le=MAX_BIGINT, description="minor units, >= 0")]
+AccountId = Annotated[int, Field(ge=1, le=MAX_BIGINT)]
 
 
-class NewUser(StrictBody):
-    """Body of ``POST /api/users``: ``{}`` (or no body at all); a new user starts at balance 0."""
+class BalanceChange(StrictBody):
+    """Body of ``PATCH /api/balance``: ``{"userId": <int >= 1>, "amount": <signed int, not 0>,
+    "asset"?: <code>}`` (the default asset when absent)."""
+
+    user_id: UserId = Field(alias="userId")
+    amount: Annotated[Amount, Field(json_schema_extra={"not": {"const": 0}})]
+    asset: AssetCode | None = None
+
+    @field_validator("amount")
+    @classmethod
+    def _amount_is_not_zero(cls, amount: int) -> int:
+        if amount == 0:
+            raise ValueError("must not be zero")
+        return amount
 
 
-class CreditOrDebit(StrictBody):
-    """Body of ``POST /api/users/{id}/credit`` and ``.../debit``: ``{"amount": > 0, "description"?}``."""
+class EmptyBody(StrictBody):
+    """Body of ``POST /api/users`` and of freeze/unfreeze/close: ``{}`` (or no body at all)."""
+
+
+NewUser = EmptyBody
+
+
+class AccountCreditOrDebit(StrictBody):
+    """Body of ``POST /api/accounts/{id}/credit`` and ``.../debit``: ``{"amount": > 0, "code"?,
+    "description"?}`` (the account's own asset)."""
 
     amount: PositiveAmount
+    code: TransferCode | None = None
     description: Description | None = None
+
+
+class CreditOrDebit(AccountCreditOrDebit):
+    """Body of ``POST /api/users/{id}/credit`` and ``.../debit``: as for accounts, plus ``"asset"?``
+    (the default asset when absent)."""
+
+    asset: AssetCode | None = None
 
 
 class TransferRequest(StrictBody):
-    """Body of ``POST /api/transfers``: ``{"fromUserId", "toUserId", "amount": > 0, "description"?}``."""
+    """Body of ``POST /api/transfers``: each side by ``fromAccountId``/``toAccountId`` or by
+    ``fromUserId``/``toUserId`` (that user's account in ``asset``, default asset when absent);
+    ``amount`` > 0; optional ``code`` (default ``transfer``), ``description`` and ``metadata``."""
 
-    from_user_id: UserId = Field(alias="fromUserId")
-    to_user_id: UserId = Field(alias="toUserId")
+    from_account_id: AccountId | None = Field(None, alias="fromAccountId")
+    to_account_id: AccountId | None = Field(None, alias="toAccountId")
+    from_user_id: UserId | None = Field(None, alias="fromUserId")
+    to_user_id: UserId | None = Field(None, alias="toUserId")
+    asset: AssetCode | None = None
     amount: PositiveAmount
+    code: TransferCode | None = None
     description: Description | None = None
+    metadata: Metadata | None = None
+
+    @model_validator(mode="after")
+    def _each_side_named_once(self) -> TransferRequest:
+        for side, account, user in (("from", self.from_account_id, self.from_user_id),
+                                    ("to", self.to_account_id, self.to_user_id)):
+            if (account is None) == (user is None):
+                raise ValueError(f"give exactly one of {side}AccountId and {side}UserId")
+        if self.asset is not None and self.from_user_id is None and self.to_user_id is None:
+            raise ValueError("asset names the asset of fromUserId/toUserId; accounts have their own")
+        return self
+
+
+class NewAsset(StrictBody):
+    """Body of ``POST /api/assets``: ``{"code", "scale": 0..18, "name"?}``."""
+
+    code: AssetCode
+    scale: Annotated[int, Field(ge=0, le=18, description="decimal places of one minor unit: USD 2, gold_coins 0")]
+    name: Name | None = None
+
+
+class NewAccount(StrictBody):
+    """Body of ``POST /api/accounts``: ``{"asset", "userId"?, "name"?, "overdraftLimit"?: 0,
+    "maxBalance"?: null, "metadata"?: {}}``; without ``userId`` the account is the operator's."""
+
+    asset: AssetCode
+    user_id: UserId | None = Field(None, alias="userId")
+    name: Name | None = None
+    overdraft_limit: Limit = Field(0, alias="overdraftLimit")
+    max_balance: Limit | None = Field(None, alias="maxBalance")
+    metadata: Metadata | None = None
+
+
+class AccountPatch(StrictBody):
+    """Body of ``PATCH /api/accounts/{id}``: any of ``name``, ``overdraftLimit``, ``maxBalance``
+    (null: no ceiling), ``metadata`` (replaces the old object)."""
+
+    name: Name | None = None
+    overdraft_limit: Limit | None = Field(None, alias="overdraftLimit")
+    max_balance: Limit | None = Field(None, alias="maxBalance")
+    metadata: Metadata | None = None
 
 
 Body = TypeVar("Body", bound=StrictBody)
@@ -99,6 +172,16 @@ def _parse_int(literal: str) -> int:
     if len(literal.lstrip("-")) <= _MAX_INT_DIGITS:
         return int(literal)
     return -_OUT_OF_RANGE if literal.startswith("-") else _OUT_OF_RANGE
+
+
+def _unique_members(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    """``json.loads``'s object hook: refuse a duplicated member name (I-JSON, RFC 7493 §2.3)."""
+    document = dict(pairs)
+    if len(document) != len(pairs):
+        seen: set[str] = set()
+        duplicated = next(name for name, _ in pairs if name in seen or seen.add(name))
+        raise ValueError(f"the member name {duplicated!r} appears more than once in one object (RFC 7493 §2.3)")
+    return document
 
 
 def _reason(message: str) -> str:
@@ -113,7 +196,7 @@ def parse_body(raw: bytes, model: type[Body]) -> Body:
     of the wrong type or out of range.
     """
     try:
-        document = json.loads(raw, parse_int=_parse_int)
+        document = json.loads(raw, parse_int=_parse_int, object_pairs_hook=_unique_members)
     except (ValueError, RecursionError) as error:  # JSONDecodeError and UnicodeDecodeError included
         raise MalformedJson(f"The body is not valid JSON: {error}.") from None
     try:

@@ -19,6 +19,7 @@ import pytest
 from psycopg import sql
 
 from server.embedded_postgres import embedded_postgres, replace_database
+from server.ledger import SEED_USER
 from tests.openapi_contract import OpenApiContract, contract_middleware
 from tests.service_process import running_service
 
@@ -72,17 +73,21 @@ def db(database_url, service_url) -> Iterator[psycopg.Connection]:
 
 
 class LedgerState(NamedTuple):
-    """A user's stored balance, and the count and sum of their ledger entries."""
+    """A user's default-asset balance, and the count and sum of that account's ledger entries."""
 
     balance: int
     entries: int
     entries_sum: int
 
 
+# the default-asset account of user %s
+USER_ACCOUNT = "(SELECT a.id FROM accounts a JOIN assets s ON s.id = a.asset_id AND s.is_default WHERE a.user_id = %s)"
+
+
 def ledger_state(db: psycopg.Connection, user_id: int) -> LedgerState:
     row = db.execute(
-        "SELECT u.balance, count(e.id), coalesce(sum(e.amount), 0) FROM users u "
-        "LEFT JOIN ledger_entries e ON e.user_id = u.id WHERE u.id = %s GROUP BY u.id",
+        "SELECT a.balance, count(e.id), coalesce(sum(e.amount), 0) FROM accounts a "
+        f"LEFT JOIN ledger_entries e ON e.account_id = a.id WHERE a.id = {USER_ACCOUNT} GROUP BY a.id",
         (user_id,),
     ).fetchone()
     balance, entries, entries_sum = row
@@ -90,29 +95,25 @@ def ledger_state(db: psycopg.Connection, user_id: int) -> LedgerState:
 
 
 def database_fingerprint(db: psycopg.Connection) -> tuple:
-    """Everything a refused request must not change: all balances and all ledger entries."""
+    """Everything a refused request must not change: all balances, accounts, transfers and entries."""
     return db.execute(
-        "SELECT (SELECT coalesce(sum(balance), 0) FROM users), (SELECT count(*) FROM users), "
+        "SELECT (SELECT coalesce(sum(balance), 0) FROM accounts), (SELECT count(*) FROM accounts), "
         "(SELECT count(*) FROM ledger_entries), (SELECT coalesce(max(id), 0) FROM ledger_entries), "
-        "(SELECT max(updated_at) FROM users)"
+        "(SELECT count(*) FROM transfers), (SELECT max(updated_at) FROM accounts), "
+        "(SELECT string_agg(status || metadata::text, ',' ORDER BY id) FROM accounts)"
     ).fetchone()
+
+
+def seed_user(conn: psycopg.Connection, balance: int = 0) -> int:
+    """Insert a user whose default-asset account opens with ``balance`` (an opening transfer from
+    the system account, both sides written); return the user id."""
+    return conn.execute(SEED_USER.replace("$1", "%(balance)s"), {"balance": balance}).fetchone()[0]
 
 
 @pytest.fixture
 def new_user(db) -> Callable[[int], int]:
-    """Factory: insert a user with ``balance`` (and its opening ledger entry); return the id."""
-
-    def create(balance: int = 0) -> int:
-        with db.transaction():
-            user_id = db.execute("INSERT INTO users (balance) VALUES (%s) RETURNING id", (balance,)).fetchone()[0]
-            if balance:
-                db.execute(
-                    "INSERT INTO ledger_entries (user_id, amount, balance_after, kind) "
-                    "VALUES (%s, %s, %s, 'opening')", (user_id, balance, balance),
-                )
-        return user_id
-
-    return create
+    """Factory: insert a user with ``balance`` (see :func:`seed_user`); return the id."""
+    return lambda balance=0: seed_user(db, balance)
 
 
 @pytest.fixture(scope="session")

@@ -3,7 +3,7 @@
 import asyncio
 import random
 
-from tests.conftest import database_fingerprint, ledger_state
+from tests.conftest import USER_ACCOUNT, database_fingerprint, ledger_state
 
 MAX_BIGINT = 2**63 - 1
 
@@ -13,30 +13,50 @@ async def patch_balance(http, user_id, amount):
     return response.status, await response.json(content_type=None)
 
 
+def balance_shown(result):
+    """``(status, {"userId", "balance"})`` of a 200: the fields the route has always answered."""
+    status, body = result
+    return status, {"userId": body["userId"], "balance": body["balance"]}
+
+
 async def test_a_debit_returns_the_new_balance(http, new_user):
     user = new_user(100)
-    assert await patch_balance(http, user, -2) == (200, {"userId": user, "balance": 98})
+    assert balance_shown(await patch_balance(http, user, -2)) == (200, {"userId": user, "balance": 98})
 
 
 async def test_a_credit_returns_the_new_balance(http, new_user):
     user = new_user(100)
-    assert await patch_balance(http, user, 250) == (200, {"userId": user, "balance": 350})
+    assert balance_shown(await patch_balance(http, user, 250)) == (200, {"userId": user, "balance": 350})
 
 
 async def test_an_accepted_change_writes_one_ledger_entry_with_the_balance_after(http, new_user, db):
     user = new_user(100)
     await patch_balance(http, user, -30)
     entry = db.execute(
-        "SELECT amount, balance_after, kind FROM ledger_entries WHERE user_id = %s ORDER BY id DESC LIMIT 1",
+        f"SELECT amount, balance_after, kind FROM ledger_entries WHERE account_id = {USER_ACCOUNT} ORDER BY id DESC LIMIT 1",
         (user,),
     ).fetchone()
     assert entry == (-30, 70, "adjustment")
     assert ledger_state(db, user) == (70, 2, 70)
 
 
+async def test_a_change_is_a_transfer_with_the_system_account_and_answers_its_account_and_transfer(
+        http, new_user, db):
+    user = new_user(100)
+    status, body = await patch_balance(http, user, -30)
+    account = db.execute(USER_ACCOUNT, (user,)).fetchone()[0]
+    system = db.execute("SELECT a.id FROM accounts a JOIN assets s ON s.id = a.asset_id AND s.is_default "
+                        "WHERE a.is_system").fetchone()[0]
+    assert (status, body["accountId"]) == (200, account)
+    assert db.execute("SELECT from_account_id, to_account_id, amount, code FROM transfers WHERE id = %s",
+                      (body["transferId"],)).fetchone() == (account, system, 30, "adjustment")
+    assert db.execute("SELECT account_id, amount, balance_after FROM ledger_entries WHERE transfer_id = %s "
+                      "ORDER BY id", (body["transferId"],)).fetchall() == [(account, -30, 70), (system, 30, None)]
+
+
 async def test_a_debit_may_take_the_balance_to_exactly_zero(http, new_user):
     user = new_user(10)
-    assert await patch_balance(http, user, -10) == (200, {"userId": user, "balance": 0})
+    assert balance_shown(await patch_balance(http, user, -10)) == (200, {"userId": user, "balance": 0})
 
 
 async def test_a_debit_that_would_overdraw_is_refused_with_insufficient_funds(http, new_user, db):
@@ -66,8 +86,8 @@ async def test_a_credit_past_the_bigint_range_is_refused_with_balance_overflow(h
 
 async def test_the_largest_amounts_are_accepted_when_they_fit(http, new_user):
     user = new_user(0)
-    assert await patch_balance(http, user, MAX_BIGINT) == (200, {"userId": user, "balance": MAX_BIGINT})
-    assert await patch_balance(http, user, -MAX_BIGINT) == (200, {"userId": user, "balance": 0})
+    assert balance_shown(await patch_balance(http, user, MAX_BIGINT)) == (200, {"userId": user, "balance": MAX_BIGINT})
+    assert balance_shown(await patch_balance(http, user, -MAX_BIGINT)) == (200, {"userId": user, "balance": 0})
 
 
 async def test_concurrent_credits_and_debits_keep_balance_equal_to_the_ledger_sum(http, new_user, db):

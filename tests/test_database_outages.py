@@ -65,7 +65,7 @@ async def test_a_statement_past_the_statement_timeout_is_rolled_back_and_answere
     user = new_user(100)
     with running_service(tmp_path / "service.log", database_url=database_url, db_statement_timeout="0.5") as (url, _):
         with db.transaction():  # hold the row lock the change needs, longer than the timeout
-            db.execute("SELECT 1 FROM users WHERE id = %s FOR UPDATE", (user,))
+            db.execute("SELECT 1 FROM accounts WHERE user_id = %s FOR UPDATE", (user,))
             assert_database_unavailable(await patch_balance(url, user, -1))
         assert ledger_state(db, user) == (100, 1, 100)
         assert (await patch_balance(url, user, -1))[0] == 200
@@ -78,7 +78,7 @@ async def test_beyond_db_max_pending_requests_are_refused_at_once_with_503_servi
     with running_service(tmp_path / "service.log", database_url=database_url,
                          db_max_pending="2", db_pool_min_size="1", db_pool_max_size="1") as (url, _):
         with db.transaction():  # the first two requests block on this row lock; the rest must not queue
-            db.execute("SELECT 1 FROM users WHERE id = %s FOR UPDATE", (user,))
+            db.execute("SELECT 1 FROM accounts WHERE user_id = %s FOR UPDATE", (user,))
             tasks = [asyncio.create_task(patch_balance(url, user, -1)) for _ in range(10)]
             done, pending = await asyncio.wait(tasks, timeout=30, return_when=asyncio.FIRST_COMPLETED)
             while len(done) < 8:
@@ -108,7 +108,7 @@ async def test_a_request_that_cannot_get_a_pool_connection_in_time_gets_503_and_
     with running_service(tmp_path / "service.log", database_url=database_url, db_pool_min_size="1",
                          db_pool_max_size="1", db_acquire_timeout="0.5", db_statement_timeout="30") as (url, _):
         with db.transaction():  # the pool's only connection waits on this lock
-            db.execute("SELECT 1 FROM users WHERE id = %s FOR UPDATE", (busy,))
+            db.execute("SELECT 1 FROM accounts WHERE user_id = %s FOR UPDATE", (busy,))
             holding = asyncio.create_task(patch_balance(url, busy, -1))
             await asyncio.to_thread(wait_for_lock_waiters, database_url, 1)
             status, headers, problem = await patch_balance(url, other, -1)

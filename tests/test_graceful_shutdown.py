@@ -47,7 +47,7 @@ async def test_on_sigterm_in_flight_requests_finish_and_are_committed_and_new_on
     with running_service(tmp_path / "service.log", database_url=database_url, shutdown_timeout="30",
                          db_statement_timeout="30") as (url, process):
         with db.transaction():
-            db.execute("SELECT 1 FROM users WHERE id = %s FOR UPDATE", (user,))
+            db.execute("SELECT 1 FROM accounts WHERE user_id = %s FOR UPDATE", (user,))
             in_flight = [asyncio.create_task(patch(url, user, -1)) for _ in range(3)]
             await asyncio.to_thread(wait_for_lock_waiters, database_url, 1)  # the first; the others queue
             await asyncio.to_thread(wait_for_pending, url, 3)
@@ -67,7 +67,7 @@ async def test_shutdown_waits_no_longer_than_shutdown_timeout_and_leaves_the_led
     with running_service(tmp_path / "service.log", database_url=database_url, shutdown_timeout="1",
                          db_statement_timeout="60") as (url, process):
         with db.transaction():  # held until the service has gone: its requests cannot finish in time
-            db.execute("SELECT 1 FROM users WHERE id = %s FOR UPDATE", (user,))
+            db.execute("SELECT 1 FROM accounts WHERE user_id = %s FOR UPDATE", (user,))
             in_flight = [asyncio.create_task(patch(url, user, -1)) for _ in range(2)]
             await asyncio.to_thread(wait_for_lock_waiters, database_url, 1)
             await asyncio.to_thread(wait_for_pending, url, 2)

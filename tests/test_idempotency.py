@@ -6,7 +6,7 @@ import time
 import aiohttp
 import pytest
 
-from tests.conftest import database_fingerprint, ledger_state
+from tests.conftest import USER_ACCOUNT, database_fingerprint, ledger_state
 from tests.service_process import running_service
 
 KEY = "Idempotency-Key"
@@ -97,7 +97,7 @@ async def test_the_same_body_written_differently_is_the_same_request(http, new_u
 async def test_an_accepted_change_records_its_key_in_the_ledger(http, new_user, db):
     user = new_user(100)
     await send(http, "PATCH", "/api/balance", {"userId": user, "amount": -1}, f"recorded-{user}")
-    assert db.execute("SELECT idempotency_key FROM ledger_entries WHERE user_id = %s ORDER BY id DESC LIMIT 1",
+    assert db.execute(f"SELECT idempotency_key FROM ledger_entries WHERE account_id = {USER_ACCOUNT} ORDER BY id DESC LIMIT 1",
                       (user,)).fetchone() == (f"recorded-{user}",)
 
 

@@ -14,7 +14,7 @@ def test_check_passes_on_a_freshly_migrated_database(create_database):
     balance_api("migrate", env=service_env(database_url=url))
     result = check(url)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert result.stdout.count("PASS") == 5 and "ledger consistent" in result.stdout
+    assert result.stdout.count("PASS") == 7 and "ledger consistent" in result.stdout
 
 
 def test_check_passes_on_the_suites_database_after_everything_the_tests_did(database_url, service_url):
@@ -22,28 +22,40 @@ def test_check_passes_on_the_suites_database_after_everything_the_tests_did(data
     assert result.returncode == 0, result.stdout
 
 
-def test_check_names_a_user_whose_balance_differs_from_the_ledger(create_database):
+def test_check_names_an_account_whose_balance_differs_from_the_ledger_and_breaks_conservation(create_database):
     url = create_database()
     balance_api("migrate", env=service_env(database_url=url))
     with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute("UPDATE users SET balance = balance + 1 WHERE id = 1")
+        conn.execute("UPDATE accounts SET balance = balance + 1 WHERE user_id = 1")
     result = check(url)
     assert result.returncode == 1
     assert "FAIL balance = sum of entries" in result.stdout
-    assert "user 1: balance 10001, entries sum to 10000" in result.stdout
-    assert "ledger INCONSISTENT: balance = sum of entries" in result.stdout
+    assert "account 2: balance 10001, entries sum to 10000" in result.stdout
+    assert "asset default: balances sum to 1" in result.stdout
+    assert "ledger INCONSISTENT: conservation, balance = sum of entries" in result.stdout
+
+
+def test_check_names_a_balance_outside_its_limits(create_database):
+    url = create_database()
+    balance_api("migrate", env=service_env(database_url=url))
+    with psycopg.connect(url, autocommit=True) as conn:  # the CHECK constraint is the last defence; lift it
+        conn.execute("ALTER TABLE accounts DROP CONSTRAINT balance_within_limits")
+        conn.execute("UPDATE accounts SET max_balance = 100 WHERE user_id = 1")
+    result = check(url)
+    assert result.returncode == 1 and "FAIL balances within limits" in result.stdout
+    assert "account 2: balance 10000, overdraft limit 0, max balance 100" in result.stdout
 
 
 def test_check_names_a_broken_balance_after_chain_and_a_half_transfer(create_database):
     url = create_database()
     balance_api("migrate", env=service_env(database_url=url))
     with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute("INSERT INTO users (balance) VALUES (0)")
-        transfer = conn.execute("INSERT INTO transfers (from_user_id, to_user_id, amount) VALUES (1, 2, 5) "
-                                "RETURNING id").fetchone()[0]
-        conn.execute("INSERT INTO ledger_entries (user_id, amount, balance_after, kind, transfer_id) "
-                     "VALUES (2, 5, 7, 'transfer_in', %s), (2, 3, 10, 'credit', 999)", (transfer,))
-        conn.execute("UPDATE users SET balance = 10 WHERE id = 2")
+        conn.execute("INSERT INTO users DEFAULT VALUES")
+        conn.execute("INSERT INTO accounts (asset_id, user_id, balance) VALUES (1, 2, 10)")
+        transfer = conn.execute("INSERT INTO transfers (asset_id, from_account_id, to_account_id, amount, code) "
+                                "VALUES (1, 2, 3, 5, 'transfer') RETURNING id").fetchone()[0]
+        conn.execute("INSERT INTO ledger_entries (account_id, amount, balance_after, kind, transfer_id) "
+                     "VALUES (3, 5, 7, 'transfer_in', %s), (3, 5, 10, 'credit', 999)", (transfer,))
     result = check(url)
     assert result.returncode == 1
     for failed in ("balance_after chain", "transfers balanced", "entries belong to transfers"):

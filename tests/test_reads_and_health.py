@@ -8,14 +8,16 @@ import pytest
 from tests.service_process import health, poll_until, running_service
 
 
-async def test_get_user_returns_balance_and_updated_at(http, new_user):
+async def test_get_user_returns_balance_updated_at_and_accounts(http, new_user):
     user = new_user(42)
     response = await http.get(f"/api/users/{user}")
     body = await response.json()
     assert response.status == 200
-    assert body.keys() == {"userId", "balance", "updatedAt"}
+    assert body.keys() == {"userId", "balance", "updatedAt", "accounts"}
     assert (body["userId"], body["balance"]) == (user, 42)
     assert dt.datetime.fromisoformat(body["updatedAt"]).tzinfo is not None
+    [account] = body["accounts"]
+    assert (account["userId"], account["asset"], account["balance"], account["system"]) == (user, "default", 42, False)
 
 
 async def test_get_user_shows_the_latest_change(http, new_user):

@@ -26,8 +26,9 @@ async def test_a_transfer_moves_money_and_answers_201_with_both_balances(http, n
 async def test_a_transfer_writes_two_ledger_entries_sharing_its_id(http, new_user, db):
     alice, bob = new_user(100), new_user(0)
     _, body, _ = await transfer(http, alice, bob, 40)
-    entries = db.execute("SELECT user_id, amount, balance_after, kind FROM ledger_entries WHERE transfer_id = %s "
-                         "ORDER BY amount", (body["transferId"],)).fetchall()
+    entries = db.execute("SELECT a.user_id, e.amount, e.balance_after, e.kind FROM ledger_entries e "
+                         "JOIN accounts a ON a.id = e.account_id WHERE e.transfer_id = %s "
+                         "ORDER BY e.amount", (body["transferId"],)).fetchall()
     assert entries == [(alice, -40, 60, "transfer_out"), (bob, 40, 40, "transfer_in")]
     assert ledger_state(db, alice) == (60, 2, 60) and ledger_state(db, bob) == (40, 1, 40)
 
@@ -126,11 +127,12 @@ async def test_jepsen_style_bank_conserves_money_under_concurrent_transfers_cred
     assert sum(b.balance for b in balances) == 5000 + outside["credits"] - outside["debits"]
     assert all(b.balance >= 0 and b.balance == b.entries_sum for b in balances)
     unbalanced = db.execute(
-        "SELECT t.id FROM transfers t LEFT JOIN ledger_entries e ON e.transfer_id = t.id "
-        "WHERE t.from_user_id = ANY(%s) GROUP BY t.id, t.amount, t.from_user_id, t.to_user_id "
+        "SELECT t.id FROM transfers t JOIN accounts f ON f.id = t.from_account_id "
+        "LEFT JOIN ledger_entries e ON e.transfer_id = t.id "
+        "WHERE f.user_id = ANY(%s) GROUP BY t.id, t.amount, t.from_account_id, t.to_account_id "
         "HAVING count(*) <> 2 OR sum(e.amount) <> 0 "
-        "OR count(*) FILTER (WHERE e.user_id = t.from_user_id AND e.amount = -t.amount AND e.kind = 'transfer_out') <> 1 "
-        "OR count(*) FILTER (WHERE e.user_id = t.to_user_id AND e.amount = t.amount AND e.kind = 'transfer_in') <> 1",
+        "OR count(*) FILTER (WHERE e.account_id = t.from_account_id AND e.amount = -t.amount) <> 1 "
+        "OR count(*) FILTER (WHERE e.account_id = t.to_account_id AND e.amount = t.amount) <> 1",
         (accounts,),
     ).fetchall()
     assert unbalanced == []
