@@ -31,7 +31,6 @@ row is never locked, so batches for different accounts never wait for each other
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import datetime as dt
 import logging
 from collections.abc import Callable
@@ -104,7 +103,7 @@ class BalanceChangeBatcher:
         being ``render(result)`` stored under the key with the change, or the one stored before
         (``replayed``). Raises :class:`~server.problems.IdempotencyKeyReused` (422) when the key was
         used for another request, and the 503 problems as :meth:`apply`."""
-        change = dataclasses.replace(change, idempotency_key=keyed.key)
+        change = change._replace(idempotency_key=keyed.key)
         return await self._submit(ref, _Change(change, self._future(), keyed, render))
 
     @staticmethod
