@@ -1,0 +1,51 @@
+"""A small client for the ledger routes, for tests: each call returns ``(status, JSON body)``."""
+
+from __future__ import annotations
+
+import itertools
+
+import aiohttp
+
+_codes = itertools.count(1)
+
+
+async def send(http: aiohttp.ClientSession, method: str, path: str, body: dict | None = None,
+               headers: dict[str, str] | None = None, **query) -> tuple[int, dict]:
+    async with http.request(method, path, json=body, headers=headers, params=query or None) as response:
+        return response.status, await response.json(content_type=None)
+
+
+async def new_asset(http, scale: int = 0, prefix: str = "asset") -> str:
+    """Create an asset with a fresh code; return the code."""
+    code = f"{prefix}_{next(_codes)}_{id(http) % 100000}"
+    status, body = await send(http, "POST", "/api/assets", {"code": code, "scale": scale})
+    assert status == 201, body
+    return code
+
+
+async def new_account(http, asset: str, **fields) -> dict:
+    """Open an account (fields: userId, name, overdraftLimit, maxBalance, metadata); return it."""
+    status, body = await send(http, "POST", "/api/accounts", {"asset": asset, **fields})
+    assert status == 201, body
+    return body
+
+
+async def new_user(http) -> int:
+    status, body = await send(http, "POST", "/api/users")
+    assert status == 201, body
+    return body["userId"]
+
+
+async def credit(http, account_id: int, amount: int, **fields) -> tuple[int, dict]:
+    return await send(http, "POST", f"/api/accounts/{account_id}/credit", {"amount": amount, **fields})
+
+
+async def transfer(http, source: int, destination: int, amount: int, **fields) -> tuple[int, dict]:
+    return await send(http, "POST", "/api/transfers",
+                      {"fromAccountId": source, "toAccountId": destination, "amount": amount, **fields})
+
+
+async def balance(http, account_id: int) -> int:
+    status, body = await send(http, "GET", f"/api/accounts/{account_id}")
+    assert status == 200, body
+    return body["balance"]
