@@ -41,7 +41,7 @@ from pathlib import Path
 import psutil
 from hdrh.histogram import HdrHistogram
 
-from server.process_limits import raise_open_file_limit
+from server.running.process_limits import raise_open_file_limit
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 SERVERS = ("ceiling", "batching off", "batching on")
@@ -144,7 +144,7 @@ def _prepare_database(url_template: str, name: str) -> str:
     """Create database ``name``, migrate it, open accounts 2..ACCOUNTS with a large balance."""
     import psycopg
 
-    from server.migrations import apply_migrations
+    from server.running.migrations import apply_migrations
 
     with psycopg.connect(url_template.format("postgres"), autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
@@ -157,14 +157,13 @@ def _prepare_database(url_template: str, name: str) -> str:
                      "FROM generate_series(2, %s) g, assets s WHERE s.is_default", (ACCOUNTS,))
         conn.execute("""
             WITH opening AS (
-                INSERT INTO transfers (asset_id, from_account_id, to_account_id, amount, code)
-                SELECT a.asset_id, sys.id, a.id, a.balance, 'opening'
+                INSERT INTO transfers (asset_id, from_account_id, to_account_id, amount, code, to_balance)
+                SELECT a.asset_id, sys.id, a.id, a.balance, 'opening', a.balance
                   FROM accounts a JOIN accounts sys ON sys.asset_id = a.asset_id AND sys.is_system
                  WHERE a.user_id >= 2
-             RETURNING id, from_account_id, to_account_id, amount)
+             RETURNING id, to_account_id, amount)
             INSERT INTO ledger_entries (account_id, transfer_id, amount, balance_after, kind)
-            SELECT to_account_id, id, amount, amount, 'opening' FROM opening
-            UNION ALL SELECT from_account_id, id, -amount, NULL, 'opening' FROM opening""")
+            SELECT to_account_id, id, amount, amount, 'opening' FROM opening""")
     return url
 
 

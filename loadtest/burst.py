@@ -33,7 +33,7 @@ import httptools
 import uvloop
 from hdrh.histogram import HdrHistogram
 
-from server.process_limits import raise_open_file_limit
+from server.running.process_limits import raise_open_file_limit
 
 
 class HttpConnection(asyncio.Protocol):

@@ -13,8 +13,8 @@ import argparse
 import uvloop
 from aiohttp import web
 
-from server.config import Settings
-from server.process_limits import raise_open_file_limit
+from server.running.config import Settings
+from server.running.process_limits import raise_open_file_limit
 
 _BALANCE = b'{"userId": 1, "balance": 10000}'
 

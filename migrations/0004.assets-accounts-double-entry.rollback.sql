@@ -45,7 +45,7 @@ DELETE FROM transfers WHERE from_user_id IS NULL OR to_user_id IS NULL;
 
 ALTER TABLE transfers
     DROP COLUMN asset_id, DROP COLUMN from_account_id, DROP COLUMN to_account_id, DROP COLUMN code,
-    DROP COLUMN metadata,
+    DROP COLUMN metadata, DROP COLUMN from_balance, DROP COLUMN to_balance,
     ALTER COLUMN from_user_id SET NOT NULL, ALTER COLUMN to_user_id SET NOT NULL,
     ADD CONSTRAINT transfer_between_two_accounts CHECK (from_user_id <> to_user_id);
 
@@ -56,6 +56,8 @@ ALTER TABLE ledger_entries
     ADD CONSTRAINT balance_after_not_negative CHECK (balance_after >= 0);
 
 CREATE INDEX ledger_entries_user_id_id ON ledger_entries (user_id, id);
+
+CREATE INDEX ledger_entries_transfer_id ON ledger_entries (transfer_id) WHERE transfer_id IS NOT NULL;
 
 DROP TABLE accounts;
 

@@ -6,6 +6,7 @@ that is unset, an embedded one started for the session in a temporary directory.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import urllib.request
@@ -14,12 +15,13 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from typing import NamedTuple
 
 import aiohttp
+import asyncpg
 import psycopg
 import pytest
 from psycopg import sql
 
-from server.embedded_postgres import embedded_postgres, replace_database
-from server.ledger import SEED_USER
+from server.ledger.store import SEED_USER
+from server.running.embedded_postgres import embedded_postgres, replace_database
 from tests.openapi_contract import OpenApiContract, contract_middleware
 from tests.service_process import running_service
 
@@ -114,6 +116,19 @@ def seed_user(conn: psycopg.Connection, balance: int = 0) -> int:
 def new_user(db) -> Callable[[int], int]:
     """Factory: insert a user with ``balance`` (see :func:`seed_user`); return the id."""
     return lambda balance=0: seed_user(db, balance)
+
+
+@pytest.fixture(scope="module")
+def loop_and_pool(database_url, service_url):  # service_url: the service has migrated it
+    """An event loop and an asyncpg pool on the session's (migrated) database, for hypothesis
+    examples (which run synchronously, each driving the loop)."""
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)  # asyncpg binds to the current loop
+    pool = loop.run_until_complete(asyncpg.create_pool(database_url, min_size=2, max_size=10))
+    yield loop, pool
+    loop.run_until_complete(pool.close())
+    loop.close()
+    asyncio.set_event_loop(None)
 
 
 @pytest.fixture(scope="session")

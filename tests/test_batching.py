@@ -9,14 +9,13 @@ import math
 import uuid
 
 import asyncpg
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from server.batching import BalanceChangeBatcher
-from server.database import Database
-from server.ledger import SEED_USER, AccountRef, AppliedChange, BalanceChange
+from server.ledger.batching import BalanceChangeBatcher
+from server.ledger.store import SEED_USER, AccountRef, AppliedChange, BalanceChange
 from server.problems import Problem
+from server.running.database import Database
 from tests.service_process import balance_api, running_service
 
 MAX_BIGINT = 2**63 - 1
@@ -39,18 +38,6 @@ def one_at_a_time(start: int, amounts: list[int], overdraft_limit: int = 0,
         else:
             outcomes.append("balance_overflow" if max_balance is None else "max_balance_exceeded")
     return outcomes, entries, balance
-
-
-@pytest.fixture(scope="module")
-def loop_and_pool(database_url, service_url):  # service_url: the service has migrated it
-    """An event loop and an asyncpg pool on the session's (migrated) database, for the examples."""
-    loop = asyncio.new_event_loop()
-    asyncio.set_event_loop(loop)  # asyncpg binds to the current loop
-    pool = loop.run_until_complete(asyncpg.create_pool(database_url, min_size=2, max_size=10))
-    yield loop, pool
-    loop.run_until_complete(pool.close())
-    loop.close()
-    asyncio.set_event_loop(None)
 
 
 async def open_account(pool: asyncpg.Pool, balance: int, overdraft_limit: int = 0,
@@ -131,7 +118,7 @@ def keyed_model(start: int, changes: list[tuple[int, str | None]]) -> list[tuple
 
 
 async def apply_keyed_concurrently(pool, user: AccountRef, changes: list[tuple[int, str | None]], max_batch: int):
-    from server.idempotency import KeyedRequest, Outcome
+    from server.ledger.idempotency import KeyedRequest, Outcome
 
     def render(result):
         if isinstance(result, Problem):

@@ -14,6 +14,7 @@ from tests.http_calls import patch_balance
 from tests.row_locks import wait_for_lock_waiters
 from tests.service_process import health, poll_until, running_service
 
+
 def assert_database_unavailable(answer: tuple[int, dict, dict]) -> None:
     status, headers, problem = answer
     assert (status, problem["code"], headers["Content-Type"]) == (503, "database_unavailable", "application/problem+json")

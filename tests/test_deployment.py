@@ -9,7 +9,7 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
-from server.config import Settings
+from server.running.config import Settings
 from tests.service_process import PROJECT_ROOT
 
 SETTING_NAMES = {name.upper() for name in Settings.model_fields}

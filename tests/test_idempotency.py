@@ -2,6 +2,7 @@
 
 import asyncio
 import time
+import uuid
 
 import aiohttp
 import pytest
@@ -158,3 +159,36 @@ def test_an_expired_key_is_purged_and_can_be_used_afresh(tmp_path, database_url,
         first, second = asyncio.run(scenario())
     assert first[0] == second[0] == 200 and "Idempotent-Replayed" not in second[2]
     assert ledger_state(db, user).balance == 70
+
+
+NEW_ROUTES = [
+    ("POST", "/api/assets", lambda ids: {"code": f"idem_{ids['suffix']}", "scale": 2}, 201),
+    ("POST", "/api/accounts", lambda ids: {"asset": "default", "name": "escrow"}, 201),
+    ("PATCH", "/api/accounts/{account}", lambda ids: {"maxBalance": 1000}, 200),
+    ("POST", "/api/accounts/{account}/freeze", lambda ids: {}, 200),
+    ("POST", "/api/accounts/{account}/unfreeze", lambda ids: {}, 200),
+    ("POST", "/api/accounts/{account}/credit", lambda ids: {"amount": 5, "code": "topup"}, 200),
+    ("POST", "/api/accounts/{account}/debit", lambda ids: {"amount": 1}, 200),
+    ("POST", "/api/transfers", lambda ids: {"fromAccountId": ids["account"], "toAccountId": ids["other"], "amount": 1,
+                                            "code": "fee", "metadata": {"order": "1"}}, 201),
+    ("POST", "/api/accounts/{empty}/close", lambda ids: {}, 200),
+]
+
+
+@pytest.mark.parametrize("method, path, body, status", NEW_ROUTES, ids=[f"{m} {p}" for m, p, _, _ in NEW_ROUTES])
+async def test_every_new_mutating_route_replays_a_key_and_changes_nothing_the_second_time(
+        http, db, method, path, body, status):
+    from tests.ledger_api import credit, new_account
+
+    account, other, empty = [await new_account(http, "default") for _ in range(3)]
+    ids = {"account": account["accountId"], "other": other["accountId"], "empty": empty["accountId"],
+           "suffix": uuid.uuid4().hex[:12]}
+    await credit(http, ids["account"], 10)
+    url, key = path.format(**ids), f"new-route-{uuid.uuid4()}"
+    first = await http.request(method, url, json=body(ids), headers={"Idempotency-Key": key})
+    assert first.status == status, await first.text()
+    after_first = database_fingerprint(db)
+    again = await http.request(method, url, json=body(ids), headers={"Idempotency-Key": key})
+    assert (again.status, again.headers.get("Idempotent-Replayed")) == (status, "true")
+    assert await again.json() == await first.json()
+    assert database_fingerprint(db) == after_first

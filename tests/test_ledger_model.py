@@ -6,7 +6,15 @@ import datetime as dt
 import pytest
 
 from tests.conftest import database_fingerprint
-from tests.ledger_api import balance, credit, new_account, new_asset, new_user, send, transfer
+from tests.ledger_api import (
+    balance,
+    credit,
+    new_account,
+    new_asset,
+    new_user,
+    send,
+    transfer,
+)
 
 # --- assets ---------------------------------------------------------------------------------
 

@@ -9,7 +9,7 @@ import urllib.request
 
 from jsonschema import Draft202012Validator
 
-from server.config import Settings
+from server.running.config import Settings
 from tests.service_process import PROJECT_ROOT
 
 
@@ -27,8 +27,8 @@ def test_the_document_is_openapi_3_1_with_valid_json_schemas(service_url):
 
 
 def test_every_served_route_is_described_and_every_described_route_is_served(service_url, tmp_path, monkeypatch):
-    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))  # server.metrics needs it at import
-    from server.app import create_app
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))  # server.running.metrics needs it at import
+    from server.http.app import create_app
 
     app = create_app(Settings(database_url="postgresql://unused/never-connected"))
     served = {(route.method.lower(), route.resource.canonical) for route in app.router.routes()

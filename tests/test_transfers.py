@@ -128,8 +128,8 @@ async def test_jepsen_style_bank_conserves_money_under_concurrent_transfers_cred
     assert all(b.balance >= 0 and b.balance == b.entries_sum for b in balances)
     unbalanced = db.execute(
         "SELECT t.id FROM transfers t JOIN accounts f ON f.id = t.from_account_id "
-        "LEFT JOIN ledger_entries e ON e.transfer_id = t.id "
-        "WHERE f.user_id = ANY(%s) GROUP BY t.id, t.amount, t.from_account_id, t.to_account_id "
+        "JOIN accounts d ON d.id = t.to_account_id LEFT JOIN ledger_entries e ON e.transfer_id = t.id "
+        "WHERE f.user_id = ANY(%s) AND d.user_id IS NOT NULL GROUP BY t.id, t.amount, t.from_account_id, t.to_account_id "
         "HAVING count(*) <> 2 OR sum(e.amount) <> 0 "
         "OR count(*) FILTER (WHERE e.account_id = t.from_account_id AND e.amount = -t.amount) <> 1 "
         "OR count(*) FILTER (WHERE e.account_id = t.to_account_id AND e.amount = t.amount) <> 1",

@@ -9,9 +9,15 @@ import time
 
 import pytest
 
-from server.workers import START_GRACE
+from server.running.workers import START_GRACE
 from tests.metrics_reading import labelled, scrape, value
-from tests.service_process import balance_api, health, poll_until, running_service, service_env
+from tests.service_process import (
+    balance_api,
+    health,
+    poll_until,
+    running_service,
+    service_env,
+)
 
 
 def worker_pids(supervisor: subprocess.Popen) -> set[int]:

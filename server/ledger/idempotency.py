@@ -1,6 +1,7 @@
 """Idempotency keys with the semantics of Stripe's API, and the bounded retry of transactions.
 
-A mutating request may carry ``Idempotency-Key: <1-255 printable ASCII characters>``:
+A mutating request may carry ``Idempotency-Key: <1-255 printable ASCII characters>``
+(:mod:`server.http.idempotent_requests` reads it and runs the request):
 
 * The first request with a key is processed; its outcome (status and body, refusals such as
   ``insufficient_funds`` included) is stored in the SAME transaction as the change itself, so
@@ -30,23 +31,15 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 import asyncpg
-from aiohttp import web
 
-from .app_keys import DATABASE, SETTINGS
-from .database import Database
-from .problems import (
+from server.problems import (
     DATABASE_UNAVAILABLE_ERRORS,
     PROBLEM_CONTENT_TYPE,
     IdempotencyKeyReused,
     Problem,
-    ValidationFailed,
-    instance,
 )
-from .request_bodies import StrictBody, canonical_json
 
 log = logging.getLogger(__name__)
-
-IDEMPOTENCY_KEY_HEADER = "Idempotency-Key"
 
 # Claim a key: a new one, or one whose retention has run out (then it starts over).
 CLAIM_KEY = """
@@ -133,43 +126,6 @@ class Outcome:
     def of_problem(cls, problem: Problem, instance: str) -> Outcome:
         return cls(problem.status, json.dumps(problem.body(instance)), PROBLEM_CONTENT_TYPE)
 
-    def response(self, replayed: bool = False) -> web.Response:
-        headers = {"Location": self.location} if self.location else {}
-        if replayed:
-            headers["Idempotent-Replayed"] = "true"
-        return web.Response(status=self.status, body=self.body.encode(), content_type=self.content_type,
-                            headers=headers)
-
-
-Operation = Callable[[asyncpg.Pool | asyncpg.Connection, str | None], Awaitable[Outcome]]
-
-
-def idempotency_key(request: web.Request) -> str | None:
-    """The request's ``Idempotency-Key``, or None; raises ValidationFailed (422) unless it is
-    1-255 printable ASCII characters (0x20-0x7E)."""
-    key = request.headers.get(IDEMPOTENCY_KEY_HEADER)
-    if key is None:
-        return None
-    if 1 <= len(key) <= 255 and all(" " <= char <= "~" for char in key):
-        return key
-    raise ValidationFailed([{"field": IDEMPOTENCY_KEY_HEADER, "reason": "must be 1 to 255 printable ASCII characters"}])
-
-
-async def _run_keyed(database: Database, operation: Operation, key: str, fingerprint: str,
-                     instance: str, retention: dt.timedelta) -> tuple[Outcome, bool]:
-    async with database.connection() as conn, conn.transaction():
-        if await conn.fetchval(CLAIM_KEY, key, fingerprint, retention) is None:
-            stored = await conn.fetchrow(READ_STORED, key)
-            if stored is None:
-                raise KeyVanished()
-            return stored_outcome(stored, fingerprint, key), True
-        try:
-            outcome = await operation(conn, key)
-        except Problem as refusal:  # a refusal is an outcome too; the operation wrote nothing
-            outcome = Outcome.of_problem(refusal, instance)
-        await conn.execute(STORE_OUTCOME, key, outcome.status, outcome.body, outcome.content_type, outcome.location)
-        return outcome, False
-
 
 @dataclass(frozen=True, slots=True)
 class KeyedRequest:
@@ -181,48 +137,12 @@ class KeyedRequest:
     instance: str
 
 
-def keyed_request(request: web.Request, body: StrictBody) -> KeyedRequest | None:
-    """The request's key and fingerprint, or None without a key; raises ValidationFailed (422)
-    for a malformed key (see :func:`idempotency_key`)."""
-    key = idempotency_key(request)
-    if key is None:
-        return None
-    path = instance(request)
-    return KeyedRequest(key, f"{request.method} {path} {canonical_json(body)}", path)
-
-
 def stored_outcome(stored: asyncpg.Record, fingerprint: str, key: str) -> Outcome:
     """The outcome stored under ``key`` for a replay; raises IdempotencyKeyReused (422) when it was
     stored for another request (``fingerprint`` differs)."""
     if stored["fingerprint"] != fingerprint:
         raise IdempotencyKeyReused(key)
     return Outcome(stored["status"], stored["body"], stored["content_type"], stored["location"])
-
-
-async def respond(request: web.Request, body: StrictBody, operation: Operation,
-                  on_replay: Callable[[], None] | None = None) -> web.Response:
-    """Run ``operation`` for ``request`` (whose validated body is ``body``) and answer its outcome.
-
-    Without an Idempotency-Key the operation runs on one pool connection (one statement, one round
-    trip). With one, it runs in a transaction that also claims the key and stores the outcome; see
-    the module docstring; ``on_replay`` is called when a stored outcome is replayed. Deadlocks and
-    serialization failures are retried (:func:`retry_transaction`).
-    """
-    database = request.app[DATABASE]
-    keyed = keyed_request(request, body)
-    if keyed is None:
-        async def attempt() -> Outcome:
-            async with database.connection() as conn:
-                return await operation(conn, None)
-
-        return (await retry_transaction(attempt)).response()
-    retention = dt.timedelta(seconds=request.app[SETTINGS].idempotency_key_retention)
-    outcome, replayed = await retry_transaction(
-        lambda: _run_keyed(database, operation, keyed.key, keyed.fingerprint, keyed.instance, retention)
-    )
-    if replayed and on_replay is not None:
-        on_replay()
-    return outcome.response(replayed)
 
 
 async def purge_expired_keys(pool: asyncpg.Pool, retention: dt.timedelta) -> int:

@@ -21,7 +21,7 @@ import sys
 import time
 from dataclasses import dataclass
 
-from .config import Settings
+from server.running.config import Settings
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ def supervise_workers(settings: Settings) -> int:
     """Run ``settings.workers`` worker processes until SIGTERM/SIGINT; return the exit code
     (0 after a requested stop, 1 when a worker could not start). ``settings.database_url`` must be
     the resolved URL and the migrations already applied."""
-    from .metrics import mark_process_dead
+    from server.running.metrics import mark_process_dead
 
     stop_requested: list[int] = []
 

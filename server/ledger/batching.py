@@ -25,7 +25,7 @@ row is never locked, so batches for different accounts never wait for each other
   unkeyed ones in one ``apply_balance_changes()`` call, store the outcomes of the claimed keys;
   then commit, then answer. A key that appears twice in one batch is deferred to the next batch,
   where it finds the first one's stored outcome. Deadlocks and serialization failures retry the
-  whole batch (:func:`server.idempotency.retry_transaction`).
+  whole batch (:func:`server.ledger.idempotency.retry_transaction`).
 """
 
 from __future__ import annotations
@@ -38,8 +38,7 @@ from dataclasses import dataclass
 
 import asyncpg
 
-from .database import Database
-from .idempotency import (
+from server.ledger.idempotency import (
     CLAIM_KEYS,
     READ_STORED_MANY,
     STORE_OUTCOMES,
@@ -49,8 +48,14 @@ from .idempotency import (
     retry_transaction,
     stored_outcome,
 )
-from .ledger import AccountRef, AppliedChange, BalanceChange, apply_balance_changes
-from .problems import DATABASE_UNAVAILABLE_ERRORS, DatabaseUnavailable, Problem
+from server.ledger.store import (
+    AccountRef,
+    AppliedChange,
+    BalanceChange,
+    apply_balance_changes,
+)
+from server.problems import DATABASE_UNAVAILABLE_ERRORS, DatabaseUnavailable, Problem
+from server.running.database import Database
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
-from .config import Settings
+from server.running.config import Settings
 
 log = logging.getLogger(__name__)
 

@@ -7,12 +7,12 @@ from typing import TYPE_CHECKING
 import asyncpg
 from aiohttp import web
 
-from .config import Settings
-from .database import Database
+from server.running.config import Settings
+from server.running.database import Database
 
-if TYPE_CHECKING:  # server.batching imports modules that import this one
-    from .batching import BalanceChangeBatcher
-    from .ledger import AssetDirectory
+if TYPE_CHECKING:  # server.ledger.batching imports modules that import this one
+    from server.ledger.batching import BalanceChangeBatcher
+    from server.ledger.store import AssetDirectory
 
 SETTINGS = web.AppKey("settings", Settings)
 DB_POOL = web.AppKey("db_pool", asyncpg.Pool)  # health checks and background jobs

@@ -10,8 +10,8 @@ import logging
 import os
 import sys
 
-from .config import ConfigError, Settings, load_settings
-from .log_config import configure_logging
+from server.running.config import ConfigError, Settings, load_settings
+from server.running.log_config import configure_logging
 
 log = logging.getLogger("balance_api")
 
@@ -20,18 +20,18 @@ def serve(settings: Settings) -> int:
     """Run the HTTP service until SIGINT/SIGTERM, with migrations applied first (``MIGRATE_ON_START``).
 
     With ``WORKERS`` > 1 this process supervises that many worker processes
-    (:mod:`server.workers`); otherwise it serves itself.
+    (:mod:`server.running.workers`); otherwise it serves itself.
     """
-    from .embedded_postgres import database_url
-    from .metrics_directory import multiprocess_directory
-    from .migrations import apply_migrations
+    from server.running.embedded_postgres import database_url
+    from server.running.metrics_directory import multiprocess_directory
+    from server.running.migrations import apply_migrations
 
     with multiprocess_directory(), database_url(settings) as url:
         if settings.migrate_on_start:
             apply_migrations(url, settings.migrations_dir, settings.default_asset_code)
         settings = settings.model_copy(update={"database_url": url, "migrate_on_start": False})
         if settings.workers > 1:
-            from .workers import supervise_workers
+            from server.running.workers import supervise_workers
 
             return supervise_workers(settings)
         return _serve_in_this_process(settings)
@@ -44,8 +44,8 @@ def _serve_in_this_process(settings: Settings) -> int:
     import uvloop
     from aiohttp import web
 
-    from .app import create_app
-    from .process_limits import raise_open_file_limit
+    from server.http.app import create_app
+    from server.running.process_limits import raise_open_file_limit
 
     open_files = raise_open_file_limit()
     app = create_app(settings)
@@ -61,7 +61,7 @@ def _serve_in_this_process(settings: Settings) -> int:
         backlog=settings.listen_backlog,
         reuse_port=settings.reuse_port or None,
         shutdown_timeout=settings.shutdown_timeout,
-        access_log=None,  # server.request_observability logs each request instead
+        access_log=None,  # server.http.observability logs each request instead
         loop=uvloop.new_event_loop(),
         print=None,
     )
@@ -72,8 +72,8 @@ def _serve_in_this_process(settings: Settings) -> int:
 def migrate(settings: Settings, rollback: int = 0) -> int:
     """Apply pending migrations to the configured (or embedded) database and exit; with
     ``rollback`` > 0, roll back that many applied migrations instead, newest first."""
-    from .embedded_postgres import database_url
-    from .migrations import apply_migrations
+    from server.running.embedded_postgres import database_url
+    from server.running.migrations import apply_migrations
 
     with database_url(settings) as url:
         done = apply_migrations(url, settings.migrations_dir, settings.default_asset_code, rollback)
@@ -83,8 +83,8 @@ def migrate(settings: Settings, rollback: int = 0) -> int:
 
 def check(settings: Settings) -> int:
     """Verify the ledger invariants; print each; exit 1 naming what is wrong."""
-    from .embedded_postgres import database_url
-    from .ledger_check import check_ledger
+    from server.ledger.check import check_ledger
+    from server.running.embedded_postgres import database_url
 
     with database_url(settings) as url:
         results = check_ledger(url)

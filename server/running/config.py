@@ -14,7 +14,7 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 # RFC 6750 §2.1: the credentials of "Authorization: Bearer <b64token>"
 _TOKEN68 = re.compile(r"[A-Za-z0-9\-._~+/]+=*")

@@ -19,8 +19,8 @@ import uuid
 import structlog
 from aiohttp import web
 
-from . import metrics
-from .problems import Handler
+from server.problems import Handler
+from server.running import metrics
 
 REQUEST_ID_HEADER = "X-Request-ID"
 _CLIENT_REQUEST_ID = re.compile(r"[\x21-\x7e]{1,128}")

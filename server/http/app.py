@@ -10,15 +10,24 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
 
-from . import handlers, ledger, metrics
-from .app_keys import ASSETS, BATCHER, DATABASE, DB_POOL, SETTINGS
-from .batching import BalanceChangeBatcher
-from .bearer_auth import bearer_auth_middleware
-from .config import Settings
-from .database import Database, create_pool
-from .idempotency import purge_expired_keys_forever
-from .problems import problem_middleware
-from .request_observability import observability_middleware
+from server.http.app_keys import ASSETS, BATCHER, DATABASE, DB_POOL, SETTINGS
+from server.http.bearer_auth import bearer_auth_middleware
+from server.http.handlers import (
+    accounts,
+    assets,
+    balance_changes,
+    operations,
+    transfers,
+    users,
+)
+from server.http.observability import observability_middleware
+from server.ledger import store as ledger
+from server.ledger.batching import BalanceChangeBatcher
+from server.ledger.idempotency import purge_expired_keys_forever
+from server.problems import problem_middleware
+from server.running import metrics
+from server.running.config import Settings
+from server.running.database import Database, create_pool
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +101,7 @@ def create_app(settings: Settings) -> web.Application:
     are refused with 413 (aiohttp's ``client_max_size``).
     """
     if not settings.database_url:
-        raise ValueError("create_app needs settings.database_url (see server.embedded_postgres)")
+        raise ValueError("create_app needs settings.database_url (see server.running.embedded_postgres)")
     middlewares = [observability_middleware(settings.request_log_level), problem_middleware]
     if tokens := settings.api_tokens():
         middlewares.append(bearer_auth_middleware(tokens))
@@ -100,30 +109,30 @@ def create_app(settings: Settings) -> web.Application:
     app[SETTINGS] = settings
     app.cleanup_ctx.extend([_database, _idempotency_key_purger, _metrics_sampler])
     app.router.add_routes([
-        web.patch("/api/balance", handlers.change_balance),
-        web.post("/api/users", handlers.create_user),
-        web.get("/api/users/{id}", handlers.get_user),
-        web.get("/api/users/{id}/history", handlers.get_history),
-        web.post("/api/users/{id}/credit", handlers.credit),
-        web.post("/api/users/{id}/debit", handlers.debit),
-        web.post("/api/transfers", handlers.create_transfer),
-        web.get("/api/transfers", handlers.list_transfers),
-        web.get("/api/transfers/{id}", handlers.get_transfer),
-        web.post("/api/assets", handlers.create_asset),
-        web.get("/api/assets", handlers.list_assets),
-        web.get("/api/assets/{code}", handlers.get_asset),
-        web.post("/api/accounts", handlers.create_account),
-        web.get("/api/accounts/{id}", handlers.get_account),
-        web.patch("/api/accounts/{id}", handlers.update_account),
-        web.post("/api/accounts/{id}/freeze", handlers.freeze_account),
-        web.post("/api/accounts/{id}/unfreeze", handlers.unfreeze_account),
-        web.post("/api/accounts/{id}/close", handlers.close_account),
-        web.post("/api/accounts/{id}/credit", handlers.account_credit),
-        web.post("/api/accounts/{id}/debit", handlers.account_debit),
-        web.get("/api/accounts/{id}/history", handlers.get_account_history),
-        web.get("/api/accounts/{id}/balance", handlers.get_account_balance),
-        web.get("/api/health", handlers.health),
-        web.get("/api/openapi.json", handlers.openapi),
-        web.get("/metrics", handlers.prometheus_metrics),
+        web.patch("/api/balance", balance_changes.change_balance),
+        web.post("/api/users", users.create_user),
+        web.get("/api/users/{id}", users.get_user),
+        web.get("/api/users/{id}/history", users.get_history),
+        web.post("/api/users/{id}/credit", balance_changes.credit),
+        web.post("/api/users/{id}/debit", balance_changes.debit),
+        web.post("/api/transfers", transfers.create_transfer),
+        web.get("/api/transfers", transfers.list_transfers),
+        web.get("/api/transfers/{id}", transfers.get_transfer),
+        web.post("/api/assets", assets.create_asset),
+        web.get("/api/assets", assets.list_assets),
+        web.get("/api/assets/{code}", assets.get_asset),
+        web.post("/api/accounts", accounts.create_account),
+        web.get("/api/accounts/{id}", accounts.get_account),
+        web.patch("/api/accounts/{id}", accounts.update_account),
+        web.post("/api/accounts/{id}/freeze", accounts.freeze_account),
+        web.post("/api/accounts/{id}/unfreeze", accounts.unfreeze_account),
+        web.post("/api/accounts/{id}/close", accounts.close_account),
+        web.post("/api/accounts/{id}/credit", balance_changes.account_credit),
+        web.post("/api/accounts/{id}/debit", balance_changes.account_debit),
+        web.get("/api/accounts/{id}/history", accounts.get_account_history),
+        web.get("/api/accounts/{id}/balance", accounts.get_account_balance),
+        web.get("/api/health", operations.health),
+        web.get("/api/openapi.json", operations.openapi),
+        web.get("/metrics", operations.prometheus_metrics),
     ])
     return app

@@ -14,13 +14,15 @@ SAMPLE = 20
 
 # (name, what must hold, query returning offenders as one text column)
 CHECKS: list[tuple[str, str, str]] = [
-    ("conservation", "per asset, the sum of all balances, the system account's included, is 0", f"""
+    ("conservation", "per asset, the sum of all balances is 0: the stored balances of its accounts plus its system "
+                     "account's, recomputed from the transfer rows (amounts moved in minus amounts moved out)", f"""
         SELECT format('asset %s: balances sum to %s', s.code, coalesce(b.total, 0) + coalesce(x.total, 0))
           FROM assets s
           LEFT JOIN (SELECT asset_id, sum(balance) AS total FROM accounts WHERE NOT is_system GROUP BY asset_id) b
             ON b.asset_id = s.id
-          LEFT JOIN (SELECT a.asset_id, sum(e.amount) AS total FROM ledger_entries e
-                       JOIN accounts a ON a.id = e.account_id WHERE a.is_system GROUP BY a.asset_id) x
+          LEFT JOIN (SELECT a.asset_id, sum(CASE WHEN t.to_account_id = a.id THEN t.amount ELSE -t.amount END) AS total
+                       FROM transfers t JOIN accounts a ON a.is_system AND a.id IN (t.from_account_id, t.to_account_id)
+                      GROUP BY a.asset_id) x
             ON x.asset_id = s.id
          WHERE coalesce(b.total, 0) + coalesce(x.total, 0) <> 0
          ORDER BY s.id LIMIT {SAMPLE}"""),
@@ -34,7 +36,7 @@ CHECKS: list[tuple[str, str, str]] = [
           FROM accounts a
           LEFT JOIN (SELECT account_id, sum(amount) AS total FROM ledger_entries GROUP BY account_id) s
             ON s.account_id = a.id
-         WHERE NOT a.is_system AND a.balance <> coalesce(s.total, 0)
+         WHERE (NOT a.is_system AND a.balance <> coalesce(s.total, 0)) OR (a.is_system AND (a.balance <> 0 OR s.total IS NOT NULL))
          ORDER BY a.id LIMIT {SAMPLE}"""),
     ("balances within limits", "no balance is below minus its overdraft limit or above its maxBalance", f"""
         SELECT format('account %s: balance %s, overdraft limit %s, max balance %s', id, balance, overdraft_limit,
@@ -42,28 +44,40 @@ CHECKS: list[tuple[str, str, str]] = [
           FROM accounts
          WHERE NOT is_system AND (balance < -overdraft_limit OR balance > max_balance)
          ORDER BY id LIMIT {SAMPLE}"""),
-    ("balance_after chain", "each stored balance_after is the running sum of the account's entries up to it "
-                            "(a system account's entries store none)", f"""
-        SELECT format('entry %s of account %s: balance_after %s, running sum %s', id, account_id,
-                      coalesce(balance_after::text, 'none'), running)
-          FROM (SELECT e.id, e.account_id, e.balance_after, a.is_system,
-                       sum(e.amount) OVER (PARTITION BY e.account_id ORDER BY e.id) AS running
-                  FROM ledger_entries e JOIN accounts a ON a.id = e.account_id) e
-         WHERE CASE WHEN is_system THEN balance_after IS NOT NULL ELSE balance_after IS DISTINCT FROM running END
+    ("balance_after chain", "each entry's balance_after is the running sum of its account's entries up to it", f"""
+        SELECT format('entry %s of account %s: balance_after %s, running sum %s', id, account_id, balance_after, running)
+          FROM (SELECT id, account_id, balance_after,
+                       sum(amount) OVER (PARTITION BY account_id ORDER BY id) AS running FROM ledger_entries) e
+         WHERE balance_after IS DISTINCT FROM running
          ORDER BY id LIMIT {SAMPLE}"""),
-    ("transfers balanced", "every transfer has exactly its two entries, -amount on the sending account and "
-                           "+amount on the receiving one, both of the transfer's asset", f"""
+    ("transfers balanced", "every transfer moves one amount between two accounts of its asset, and each non-system "
+                           "side has exactly its entry: -amount on the sending account, +amount on the receiving one, "
+                           "with the balance the transfer records", f"""
         SELECT format('transfer %s: %s entries', t.id, count(e.id))
           FROM transfers t
+          JOIN accounts f ON f.id = t.from_account_id
+          JOIN accounts d ON d.id = t.to_account_id
           LEFT JOIN ledger_entries e ON e.transfer_id = t.id
-          LEFT JOIN accounts a ON a.id = e.account_id
-         GROUP BY t.id, t.amount, t.from_account_id, t.to_account_id
-        HAVING count(e.id) <> 2
-            OR count(*) FILTER (WHERE e.account_id = t.from_account_id AND e.amount = -t.amount
-                                  AND a.asset_id = t.asset_id) <> 1
-            OR count(*) FILTER (WHERE e.account_id = t.to_account_id AND e.amount = t.amount
-                                  AND a.asset_id = t.asset_id) <> 1
+         GROUP BY t.id, t.amount, t.asset_id, t.from_balance, t.to_balance, f.id, f.is_system, f.asset_id,
+                  d.id, d.is_system, d.asset_id
+        HAVING f.asset_id <> t.asset_id OR d.asset_id <> t.asset_id
+            OR count(e.id) <> (NOT f.is_system)::int + (NOT d.is_system)::int
+            OR count(*) FILTER (WHERE e.account_id = f.id AND e.amount = -t.amount
+                                  AND e.balance_after = t.from_balance) <> (NOT f.is_system)::int
+            OR count(*) FILTER (WHERE e.account_id = d.id AND e.amount = t.amount
+                                  AND e.balance_after = t.to_balance) <> (NOT d.is_system)::int
+            OR (f.is_system AND t.from_balance IS NOT NULL) OR (d.is_system AND t.to_balance IS NOT NULL)
          ORDER BY t.id LIMIT {SAMPLE}"""),
+    ("accounts exist", "every account and asset a transfer or an entry names exists (in place of foreign keys, "
+                       "which would lock the system account's row on every change)", f"""
+        SELECT format('transfer %s: names a missing account or asset', t.id) FROM transfers t
+         WHERE NOT EXISTS (SELECT 1 FROM accounts a WHERE a.id = t.from_account_id)
+            OR NOT EXISTS (SELECT 1 FROM accounts a WHERE a.id = t.to_account_id)
+            OR NOT EXISTS (SELECT 1 FROM assets s WHERE s.id = t.asset_id)
+        UNION ALL
+        SELECT format('entry %s: account %s does not exist', e.id, e.account_id) FROM ledger_entries e
+         WHERE NOT EXISTS (SELECT 1 FROM accounts a WHERE a.id = e.account_id)
+        LIMIT {SAMPLE}"""),
     ("entries belong to transfers", "every entry names a transfer that exists", f"""
         SELECT format('entry %s: transfer %s does not exist', e.id, e.transfer_id)
           FROM ledger_entries e LEFT JOIN transfers t ON t.id = e.transfer_id

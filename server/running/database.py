@@ -20,8 +20,8 @@ from collections.abc import AsyncIterator, Iterator
 
 import asyncpg
 
-from .config import Settings
-from .problems import DatabaseUnavailable, ServiceOverloaded
+from server.problems import DatabaseUnavailable, ServiceOverloaded
+from server.running.config import Settings
 
 log = logging.getLogger(__name__)
 

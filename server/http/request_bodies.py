@@ -13,9 +13,17 @@ import json
 from typing import Annotated, TypeVar
 
 from aiohttp import web
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
-from .problems import MalformedJson, UnsupportedMediaType, ValidationFailed
+from server.problems import MalformedJson, UnsupportedMediaType, ValidationFailed
 
 # PostgreSQL bigint holds -9223372036854775808..9223372036854775807 (PostgreSQL docs §8.1.1);
 # amounts stay within ±MAX_BIGINT so that negating one never overflows.

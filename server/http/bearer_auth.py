@@ -14,7 +14,7 @@ import hmac
 
 from aiohttp import web
 
-from .problems import Handler, Unauthorized
+from server.problems import Handler, Unauthorized
 
 # Probes and scrapers need no token: health (load balancers) and metrics (Prometheus).
 OPEN_PATHS = frozenset({"/api/health", "/metrics"})

@@ -3,7 +3,7 @@
 The service always runs prometheus-client in multiprocess mode: each worker writes its samples to
 memory-mapped files in ``PROMETHEUS_MULTIPROC_DIR`` and ``GET /metrics`` on any worker adds up all
 of them (prometheus-client docs, "Multiprocess Mode"). That directory must be set before
-``prometheus_client`` is imported, so ``balance-api serve`` sets it up (:func:`server.metrics_directory.multiprocess_directory`)
+``prometheus_client`` is imported, so ``balance-api serve`` sets it up (:func:`server.running.metrics_directory.multiprocess_directory`)
 before it imports the application.
 
 Process metrics: prometheus-client's process collector does not work in multiprocess mode, so each
@@ -16,16 +16,16 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING
 
-from .metrics_directory import MULTIPROC_ENV
+from server.running.metrics_directory import MULTIPROC_ENV
 
 if TYPE_CHECKING:
     import asyncpg
 
-    from .database import Database
+    from server.running.database import Database
 
 if not os.environ.get(MULTIPROC_ENV):  # checked before prometheus_client is imported: see above
-    raise RuntimeError(f"server.metrics needs {MULTIPROC_ENV}; import it inside "
-                       "server.metrics_directory.multiprocess_directory()")
+    raise RuntimeError(f"server.running.metrics needs {MULTIPROC_ENV}; import it inside "
+                       "server.running.metrics_directory.multiprocess_directory()")
 
 from prometheus_client import (  # noqa: E402
     CONTENT_TYPE_LATEST,

@@ -19,7 +19,7 @@ from typing import NamedTuple
 
 import asyncpg
 
-from .problems import (
+from server.problems import (
     AccountClosed,
     AccountExists,
     AccountFrozen,
@@ -220,14 +220,11 @@ async def transfer_funds(db: Db, order: TransferOrder, idempotency_key: str | No
 # Transfers: reading
 # ---------------------------------------------------------------------------------------------
 
-# A transfer with the balances its two ledger entries recorded.
+# A transfer with the balances its two ledger entries recorded (stored on the transfer too).
 _TRANSFER_COLUMNS = """
 SELECT t.id, s.code AS asset, t.from_account_id, t.to_account_id, fa.user_id AS from_user_id,
-       ta.user_id AS to_user_id, t.amount, t.code, t.description, t.metadata, t.created_at,
-       (SELECT e.balance_after FROM ledger_entries e WHERE e.transfer_id = t.id AND e.account_id = t.from_account_id)
-           AS from_balance,
-       (SELECT e.balance_after FROM ledger_entries e WHERE e.transfer_id = t.id AND e.account_id = t.to_account_id)
-           AS to_balance
+       ta.user_id AS to_user_id, t.amount, t.code, t.description, t.metadata, t.created_at, t.from_balance,
+       t.to_balance
   FROM transfers t
   JOIN assets s ON s.id = t.asset_id
   JOIN accounts fa ON fa.id = t.from_account_id
@@ -251,6 +248,14 @@ LIST_ACCOUNT_TRANSFERS = _TRANSFER_COLUMNS.replace("SELECT t.id,", "SELECT x.id 
  WHERE x.account_id = $1 AND x.id < $2 AND ($3::text IS NULL OR t.code = $3)
    AND ($4::timestamptz IS NULL OR t.created_at >= $4) AND ($5::timestamptz IS NULL OR t.created_at < $5)
  ORDER BY x.id DESC LIMIT $6
+"""
+
+
+# A system account's transfers (it has no entries), keyset-paged by transfer id.
+LIST_SYSTEM_TRANSFERS = _TRANSFER_COLUMNS.replace("SELECT t.id,", "SELECT t.id AS entry_id, t.id,", 1) + """
+ WHERE (t.from_account_id = $1 OR t.to_account_id = $1) AND t.id < $2 AND ($3::text IS NULL OR t.code = $3)
+   AND ($4::timestamptz IS NULL OR t.created_at >= $4) AND ($5::timestamptz IS NULL OR t.created_at < $5)
+ ORDER BY t.id DESC LIMIT $6
 """
 
 
@@ -287,11 +292,10 @@ async def list_transfers(db: Db, page: PageQuery) -> list[Transfer]:
 
 async def list_account_transfers(db: Db, account_id: int, page: PageQuery) -> list[tuple[int, Transfer]]:
     """The transfers of ``account_id`` newest first, each with the account's entry id (the
-    position ``page.before`` counts in); raises :class:`AccountNotFound`."""
-    rows = await db.fetch(LIST_ACCOUNT_TRANSFERS, account_id, page.before, page.code, page.created_from,
-                          page.created_to, page.limit)
-    if not rows and not await db.fetchval(ACCOUNT_EXISTS, account_id):
-        raise AccountNotFound(account_id)
+    position ``page.before`` counts in; a system account's: the transfer id); raises
+    :class:`AccountNotFound`."""
+    query = LIST_SYSTEM_TRANSFERS if await _is_system(db, account_id) else LIST_ACCOUNT_TRANSFERS
+    rows = await db.fetch(query, account_id, page.before, page.code, page.created_from, page.created_to, page.limit)
     return [(row["entry_id"], _transfer(row)) for row in rows]
 
 
@@ -314,11 +318,13 @@ SELECT e.id, e.transfer_id, e.amount, e.balance_after,
 """
 
 # The account's balance right after its last entry at or before $2 (0 before its first). A system
-# account's entries carry no running balance: its balance then is the sum of its entries up to $2.
+# account has no entries: its balance then is what its transfers up to $2 moved in, minus out.
 BALANCE_AT = """
 SELECT CASE WHEN a.is_system
-            THEN (SELECT coalesce(sum(e.amount), 0) FROM ledger_entries e
-                   WHERE e.account_id = a.id AND e.created_at <= $2)
+            THEN (SELECT coalesce(sum(CASE WHEN t.to_account_id = a.id THEN t.amount ELSE -t.amount END), 0)
+                    FROM transfers t
+                   WHERE t.asset_id = a.asset_id AND (t.from_account_id = a.id OR t.to_account_id = a.id)
+                     AND t.created_at <= $2)
             ELSE coalesce((SELECT e.balance_after FROM ledger_entries e
                             WHERE e.account_id = a.id AND e.created_at <= $2
                             ORDER BY e.id DESC LIMIT 1), 0)
@@ -326,6 +332,23 @@ SELECT CASE WHEN a.is_system
   FROM accounts a JOIN assets s ON s.id = a.asset_id
  WHERE a.id = $1
 """
+
+
+# A system account's history: its transfers, shown as entries (entryId = transferId; no running
+# balance), newest first by transfer id; parameters as in READ_ENTRIES.
+READ_SYSTEM_ENTRIES = """
+SELECT t.id, t.id AS transfer_id, CASE WHEN t.to_account_id = $1 THEN t.amount ELSE -t.amount END AS amount,
+       NULL::bigint AS balance_after,
+       CASE WHEN t.to_account_id = $1 THEN t.from_account_id ELSE t.to_account_id END AS counterparty_account_id,
+       t.code, CASE WHEN t.to_account_id = $1 THEN 'transfer_in' ELSE 'transfer_out' END AS kind, t.description,
+       t.metadata, NULL::text AS idempotency_key, t.created_at
+  FROM transfers t
+ WHERE (t.from_account_id = $1 OR t.to_account_id = $1) AND t.id < $2 AND ($3::text IS NULL OR t.code = $3)
+   AND ($4::timestamptz IS NULL OR t.created_at >= $4) AND ($5::timestamptz IS NULL OR t.created_at < $5)
+ ORDER BY t.id DESC
+ LIMIT $6
+"""
+IS_SYSTEM = "SELECT is_system FROM accounts WHERE id = $1"
 
 
 @dataclass(frozen=True, slots=True)
@@ -346,13 +369,19 @@ class LedgerEntry:
     created_at: dt.datetime
 
 
+async def _is_system(db: Db, account_id: int) -> bool:
+    is_system = await db.fetchval(IS_SYSTEM, account_id)
+    if is_system is None:
+        raise AccountNotFound(account_id)
+    return is_system
+
+
 async def read_entries(db: Db, account_id: int, page: PageQuery) -> list[LedgerEntry]:
     """Up to ``page.limit`` entries of ``account_id`` with id < ``page.before``, newest first,
-    filtered as ``page`` says. Raises :class:`AccountNotFound` when there is no such account."""
-    rows = await db.fetch(READ_ENTRIES, account_id, page.before, page.code, page.created_from, page.created_to,
-                          page.limit)
-    if not rows and not await db.fetchval(ACCOUNT_EXISTS, account_id):
-        raise AccountNotFound(account_id)
+    filtered as ``page`` says (a system account's: its transfers, see READ_SYSTEM_ENTRIES).
+    Raises :class:`AccountNotFound` when there is no such account."""
+    query = READ_SYSTEM_ENTRIES if await _is_system(db, account_id) else READ_ENTRIES
+    rows = await db.fetch(query, account_id, page.before, page.code, page.created_from, page.created_to, page.limit)
     return [LedgerEntry(*row[:8], json.loads(row["metadata"]) if row["metadata"] else {}, row["idempotency_key"],
                         row["created_at"]) for row in rows]
 
@@ -463,10 +492,13 @@ class AssetDirectory:
 # Accounts and users
 # ---------------------------------------------------------------------------------------------
 
-# A system account's balance is the sum of its entries (its row's balance is not maintained).
+# A system account has no stored balance (migration 0004, accounts): each transfer row moves one
+# amount out of one account and into another, so its balance is minus the sum of the asset's other
+# balances, exactly (balance-api check recomputes it from the transfer rows).
 _ACCOUNT_COLUMNS = """
 SELECT a.id, s.code AS asset, a.user_id, a.name, a.is_system,
-       CASE WHEN a.is_system THEN (SELECT coalesce(sum(e.amount), 0) FROM ledger_entries e WHERE e.account_id = a.id)
+       CASE WHEN a.is_system THEN (SELECT -coalesce(sum(o.balance), 0) FROM accounts o
+                                    WHERE o.asset_id = a.asset_id AND NOT o.is_system)
             ELSE a.balance END AS balance,
        a.overdraft_limit, a.max_balance, a.status, a.metadata, a.created_at, a.updated_at
   FROM accounts a JOIN assets s ON s.id = a.asset_id
@@ -663,7 +695,7 @@ async def read_user(db: Db, user_id: int, default_asset: Asset) -> User:
 
 
 # For tests and the bench: a new user whose default-asset account opens with $1 minor units, moved
-# in from the system account as an 'opening' transfer (both sides written, so every check holds).
+# in from the system account as an 'opening' transfer with the account's entry (every check holds).
 SEED_USER = """
 WITH new_user AS (INSERT INTO users DEFAULT VALUES RETURNING id),
 account AS (
@@ -671,16 +703,14 @@ account AS (
     SELECT s.id, new_user.id, $1::bigint FROM assets s, new_user WHERE s.is_default RETURNING id, asset_id
 ),
 opening AS (
-    INSERT INTO transfers (asset_id, from_account_id, to_account_id, amount, code)
-    SELECT account.asset_id, sys.id, account.id, $1::bigint, 'opening'
+    INSERT INTO transfers (asset_id, from_account_id, to_account_id, amount, code, to_balance)
+    SELECT account.asset_id, sys.id, account.id, $1::bigint, 'opening', $1::bigint
       FROM account JOIN accounts sys ON sys.asset_id = account.asset_id AND sys.is_system
      WHERE $1::bigint > 0
- RETURNING id, from_account_id, to_account_id, amount
-), entries AS (
+ RETURNING id, to_account_id, amount
+), entry AS (
     INSERT INTO ledger_entries (account_id, transfer_id, amount, balance_after, kind)
     SELECT to_account_id, id, amount, amount, 'opening' FROM opening
-    UNION ALL
-    SELECT from_account_id, id, -amount, NULL, 'opening' FROM opening
 )
 SELECT (SELECT id FROM new_user) AS user_id, (SELECT id FROM account) AS account_id
 """

@@ -1,0 +1,42 @@
+"""``/api/assets``: create, list, read with supply."""
+
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from server.http.app_keys import DATABASE
+from server.http.handlers.documents import asset_json
+from server.http.idempotent_requests import respond
+from server.http.request_bodies import (
+    NewAsset,
+    read_json_body,
+)
+from server.ledger import store as ledger
+from server.ledger.idempotency import Outcome
+
+
+async def create_asset(request: web.Request) -> web.Response:
+    """``POST /api/assets`` ``{"code", "scale", "name"?}`` → 201 asset with its system account."""
+    body = await read_json_body(request, NewAsset)
+
+    async def operation(db, key):
+        asset = await ledger.create_asset(db, body.code, body.scale, body.name)
+        return Outcome.of(201, asset_json(asset), location=f"/api/assets/{asset.code}")
+
+    return await respond(request, body, operation)
+
+
+async def list_assets(request: web.Request) -> web.Response:
+    """``GET /api/assets`` → 200 ``{"assets": [...]}``, oldest first."""
+    async with request.app[DATABASE].connection() as db:
+        assets = await ledger.list_assets(db)
+    return web.json_response({"assets": [asset_json(asset) for asset in assets]})
+
+
+async def get_asset(request: web.Request) -> web.Response:
+    """``GET /api/assets/{code}`` → 200 the asset plus ``supply`` (sum of all non-system balances)."""
+    async with request.app[DATABASE].connection() as db:
+        asset = await ledger.read_asset(db, request.match_info["code"])
+        supply = await ledger.asset_supply(db, asset)
+    return web.json_response({**asset_json(asset), "supply": supply})

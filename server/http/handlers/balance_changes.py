@@ -1,0 +1,166 @@
+"""``PATCH /api/balance``, credits and debits: transfers between an account and its asset's system
+account, through the per-account batcher (the hot path)."""
+
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+from server.http.app_keys import ASSETS, BATCHER, DATABASE
+from server.http.handlers.documents import change_json, entry_applied_json
+from server.http.handlers.paths import id_from_path
+from server.http.idempotent_requests import IDEMPOTENCY_KEY_HEADER, keyed_request, outcome_response, respond
+from server.http.request_bodies import (
+    AccountCreditOrDebit,
+    BalanceChange,
+    CreditOrDebit,
+    StrictBody,
+    read_json_body,
+)
+from server.ledger import store as ledger
+from server.ledger.idempotency import Outcome
+from server.problems import (
+    Problem,
+)
+from server.running import metrics
+
+# balance_changes_total{outcome}: the problem code of a refusal, shortened where the issue names it
+_REFUSAL_OUTCOMES = {"user_not_found": "not_found", "account_not_found": "not_found"}
+
+
+def _count(result: ledger.AppliedChange | Problem) -> None:
+    """Count a balance change's result in ``balance_changes_total`` by outcome (503s are not results)."""
+    if not isinstance(result, Problem):
+        metrics.BALANCE_CHANGES.labels("applied").inc()
+    elif result.status != 503:
+        metrics.BALANCE_CHANGES.labels(_REFUSAL_OUTCOMES.get(result.code, result.code)).inc()
+
+
+async def _counted(change: Awaitable[ledger.AppliedChange]) -> ledger.AppliedChange:
+    """Await ``change`` and count its result (:func:`_count`), refusals re-raised."""
+    try:
+        applied = await change
+    except Problem as refusal:
+        _count(refusal)
+        raise
+    _count(applied)
+    return applied
+
+
+def _count_replay() -> None:
+    metrics.BALANCE_CHANGES.labels("idempotent_replay").inc()
+
+
+async def _apply_unkeyed(request: web.Request, ref: ledger.AccountRef,
+                         change: ledger.BalanceChange) -> ledger.AppliedChange:
+    """A change without an Idempotency-Key: through the per-account batcher when ``BATCHING`` is
+    on, else a batch of its own; counted in ``balance_changes_total`` either way."""
+    batcher = request.app.get(BATCHER)
+    if batcher is not None:
+        return await _counted(batcher.apply(ref, change))
+    async with request.app[DATABASE].connection() as db:
+        return await _counted(ledger.apply_balance_change(db, ref, change))
+
+
+async def _apply_keyed(request: web.Request, body: StrictBody, ref: ledger.AccountRef, change: ledger.BalanceChange,
+                       render: Callable[[ledger.AppliedChange], dict]) -> web.Response:
+    """A change sent with an Idempotency-Key. With ``BATCHING`` on it goes through the batcher
+    (key claim, change and stored outcome in its batch's transaction); else through
+    :func:`server.http.idempotent_requests.respond`. ``render`` makes the 200 body of an applied change."""
+    batcher = request.app.get(BATCHER)
+    if batcher is None:
+        async def operation(db, key):
+            keyed_change = ledger.BalanceChange(change.amount, change.kind, change.code, change.description,
+                                                change.metadata, key)
+            return Outcome.of(200, render(await _counted(ledger.apply_balance_change(db, ref, keyed_change))))
+
+        return await respond(request, body, operation, on_replay=_count_replay)
+    keyed = keyed_request(request, body)
+
+    def outcome_of(result: ledger.AppliedChange | Problem) -> Outcome:
+        _count(result)
+        if isinstance(result, Problem):
+            return Outcome.of_problem(result, keyed.instance)
+        return Outcome.of(200, render(result))
+
+    outcome, replayed = await batcher.apply_keyed(ref, change, keyed, outcome_of)
+    if replayed:
+        _count_replay()
+    return outcome_response(outcome, replayed)
+
+
+async def _apply(request: web.Request, body: StrictBody, ref: ledger.AccountRef, change: ledger.BalanceChange,
+                 render: Callable[[ledger.AppliedChange], dict]) -> web.Response:
+    if IDEMPOTENCY_KEY_HEADER not in request.headers:
+        return web.json_response(render(await _apply_unkeyed(request, ref, change)))
+    return await _apply_keyed(request, body, ref, change, render)
+
+
+async def asset_of(request: web.Request, code: str | None) -> ledger.Asset:
+    """Asset ``code`` (None: the default asset; known without a query once looked up)."""
+    assets = request.app[ASSETS]
+    if code is None and assets.default is not None:
+        return assets.default
+    async with request.app[DATABASE].connection() as db:
+        return await assets.get(db, code)
+
+
+async def asset_id_of(request: web.Request, code: str | None) -> int:
+    return (await asset_of(request, code)).asset_id
+
+
+async def change_balance(request: web.Request) -> web.Response:
+    """``PATCH /api/balance`` ``{"userId", "amount", "asset"?}`` → 200 ``{"userId", "balance",
+    "accountId", "transferId"}``: a transfer between the asset's system account and the user's account.
+
+    Without an Idempotency-Key this is the proof's hot path: straight to the batcher (or one
+    statement), no retry wrapper (a one-account change cannot deadlock) and no outcome to store.
+    """
+    body = await read_json_body(request, BalanceChange)
+    default = request.app[ASSETS].default
+    asset_id = default.asset_id if body.asset is None and default else await asset_id_of(request, body.asset)
+    ref = ledger.AccountRef(None, body.user_id, asset_id)
+    return await _apply(request, body, ref, ledger.BalanceChange(body.amount), change_json)
+
+
+async def _user_credit_or_debit(request: web.Request, kind: str, sign: int) -> web.Response:
+    user_id = id_from_path(request)
+    body = await read_json_body(request, CreditOrDebit)
+    asset = await asset_of(request, body.asset)
+    if sign > 0 and not asset.default:
+        # a credit opens the user's account in that asset if it has none (every user has one in the
+        # default asset from the start, so the hot path skips this)
+        async with request.app[DATABASE].connection() as db:
+            await ledger.open_user_account(db, user_id, asset)
+    change = ledger.BalanceChange(sign * body.amount, kind, body.code or kind, body.description)
+    return await _apply(request, body, ledger.AccountRef(None, user_id, asset.asset_id), change, entry_applied_json)
+
+
+async def credit(request: web.Request) -> web.Response:
+    """``POST /api/users/{id}/credit`` ``{"amount": > 0, "asset"?, "code"?, "description"?}`` → 200
+    ``{"userId", "balance", "entryId", "accountId", "transferId"}``; opens the account if needed."""
+    return await _user_credit_or_debit(request, "credit", +1)
+
+
+async def debit(request: web.Request) -> web.Response:
+    """``POST /api/users/{id}/debit`` (as credit) → 200, or 409 ``insufficient_funds``."""
+    return await _user_credit_or_debit(request, "debit", -1)
+
+
+async def _account_credit_or_debit(request: web.Request, kind: str, sign: int) -> web.Response:
+    account_id = id_from_path(request)
+    body = await read_json_body(request, AccountCreditOrDebit)
+    change = ledger.BalanceChange(sign * body.amount, kind, body.code or kind, body.description)
+    return await _apply(request, body, ledger.AccountRef(account_id), change, entry_applied_json)
+
+
+async def account_credit(request: web.Request) -> web.Response:
+    """``POST /api/accounts/{id}/credit`` ``{"amount", "code"?, "description"?}`` → 200 as for users."""
+    return await _account_credit_or_debit(request, "credit", +1)
+
+
+async def account_debit(request: web.Request) -> web.Response:
+    """``POST /api/accounts/{id}/debit`` ``{"amount", "code"?, "description"?}`` → 200 as for users."""
+    return await _account_credit_or_debit(request, "debit", -1)

@@ -1,0 +1,74 @@
+"""``POST /api/transfers``, ``GET /api/transfers`` and ``GET /api/transfers/{id}``."""
+
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from server.http.app_keys import DATABASE
+from server.http.handlers.balance_changes import asset_id_of
+from server.http.handlers.documents import transfer_json
+from server.http.handlers.paths import FILTERS, id_from_path, page_query, split_page
+from server.http.idempotent_requests import respond
+from server.http.request_bodies import (
+    MAX_BIGINT,
+    TransferRequest,
+    read_json_body,
+)
+from server.ledger import store as ledger
+from server.ledger.idempotency import Outcome
+from server.problems import (
+    SameAccount,
+    TransferNotFound,
+    ValidationFailed,
+)
+
+
+async def create_transfer(request: web.Request) -> web.Response:
+    """``POST /api/transfers`` (see :class:`~server.http.request_bodies.TransferRequest`) → 201 transfer."""
+    body = await read_json_body(request, TransferRequest)
+    if body.from_user_id is not None and body.from_user_id == body.to_user_id:
+        raise SameAccount(user_id=body.from_user_id)
+    if body.from_account_id is not None and body.from_account_id == body.to_account_id:
+        raise SameAccount(account_id=body.from_account_id)
+    asset_id = await asset_id_of(request, body.asset)
+    order = ledger.TransferOrder(
+        ledger.AccountRef(body.from_account_id, body.from_user_id, asset_id),
+        ledger.AccountRef(body.to_account_id, body.to_user_id, asset_id),
+        body.amount, body.code or "transfer", body.description, body.metadata,
+    )
+
+    async def operation(db, key):
+        transfer = await ledger.transfer_funds(db, order, key)
+        return Outcome.of(201, transfer_json(transfer), location=f"/api/transfers/{transfer.transfer_id}")
+
+    return await respond(request, body, operation)
+
+
+async def get_transfer(request: web.Request) -> web.Response:
+    """``GET /api/transfers/{id}`` → 200 the transfer with the balances right after it, or 404."""
+    transfer_id = id_from_path(request)
+    async with request.app[DATABASE].connection() as db:
+        transfer = await ledger.read_transfer(db, transfer_id)
+    if transfer is None:
+        raise TransferNotFound(transfer_id)
+    return web.json_response(transfer_json(transfer))
+
+
+async def list_transfers(request: web.Request) -> web.Response:
+    """``GET /api/transfers?accountId=&code=&from=&to=&limit=&cursor=`` → 200 ``{"transfers",
+    "nextCursor"}``, newest first."""
+    query = page_query(request, (*FILTERS, "accountId"))
+    fetch = ledger.PageQuery(query.before, query.limit + 1, query.code, query.created_from, query.created_to)
+    async with request.app[DATABASE].connection() as db:
+        if "accountId" in request.query:
+            raw = request.query["accountId"]
+            if not (raw.isascii() and raw.isdigit() and 1 <= int(raw) <= MAX_BIGINT):
+                raise ValidationFailed([{"field": "accountId", "reason": f"must be an integer from 1 to {MAX_BIGINT}"}])
+            rows = await ledger.list_account_transfers(db, int(raw), fetch)
+            page, cursor = split_page(rows, lambda row: row[0], query.limit)
+            transfers = [transfer for _, transfer in page]
+        else:
+            transfers, cursor = split_page(await ledger.list_transfers(db, fetch), lambda t: t.transfer_id,
+                                           query.limit)
+    return web.json_response({"transfers": [transfer_json(t) for t in transfers], "nextCursor": cursor})

@@ -1,0 +1,45 @@
+"""``/api/users``: a user, its accounts, and its default-asset history."""
+
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from server.http.app_keys import ASSETS, DATABASE
+from server.http.handlers.documents import user_entry_json, user_json
+from server.http.handlers.paths import id_from_path, page_query, split_page
+from server.http.request_bodies import (
+    EmptyBody,
+    read_json_body,
+)
+from server.ledger import store as ledger
+
+
+async def create_user(request: web.Request) -> web.Response:
+    """``POST /api/users`` (no body, or ``{}``) → 201 the user with its default-asset account + Location."""
+    if request.body_exists:
+        await read_json_body(request, EmptyBody)
+    async with request.app[DATABASE].connection() as db:
+        user = await ledger.create_user(db, await request.app[ASSETS].get(db, None))
+    return web.json_response(user_json(user), status=201, headers={"Location": f"/api/users/{user.user_id}"})
+
+
+async def get_user(request: web.Request) -> web.Response:
+    """``GET /api/users/{id}`` → 200 ``{"userId", "balance" (default asset), "updatedAt", "accounts"}``."""
+    user_id = id_from_path(request)
+    async with request.app[DATABASE].connection() as db:
+        user = await ledger.read_user(db, user_id, await request.app[ASSETS].get(db, None))
+    return web.json_response(user_json(user))
+
+
+async def get_history(request: web.Request) -> web.Response:
+    """``GET /api/users/{id}/history?limit=&cursor=`` → 200 ``{"userId", "entries", "nextCursor"}``:
+    the user's default-asset account, newest first; ``nextCursor`` is null on the last page."""
+    user_id = id_from_path(request)
+    query = page_query(request)
+    async with request.app[DATABASE].connection() as db:
+        account_id = await ledger.user_account_id(db, user_id, await request.app[ASSETS].get(db, None))
+        entries = await ledger.read_entries(db, account_id, ledger.PageQuery(query.before, query.limit + 1))
+    page, cursor = split_page(entries, lambda entry: entry.entry_id, query.limit)
+    return web.json_response({"userId": user_id, "entries": [user_entry_json(e) for e in page],
+                              "nextCursor": cursor})

@@ -1,0 +1,1 @@
+"""The ledger: the SQL that moves and reads money, batching, idempotency keys, the invariants."""
