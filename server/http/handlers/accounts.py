@@ -1,6 +1,5 @@
 """``/api/accounts``: open, read, change limits, freeze/unfreeze/close, history, balance at a moment."""
 
-
 from __future__ import annotations
 
 import datetime as dt
@@ -10,26 +9,12 @@ from aiohttp import web
 
 from server.http.app_keys import ASSETS, DATABASE
 from server.http.handlers.documents import account_json, entry_json
-from server.http.handlers.paths import (
-    FILTERS,
-    id_from_path,
-    page_query,
-    rfc3339,
-    split_page,
-    timestamp,
-)
+from server.http.handlers.paths import FILTERS, id_from_path, page_query, rfc3339, split_page, timestamp
 from server.http.idempotent_requests import respond
-from server.http.request_bodies import (
-    AccountPatch,
-    EmptyBody,
-    NewAccount,
-    read_json_body,
-)
+from server.http.request_bodies import AccountPatch, EmptyBody, NewAccount, read_json_body
 from server.ledger import store as ledger
 from server.ledger.idempotency import Outcome
-from server.problems import (
-    ValidationFailed,
-)
+from server.problems import ValidationFailed
 
 
 async def create_account(request: web.Request) -> web.Response:

@@ -1,6 +1,5 @@
 """``/api/assets``: create, list, read with supply."""
 
-
 from __future__ import annotations
 
 from aiohttp import web
@@ -8,10 +7,7 @@ from aiohttp import web
 from server.http.app_keys import DATABASE
 from server.http.handlers.documents import asset_json
 from server.http.idempotent_requests import respond
-from server.http.request_bodies import (
-    NewAsset,
-    read_json_body,
-)
+from server.http.request_bodies import NewAsset, read_json_body
 from server.ledger import store as ledger
 from server.ledger.idempotency import Outcome
 

@@ -12,18 +12,10 @@ from server.http.app_keys import ASSETS, BATCHER, DATABASE
 from server.http.handlers.documents import change_json, entry_applied_json
 from server.http.handlers.paths import id_from_path
 from server.http.idempotent_requests import IDEMPOTENCY_KEY_HEADER, keyed_request, outcome_response, respond
-from server.http.request_bodies import (
-    AccountCreditOrDebit,
-    BalanceChange,
-    CreditOrDebit,
-    StrictBody,
-    read_json_body,
-)
+from server.http.request_bodies import AccountCreditOrDebit, BalanceChange, CreditOrDebit, StrictBody, read_json_body
 from server.ledger import store as ledger
 from server.ledger.idempotency import Outcome
-from server.problems import (
-    Problem,
-)
+from server.problems import Problem
 from server.running import metrics
 
 # balance_changes_total{outcome}: the problem code of a refusal, shortened where the issue names it

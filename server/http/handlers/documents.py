@@ -1,6 +1,5 @@
 """JSON documents of the API: camelCase fields, amounts in minor units, RFC 3339 times."""
 
-
 from __future__ import annotations
 
 from server.http.handlers.paths import timestamp

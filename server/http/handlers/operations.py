@@ -1,6 +1,5 @@
 """Health, the OpenAPI document and the metrics."""
 
-
 from __future__ import annotations
 
 import asyncio
@@ -9,10 +8,7 @@ from aiohttp import web
 
 from server.http.app_keys import DATABASE, DB_POOL, SETTINGS
 from server.http.openapi import openapi_document
-from server.problems import (
-    DATABASE_UNAVAILABLE_ERRORS,
-    DatabaseUnavailable,
-)
+from server.problems import DATABASE_UNAVAILABLE_ERRORS, DatabaseUnavailable
 from server.running import metrics
 
 

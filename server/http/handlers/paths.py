@@ -1,6 +1,5 @@
 """Reading the request line: ids in the path and the paging and filter query parameters."""
 
-
 from __future__ import annotations
 
 import base64
@@ -9,15 +8,9 @@ from collections.abc import Callable
 
 from aiohttp import web
 
-from server.http.request_bodies import (
-    HISTORY_DEFAULT_LIMIT,
-    HISTORY_MAX_LIMIT,
-    MAX_BIGINT,
-)
+from server.http.request_bodies import HISTORY_DEFAULT_LIMIT, HISTORY_MAX_LIMIT, MAX_BIGINT
 from server.ledger import store as ledger
-from server.problems import (
-    ValidationFailed,
-)
+from server.problems import ValidationFailed
 
 
 def id_from_path(request: web.Request) -> int:

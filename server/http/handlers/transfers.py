@@ -1,6 +1,5 @@
 """``POST /api/transfers``, ``GET /api/transfers`` and ``GET /api/transfers/{id}``."""
 
-
 from __future__ import annotations
 
 from aiohttp import web
@@ -10,18 +9,10 @@ from server.http.handlers.balance_changes import asset_id_of
 from server.http.handlers.documents import transfer_json
 from server.http.handlers.paths import FILTERS, id_from_path, page_query, split_page
 from server.http.idempotent_requests import respond
-from server.http.request_bodies import (
-    MAX_BIGINT,
-    TransferRequest,
-    read_json_body,
-)
+from server.http.request_bodies import MAX_BIGINT, TransferRequest, read_json_body
 from server.ledger import store as ledger
 from server.ledger.idempotency import Outcome
-from server.problems import (
-    SameAccount,
-    TransferNotFound,
-    ValidationFailed,
-)
+from server.problems import SameAccount, TransferNotFound, ValidationFailed
 
 
 async def create_transfer(request: web.Request) -> web.Response:

@@ -1,6 +1,5 @@
 """``/api/users``: a user, its accounts, and its default-asset history."""
 
-
 from __future__ import annotations
 
 from aiohttp import web
@@ -8,10 +7,7 @@ from aiohttp import web
 from server.http.app_keys import ASSETS, DATABASE
 from server.http.handlers.documents import user_entry_json, user_json
 from server.http.handlers.paths import id_from_path, page_query, split_page
-from server.http.request_bodies import (
-    EmptyBody,
-    read_json_body,
-)
+from server.http.request_bodies import EmptyBody, read_json_body
 from server.ledger import store as ledger
 
 
