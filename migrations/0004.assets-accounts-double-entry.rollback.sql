@@ -16,7 +16,7 @@ $$;
 
 DROP FUNCTION transfer_funds(bigint, bigint, bigint, bigint, integer, bigint, text, text, jsonb, text);
 
-DROP FUNCTION apply_balance_changes(bigint, bigint, integer, bigint[], text[], text[], text[], jsonb[], text[]);
+DROP FUNCTION apply_balance_changes(bigint, bigint, integer, bigint[], text[], text[], text[], text[]);
 
 DROP FUNCTION resolve_account(bigint, bigint, integer);
 

@@ -199,7 +199,6 @@ CREATE FUNCTION apply_balance_changes(
     p_kinds text[],
     p_codes text[],
     p_descriptions text[],
-    p_metadata jsonb[],
     p_idempotency_keys text[]
 ) RETURNS TABLE (account_id bigint, user_id bigint, balance_after bigint, transfer_id bigint, entry_id bigint,
                 outcome text)
@@ -249,10 +248,10 @@ BEGIN
             running := running + change;
             -- the transfer carries both sides; the account's entry carries its running balance
             INSERT INTO transfers AS t (asset_id, from_account_id, to_account_id, amount, code, description,
-                                        metadata, from_balance, to_balance)
+                                        from_balance, to_balance)
             VALUES (acct.asset_id, CASE WHEN change > 0 THEN v_system ELSE acct.id END,
                     CASE WHEN change > 0 THEN acct.id ELSE v_system END, abs(change), p_codes[i], p_descriptions[i],
-                    p_metadata[i], CASE WHEN change < 0 THEN running END, CASE WHEN change > 0 THEN running END)
+                    CASE WHEN change < 0 THEN running END, CASE WHEN change > 0 THEN running END)
             RETURNING t.id INTO transfer_id;
             INSERT INTO ledger_entries AS e (account_id, transfer_id, amount, balance_after, kind, description,
                                              idempotency_key)

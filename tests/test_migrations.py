@@ -158,7 +158,7 @@ def test_rolling_back_past_data_the_old_schema_cannot_hold_is_refused_and_change
         conn.execute("INSERT INTO accounts (asset_id, is_system) SELECT id, true FROM assets WHERE code = 'gems'")
         conn.execute("INSERT INTO accounts (asset_id, user_id) SELECT id, 1 FROM assets WHERE code = 'gems'")
         conn.execute("SELECT * FROM apply_balance_changes(NULL, 1, (SELECT id FROM assets WHERE code = 'gems'), "
-                     "'{5}', '{credit}', '{credit}', '{NULL}', '{NULL}', '{NULL}')")
+                     "'{5}', '{credit}', '{credit}', '{NULL}', '{NULL}')")
     down = balance_api("migrate", "--rollback", env=service_env(database_url=url))
     assert down.returncode != 0 and "cannot roll back 0004" in down.stderr
     assert balance_api("check", env=service_env(database_url=url)).returncode == 0

@@ -48,7 +48,7 @@ Db = asyncpg.Pool | asyncpg.Connection
 # is safe): $1 account id, or $2 user id and $3 asset id; then one array per field, in order.
 APPLY_BALANCE_CHANGES = """
 SELECT account_id, user_id, balance_after, transfer_id, entry_id, outcome
-  FROM apply_balance_changes($1, $2, $3, $4, $5, $6, $7, $8, $9)
+  FROM apply_balance_changes($1, $2, $3, $4, $5, $6, $7, $8)
 """
 
 TRANSFER_FUNDS = "SELECT * FROM transfer_funds($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
@@ -68,14 +68,13 @@ class BalanceChange(NamedTuple):
     """A signed change (minor units, not 0) between an account and its asset's system account.
 
     ``kind`` is the account's ledger entry kind (``adjustment``, ``credit`` or ``debit``), ``code``
-    the transfer's code; ``metadata`` a JSON object of strings or None.
+    the transfer's code.
     """
 
     amount: int
     kind: str = "adjustment"
     code: str = "adjustment"
     description: str | None = None
-    metadata: dict[str, str] | None = None
     idempotency_key: str | None = None
 
 
@@ -128,8 +127,7 @@ async def apply_balance_changes(db: Db, ref: AccountRef,
     rows = await db.fetch(
         APPLY_BALANCE_CHANGES, ref.account_id, ref.user_id, ref.asset_id,
         [c.amount for c in changes], [c.kind for c in changes], [c.code for c in changes],
-        [c.description for c in changes], [_metadata_json(c.metadata) for c in changes],
-        [c.idempotency_key for c in changes],
+        [c.description for c in changes], [c.idempotency_key for c in changes],
     )
     return [AppliedChange(account_id, user_id, balance_after, transfer_id, entry_id) if outcome == "applied"
             else balance_change_refusal(outcome, ref, account_id, change.amount)

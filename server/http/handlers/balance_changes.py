@@ -64,8 +64,7 @@ async def _apply_keyed(request: web.Request, body: StrictBody, ref: ledger.Accou
     batcher = request.app.get(BATCHER)
     if batcher is None:
         async def operation(db, key):
-            keyed_change = ledger.BalanceChange(change.amount, change.kind, change.code, change.description,
-                                                change.metadata, key)
+            keyed_change = change._replace(idempotency_key=key)
             return Outcome.of(200, render(await _counted(ledger.apply_balance_change(db, ref, keyed_change))))
 
         return await respond(request, body, operation, on_replay=_count_replay)
