@@ -12,14 +12,7 @@ from aiohttp import web
 
 from server.http.app_keys import ASSETS, BATCHER, DATABASE, DB_POOL, SETTINGS
 from server.http.bearer_auth import bearer_auth_middleware
-from server.http.handlers import (
-    accounts,
-    assets,
-    balance_changes,
-    operations,
-    transfers,
-    users,
-)
+from server.http.handlers import accounts, assets, balance_changes, operations, transfers, users
 from server.http.observability import observability_middleware
 from server.ledger import store as ledger
 from server.ledger.batching import BalanceChangeBatcher

@@ -13,15 +13,7 @@ import json
 from typing import Annotated, TypeVar
 
 from aiohttp import web
-from pydantic import (
-    AfterValidator,
-    BaseModel,
-    ConfigDict,
-    Field,
-    ValidationError,
-    field_validator,
-    model_validator,
-)
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from server.problems import MalformedJson, UnsupportedMediaType, ValidationFailed
 
@@ -97,8 +89,6 @@ class BalanceChange(StrictBody):
 class EmptyBody(StrictBody):
     """Body of ``POST /api/users`` and of freeze/unfreeze/close: ``{}`` (or no body at all)."""
 
-
-NewUser = EmptyBody
 
 
 class AccountCreditOrDebit(StrictBody):

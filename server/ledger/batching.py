@@ -48,12 +48,7 @@ from server.ledger.idempotency import (
     retry_transaction,
     stored_outcome,
 )
-from server.ledger.store import (
-    AccountRef,
-    AppliedChange,
-    BalanceChange,
-    apply_balance_changes,
-)
+from server.ledger.store import AccountRef, AppliedChange, BalanceChange, apply_balance_changes
 from server.problems import DATABASE_UNAVAILABLE_ERRORS, DatabaseUnavailable, Problem
 from server.running.database import Database
 

@@ -168,7 +168,8 @@ class Transfer:
 
 @dataclass(frozen=True, slots=True)
 class TransferOrder:
-    """What ``POST /api/transfers`` asks: the two sides (:class:`AccountRef`), amount > 0 (minor
+    """What ``POST /api/transfers`` asks: the two sides (:class:`AccountRef`; a side named by user
+    is that user's account in ``source.asset_id``, which both sides carry), amount > 0 (minor
     units), the transfer code, description and metadata."""
 
     source: AccountRef
@@ -205,8 +206,7 @@ async def transfer_funds(db: Db, order: TransferOrder, idempotency_key: str | No
     """
     src, dst = order.source, order.destination
     row = await db.fetchrow(
-        TRANSFER_FUNDS, src.account_id, src.user_id, dst.account_id, dst.user_id,
-        src.asset_id if src.account_id is None else dst.asset_id, order.amount, order.code,
+        TRANSFER_FUNDS, src.account_id, src.user_id, dst.account_id, dst.user_id, src.asset_id, order.amount, order.code,
         order.description, _metadata_json(order.metadata), idempotency_key,
     )
     if row["outcome"] != "transferred":
@@ -503,7 +503,6 @@ SELECT a.id, s.code AS asset, a.user_id, a.name, a.is_system,
 """
 READ_ACCOUNT = _ACCOUNT_COLUMNS + " WHERE a.id = $1"
 READ_USER_ACCOUNTS = _ACCOUNT_COLUMNS + " WHERE a.user_id = $1 ORDER BY a.id"
-ACCOUNT_EXISTS = "SELECT EXISTS (SELECT 1 FROM accounts WHERE id = $1)"
 USER_EXISTS = "SELECT EXISTS (SELECT 1 FROM users WHERE id = $1)"
 
 CREATE_ACCOUNT = """
@@ -630,18 +629,22 @@ class AccountUpdate:
     metadata: dict[str, str] | None = None
 
 
-async def _refuse_state_change(db: Db, account_id: int, what: str) -> Problem:
-    """Why an UPDATE of account ``account_id`` matched no row (read after it)."""
+_REFUSED_ACTIONS = {None: "given limits", "frozen": "frozen", "open": "unfrozen", "closed": "closed"}
+
+
+async def _refusal(db: Db, account_id: int, status: str | None) -> Problem:
+    """Why an UPDATE of account ``account_id`` matched no row (read after it); ``status`` is the
+    status it asked for (UPDATE_ACCOUNT: None, a limit change)."""
     state = await db.fetchrow(READ_STATE, account_id)
     if state is None:
         return AccountNotFound(account_id)
     if state["is_system"]:
-        return SystemAccount(account_id, f"cannot be {what}")
-    if state["status"] == "closed" and what != "given limits outside its balance":
+        return SystemAccount(account_id, f"cannot be {_REFUSED_ACTIONS[status]}")
+    if status is None:
+        return LimitViolated(account_id, state["balance"])
+    if state["status"] == "closed":
         return AccountClosed(account_id=account_id)
-    if what == "closed":
-        return AccountNotEmpty(account_id, state["balance"])
-    return LimitViolated(account_id, state["balance"])
+    return AccountNotEmpty(account_id, state["balance"])  # what else stops SET_STATUS: closing, balance <> 0
 
 
 async def update_account(db: Db, account_id: int, update: AccountUpdate) -> Account:
@@ -653,7 +656,7 @@ async def update_account(db: Db, account_id: int, update: AccountUpdate) -> Acco
         None if update.metadata is None else json.dumps(update.metadata), update.max_balance_given,
     )
     if updated is None:
-        raise await _refuse_state_change(db, account_id, "given limits outside its balance")
+        raise await _refusal(db, account_id, None)
     return await read_account(db, account_id)
 
 
@@ -663,7 +666,7 @@ async def set_account_status(db: Db, account_id: int, status: str) -> Account:
     Raises :class:`AccountNotFound`, :class:`SystemAccount` (422), :class:`AccountClosed` (409:
     closed is final) or, closing, :class:`AccountNotEmpty` (409)."""
     if await db.fetchval(SET_STATUS, account_id, status) is None:
-        raise await _refuse_state_change(db, account_id, {"frozen": "frozen", "open": "unfrozen"}.get(status, status))
+        raise await _refusal(db, account_id, status)
     return await read_account(db, account_id)
 
 

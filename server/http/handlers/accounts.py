@@ -8,8 +8,8 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from server.http.app_keys import ASSETS, DATABASE
-from server.http.handlers.documents import account_json, entry_json
-from server.http.handlers.paths import FILTERS, id_from_path, page_query, rfc3339, split_page, timestamp
+from server.http.handlers.documents import account_json, entry_json, timestamp
+from server.http.handlers.paths import FILTERS, id_from_path, page_query, rfc3339, split_page
 from server.http.idempotent_requests import respond
 from server.http.request_bodies import AccountPatch, EmptyBody, NewAccount, read_json_body
 from server.ledger import store as ledger

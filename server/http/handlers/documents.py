@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
-from server.http.handlers.paths import timestamp
+import datetime as dt
+
 from server.ledger import store as ledger
+
+
+def timestamp(value: dt.datetime) -> str:
+    """A time as RFC 3339 with its UTC offset."""
+    return value.isoformat()
 
 
 def asset_json(asset: ledger.Asset) -> dict:

@@ -20,10 +20,6 @@ def id_from_path(request: web.Request) -> int:
     raise ValidationFailed([{"field": "id", "reason": f"must be an integer from 1 to {MAX_BIGINT}"}])
 
 
-def timestamp(value: dt.datetime) -> str:
-    return value.isoformat()
-
-
 
 def encode_cursor(position: int) -> str:
     """An opaque cursor meaning "continue below id ``position``": the id as 8 bytes, big-endian,
