@@ -1,4 +1,4 @@
-"""Per-account batching: changes applied through the batcher give exactly the results and the
+"""Batching across accounts: changes applied through the batcher give exactly the results and the
 ledger of applying them one at a time in arrival order (property-based, hypothesis), against the
 real PostgreSQL. (The 10,000-request proof runs with batching on, the default: with one worker in
 tests/test_concurrency_proof.py and with two in tests/test_workers.py.)"""
@@ -50,15 +50,25 @@ async def open_account(pool: asyncpg.Pool, balance: int, overdraft_limit: int = 
     return AccountRef(account)
 
 
-async def apply_concurrently(pool, account: AccountRef, amounts: list[int], max_batch: int):
-    """Submit every change at once, in list order (tasks start in creation order), to one batcher."""
-    batcher = BalanceChangeBatcher(Database(pool, max_pending=100_000, acquire_timeout=30), max_batch)
-    tasks = [asyncio.create_task(batcher.apply(account, BalanceChange(amount))) for amount in amounts]
-    results = await asyncio.gather(*tasks, return_exceptions=True)
+def batcher_on(pool, max_batch: int, max_in_flight: int = 8) -> BalanceChangeBatcher:
+    return BalanceChangeBatcher(Database(pool, max_pending=100_000, acquire_timeout=30), max_batch,
+                                max_in_flight=max_in_flight)
+
+
+async def entries_and_balance(pool, account: AccountRef) -> tuple[list[tuple[int, int]], int]:
     entries = await pool.fetch("SELECT amount, balance_after FROM ledger_entries "
                                "WHERE account_id = $1 AND kind = 'adjustment' ORDER BY id", account.account_id)
     balance = await pool.fetchval("SELECT balance FROM accounts WHERE id = $1", account.account_id)
-    return results, [tuple(entry) for entry in entries], balance, batcher.batches_sent
+    return [tuple(entry) for entry in entries], balance
+
+
+async def apply_concurrently(pool, account: AccountRef, amounts: list[int], max_batch: int):
+    """Submit every change at once, in list order (tasks start in creation order), to one batcher."""
+    batcher = batcher_on(pool, max_batch)
+    tasks = [asyncio.create_task(batcher.apply(account, BalanceChange(amount))) for amount in amounts]
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    entries, balance = await entries_and_balance(pool, account)
+    return results, entries, balance, batcher.batches_sent
 
 
 def outcome(result) -> int | str:
@@ -97,6 +107,61 @@ def test_batched_changes_give_exactly_the_results_and_ledger_of_one_at_a_time(lo
     assert batches == 1 + math.ceil((len(amounts) - 1) / max_batch)
 
 
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    starts=st.lists(st.integers(0, 300), min_size=1, max_size=5),
+    frozen=st.booleans(),
+    changes=st.lists(st.tuples(st.integers(0, 5), st.sampled_from([-100, -30, -7, -1, 1, 7, 30])),
+                     min_size=1, max_size=60),
+    max_batch=st.integers(1, 8),
+    max_in_flight=st.integers(1, 4),
+)
+def test_changes_to_many_accounts_give_each_account_exactly_its_one_at_a_time_results(
+        loop_and_pool, starts, frozen, changes, max_batch, max_in_flight):
+    """Accounts interleaved in one stream, a frozen one and an unknown user among them: every change's
+    outcome, every account's entries and balance are those of applying them one at a time in order."""
+    loop, pool = loop_and_pool
+
+    async def scenario():
+        accounts = [await open_account(pool, start) for start in starts]
+        if frozen:
+            await pool.execute("UPDATE accounts SET status = 'frozen' WHERE id = $1", accounts[0].account_id)
+        unknown = AccountRef(None, 987654321, 1)
+        named = [accounts[index] if index < len(accounts) else unknown for index, _ in changes]
+        batcher = batcher_on(pool, max_batch, max_in_flight)
+        results = await asyncio.gather(*(asyncio.create_task(batcher.apply(ref, BalanceChange(amount)))
+                                         for ref, (_, amount) in zip(named, changes)), return_exceptions=True)
+        return accounts, named, results, [await entries_and_balance(pool, account) for account in accounts]
+
+    accounts, named, results, ledgers = loop.run_until_complete(scenario())
+    expected: list = [None] * len(changes)
+    for number, (account, start) in enumerate(zip(accounts, starts)):
+        mine = [position for position, ref in enumerate(named) if ref == account]
+        if frozen and number == 0:
+            outcomes, entries, balance = ["account_frozen"] * len(mine), [], start
+        else:
+            outcomes, entries, balance = one_at_a_time(start, [changes[position][1] for position in mine])
+        for position, result in zip(mine, outcomes):
+            expected[position] = result
+        assert ledgers[number] == (entries, balance)
+    expected = [result if result is not None else "user_not_found" for result in expected]
+    assert [outcome(result) for result in results] == expected
+
+
+def test_changes_to_different_accounts_that_arrive_together_go_out_in_one_batch(loop_and_pool):
+    loop, pool = loop_and_pool
+
+    async def scenario():
+        accounts = [await open_account(pool, 0) for _ in range(50)]
+        batcher = batcher_on(pool, max_batch=500, max_in_flight=1)
+        results = await asyncio.gather(*(batcher.apply(account, BalanceChange(5)) for account in accounts))
+        return results, batcher.batches_sent
+
+    results, batches = loop.run_until_complete(scenario())
+    assert [result.balance for result in results] == [5] * 50
+    assert batches == 2  # the first alone, at once; the 49 that came meanwhile together
+
+
 def keyed_model(start: int, changes: list[tuple[int, str | None]]) -> list[tuple]:
     """One at a time with idempotency keys: a key's first use applies (or is refused) and is
     stored; a later use with the same amount replays it, with another amount is refused (422)."""
@@ -125,7 +190,7 @@ async def apply_keyed_concurrently(pool, user: AccountRef, changes: list[tuple[i
             return Outcome.of_problem(result, "/api/balance")
         return Outcome.of(200, {"balance": result.balance})
 
-    batcher = BalanceChangeBatcher(Database(pool, max_pending=100_000, acquire_timeout=30), max_batch)
+    batcher = batcher_on(pool, max_batch)
     tasks = [asyncio.create_task(
         batcher.apply(user, BalanceChange(amount)) if key is None else
         batcher.apply_keyed(user, BalanceChange(amount),

@@ -38,7 +38,8 @@ async def _database(app: web.Application) -> AsyncIterator[None]:
     app[ASSETS] = ledger.AssetDirectory()
     if settings.batching:
         app[BATCHER] = BalanceChangeBatcher(app[DATABASE], settings.batch_max_size, metrics.BATCH_SIZE.observe,
-                                            dt.timedelta(seconds=settings.idempotency_key_retention))
+                                            dt.timedelta(seconds=settings.idempotency_key_retention),
+                                            settings.batch_max_in_flight)
     yield
     try:
         async with asyncio.timeout(settings.shutdown_timeout):

@@ -1,23 +1,26 @@
-"""Per-account batching of concurrent balance changes (``BATCHING=true``).
+"""Batching of concurrent balance changes across accounts (``BATCHING=true``).
 
-Every change to one account serialises on that account's row lock, held until the commit reaches
-disk. Changes that arrive for an account while a statement for it is in flight would wait in this
-process anyway (for a pool connection, then for the row lock); instead they are collected, and when
-the in-flight statement returns, all of them (at most ``BATCH_MAX_SIZE``) go to PostgreSQL as ONE
-call of ``apply_balance_changes()`` (migration 0004): one statement, one transaction, one commit.
-Each change is a transfer between the account and its asset's system account; the system account's
-row is never locked, so batches for different accounts never wait for each other.
+Every change commits in a transaction, and a commit waits for its WAL to reach disk; a change to an
+account also waits for that account's row lock. So instead of one statement and one commit per
+change, changes that arrive while batches are in flight are collected, and when a batch returns,
+what waits (at most ``BATCH_MAX_SIZE`` changes, whatever accounts they touch) goes to PostgreSQL as
+ONE call of ``apply_balance_changes()`` (migration 0005): one statement, one transaction, one commit.
+At most ``BATCH_MAX_IN_FLIGHT`` batches are in flight at once. Each change is a transfer between an
+account and its asset's system account; the system account's row is never locked.
 
 * A lone change goes out at once, as a batch of one: no timer, no added latency without contention.
+* Per account, order is arrival order: a batch takes no change of an account that is in a batch
+  still in flight (those wait for the next), so one account's changes go out in the order they
+  came, and batches in flight never touch the same account (nor wait for each other's locks).
 * Semantics are those of applying the changes one at a time in arrival order: the SQL function
-  walks the batch in order, accepting a change iff the account is open and the running balance
-  stays within its limits, and writes one transfer (two entries) per accepted change, the account's
-  entry with its own ``balance_after``.
+  locks the accounts in id order and walks each account's changes in array order, accepting a
+  change iff the account is open and its running balance stays within its limits, and writes one
+  transfer per accepted change, the account's entry with its own ``balance_after``.
 * Every request is answered with its own outcome, after its batch has committed. If the batch
   fails (connection lost, timeout), every request in it gets the error (503): the batch was one
   statement, so nothing of it committed.
-* Batching is per process: with several workers each batches its own requests, and PostgreSQL's
-  row lock still serialises the batches (see the function's comment).
+* Batching is per process: with several workers each batches its own requests; PostgreSQL's row
+  locks, always taken in account id order, serialise batches that share an account, without deadlock.
 
 * Changes with an ``Idempotency-Key`` are batched too. A batch holding any is one transaction of
   four statements: claim the keys (in key order), read the stored outcomes of keys already used
@@ -33,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -61,6 +65,7 @@ Render = Callable[[AppliedChange | Problem], Outcome]
 
 @dataclass(slots=True)
 class _Change:
+    account: AccountRef
     change: BalanceChange
     answer: asyncio.Future  # AppliedChange; for a keyed change (Outcome, replayed)
     keyed: KeyedRequest | None = None
@@ -68,34 +73,38 @@ class _Change:
 
 
 class BalanceChangeBatcher:
-    """Collects concurrent changes per account and applies each collection in one statement.
+    """Collects concurrent changes, whatever their accounts, and applies each collection in one statement.
 
-    ``max_batch`` bounds how many changes one statement carries. Changes waiting here count as
-    pending requests of ``database`` (``DB_MAX_PENDING``), like requests waiting for a connection.
+    ``max_batch`` bounds how many changes one statement carries, ``max_in_flight`` how many batches
+    are in flight at once (each holds a pool connection). Changes waiting here count as pending
+    requests of ``database`` (``DB_MAX_PENDING``), like requests waiting for a connection.
     """
 
     def __init__(self, database: Database, max_batch: int,
                  on_batch: Callable[[int], object] | None = None,
-                 key_retention: dt.timedelta = dt.timedelta(days=1)):
+                 key_retention: dt.timedelta = dt.timedelta(days=1), max_in_flight: int = 8):
         """``on_batch(size)`` is called for every batch sent (e.g. a metrics histogram);
         ``key_retention`` is how long an idempotency key stays claimed (``IDEMPOTENCY_KEY_RETENTION``)."""
         self._database = database
         self._key_retention = key_retention
         self._max_batch = max_batch
+        self._max_in_flight = max_in_flight
         self._on_batch = on_batch
         self.batches_sent = 0
-        # account -> changes that arrived while a batch for it was in flight; an account is a key
-        # here exactly while a batch for it is in flight
-        self._waiting: dict[AccountRef, list[_Change]] = {}
-        self._drainers: set[asyncio.Task] = set()
+        # account -> its changes not yet sent, in arrival order; accounts in the order their first
+        # waiting change arrived
+        self._waiting: dict[AccountRef, deque[_Change]] = {}
+        self._busy: set[AccountRef] = set()  # accounts in a batch in flight
+        self._in_flight: set[asyncio.Task] = set()
+        self._closed = False
 
     async def apply(self, ref: AccountRef, change: BalanceChange) -> AppliedChange:
         """Apply ``change`` to the account ``ref``.
 
         Returns the :class:`AppliedChange`; raises its refusal, :class:`ServiceOverloaded` or
-        :class:`DatabaseUnavailable` (503) -- exactly as :func:`server.ledger.apply_balance_change`.
+        :class:`DatabaseUnavailable` (503) -- exactly as :func:`server.ledger.store.apply_balance_change`.
         """
-        return await self._submit(ref, _Change(change, self._future()))
+        return await self._submit(_Change(ref, change, self._future()))
 
     async def apply_keyed(self, ref: AccountRef, change: BalanceChange, keyed: KeyedRequest,
                           render: Render) -> tuple[Outcome, bool]:
@@ -104,54 +113,68 @@ class BalanceChangeBatcher:
         (``replayed``). Raises :class:`~server.problems.IdempotencyKeyReused` (422) when the key was
         used for another request, and the 503 problems as :meth:`apply`."""
         change = change._replace(idempotency_key=keyed.key)
-        return await self._submit(ref, _Change(change, self._future(), keyed, render))
+        return await self._submit(_Change(ref, change, self._future(), keyed, render))
 
     @staticmethod
     def _future() -> asyncio.Future:
         return asyncio.get_running_loop().create_future()
 
-    async def _submit(self, account: AccountRef, change: _Change):
+    async def _submit(self, change: _Change):
         with self._database.admission():
-            waiting = self._waiting.get(account)
-            if waiting is not None:  # a batch for this account is in flight: ride with the next one
+            if self._closed:
+                raise DatabaseUnavailable("The service is shutting down; retry.")
+            waiting = self._waiting.get(change.account)
+            if waiting is None:
+                self._waiting[change.account] = deque((change,))
+            else:
                 waiting.append(change)
-                return await change.answer
-            self._waiting[account] = []
-            try:  # nothing in flight: go at once, alone
-                await self._send(account, [change])
-            finally:
-                self._hand_on(account)
+            self._send_what_can_go()
             return await change.answer
 
-    def _next_batch(self, account: AccountRef) -> list[_Change]:
-        waiting = self._waiting[account]
-        if not waiting:
-            del self._waiting[account]
-            return []
-        batch, self._waiting[account] = waiting[:self._max_batch], waiting[self._max_batch:]
+    def _send_what_can_go(self) -> None:
+        """Start batches, each from a task of its own, while fewer than ``max_in_flight`` are in
+        flight and changes of accounts not in flight wait."""
+        while len(self._in_flight) < self._max_in_flight:
+            batch = self._next_batch()
+            if not batch:
+                return
+            task = asyncio.create_task(self._run(batch))
+            self._in_flight.add(task)
+
+    def _next_batch(self) -> list[_Change]:
+        """Take up to ``max_batch`` waiting changes of accounts not in flight, oldest account first,
+        and mark those accounts busy."""
+        batch: list[_Change] = []
+        for account in [account for account in self._waiting if account not in self._busy]:
+            waiting = self._waiting[account]
+            room = self._max_batch - len(batch)
+            if len(waiting) <= room:
+                batch += waiting
+                del self._waiting[account]
+            else:
+                batch += (waiting.popleft() for _ in range(room))
+            self._busy.add(account)
+            if len(batch) == self._max_batch:
+                break
         return batch
 
-    def _hand_on(self, account: AccountRef) -> None:
-        """After a batch for ``account`` returned: send what queued meanwhile, from a task of its
-        own (the request that sent the first batch answers now, not after the queue drains)."""
-        batch = self._next_batch(account)
-        if batch:
-            task = asyncio.create_task(self._drain(account, batch))
-            self._drainers.add(task)
-            task.add_done_callback(self._drainers.discard)
-
-    async def _drain(self, account: AccountRef, batch: list[_Change]) -> None:
+    async def _run(self, batch: list[_Change]) -> None:
         try:
-            while batch:
-                await self._send(account, batch)
-                batch = self._next_batch(account)
+            await self._send(batch)
         except BaseException:  # cancelled (shutdown): nobody must wait forever
-            for change in [*batch, *self._waiting.pop(account, [])]:
+            self._closed = True
+            for change in [*batch, *(change for waiting in self._waiting.values() for change in waiting)]:
                 if not change.answer.done():
                     change.answer.set_exception(DatabaseUnavailable("The service is shutting down; retry."))
+            self._waiting.clear()
             raise
+        finally:
+            self._in_flight.discard(asyncio.current_task())
+            self._busy.difference_update({change.account for change in batch})
+        if not self._closed:
+            self._send_what_can_go()
 
-    async def _send(self, account: AccountRef, batch: list[_Change]) -> None:
+    async def _send(self, batch: list[_Change]) -> None:
         """Apply ``batch`` (one statement, or one transaction when it holds keys) and settle every
         change's ``answer`` after the commit; never raises (except on cancellation)."""
         self.batches_sent += 1
@@ -159,13 +182,13 @@ class BalanceChangeBatcher:
             self._on_batch(len(batch))
         try:
             if any(change.keyed for change in batch):
-                settled = await retry_transaction(lambda: self._apply_keyed_batch(account, batch))
+                settled = await retry_transaction(lambda: self._apply_keyed_batch(batch))
             else:
                 async with self._database.pooled_connection() as conn:
-                    settled = list(zip(batch, await self._apply(conn, account, batch)))
+                    settled = list(zip(batch, await self._apply(conn, batch)))
         except Exception as error:
             if not isinstance(error, (Problem, *DATABASE_UNAVAILABLE_ERRORS)):
-                log.exception("batch of %d changes for %s failed", len(batch), account)
+                log.exception("batch of %d changes failed", len(batch))
             if isinstance(error, DATABASE_UNAVAILABLE_ERRORS):
                 error = DatabaseUnavailable()
             for change in batch:  # one transaction: none of it committed
@@ -179,12 +202,11 @@ class BalanceChangeBatcher:
                 change.answer.set_result(result)
 
     @staticmethod
-    async def _apply(conn: asyncpg.Connection, account: AccountRef,
-                     changes: list[_Change]) -> list[AppliedChange | Problem]:
+    async def _apply(conn: asyncpg.Connection, changes: list[_Change]) -> list[AppliedChange | Problem]:
         """One ``apply_balance_changes()`` call: each change's applied result or refusal, in order."""
-        return await apply_balance_changes(conn, account, [change.change for change in changes])
+        return await apply_balance_changes(conn, [(change.account, change.change) for change in changes])
 
-    async def _apply_keyed_batch(self, account: AccountRef, batch: list[_Change]) -> list[tuple[_Change, object]]:
+    async def _apply_keyed_batch(self, batch: list[_Change]) -> list[tuple[_Change, object]]:
         """The transaction of a batch holding keyed changes (module docstring); returns what each
         change is to be answered, to be settled once it has committed."""
         first_use: dict[str, _Change] = {}
@@ -216,7 +238,7 @@ class BalanceChangeBatcher:
                     except Problem as reused:
                         settled.append((change, reused))
             outcomes = []
-            for change, result in zip(applying, await self._apply(conn, account, applying)):
+            for change, result in zip(applying, await self._apply(conn, applying)):
                 if change.keyed is None:
                     settled.append((change, result))
                 else:
@@ -226,6 +248,6 @@ class BalanceChangeBatcher:
             if outcomes:
                 await conn.execute(STORE_OUTCOMES, *map(list, zip(*(
                     (key, o.status, o.body, o.content_type, o.location) for key, o in outcomes))))
-        if deferred:
-            self._waiting[account][:0] = deferred
+        for change in reversed(deferred):  # first in line for their accounts' next batch
+            self._waiting.setdefault(change.account, deque()).appendleft(change)
         return settled

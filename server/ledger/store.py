@@ -1,10 +1,10 @@
 """The SQL that reads and moves money, in one place.
 
 Balances and amounts are integers in minor units, stored as PostgreSQL ``bigint``. Money moves only
-by transfers between two accounts of one asset, through the two SQL functions of migration 0004:
-``apply_balance_changes()`` (changes between one account and its asset's system account: PATCH,
-credits, debits; batched or a batch of one) and ``transfer_funds()`` (between any two accounts).
-Their comments say why each is safe under concurrency. Every function here takes ``db``: an asyncpg
+by transfers between two accounts of one asset, through two SQL functions:
+``apply_balance_changes()`` (migration 0005: changes between accounts and their asset's system
+account: PATCH, credits, debits; batched across accounts, or a batch of one) and
+``transfer_funds()`` (migration 0004: between any two accounts). Their comments say why each is safe under concurrency. Every function here takes ``db``: an asyncpg
 pool, or a connection (inside a caller's transaction).
 """
 
@@ -44,8 +44,8 @@ Db = asyncpg.Pool | asyncpg.Connection
 # Moving money
 # ---------------------------------------------------------------------------------------------
 
-# One call applies a batch of changes to one account (see migration 0004 for the function and why it
-# is safe): $1 account id, or $2 user id and $3 asset id; then one array per field, in order.
+# One call applies a batch of changes to any accounts (see migration 0005 for the function and why it
+# is safe): per change its account id, or user id and asset id, then its fields; one array each.
 APPLY_BALANCE_CHANGES = """
 SELECT account_id, user_id, balance_after, transfer_id, entry_id, outcome
   FROM apply_balance_changes($1, $2, $3, $4, $5, $6, $7, $8)
@@ -114,24 +114,22 @@ REFUSALS: dict[str, type[Problem]] = {
 }
 
 
-async def apply_balance_changes(db: Db, ref: AccountRef,
-                                changes: Sequence[BalanceChange]) -> list[AppliedChange | Problem]:
-    """Apply ``changes`` to the account ``ref`` in order, in ONE statement; return each one's
-    :class:`AppliedChange` or its refusal (a :class:`Problem`, not raised), in order.
+async def apply_balance_changes(db: Db, changes: Sequence[tuple[AccountRef, BalanceChange]]
+                                ) -> list[AppliedChange | Problem]:
+    """Apply ``changes``, each ``(account, change)``, to any accounts, in order, in ONE statement;
+    return each one's :class:`AppliedChange` or its refusal (a :class:`Problem`, not raised), in order.
 
-    The outcome is exactly that of applying them one at a time (migration 0004,
+    The outcome is exactly that of applying them one at a time (migration 0005,
     ``apply_balance_changes()``); refusals write nothing.
     """
     if not changes:
         return []
     rows = await db.fetch(
-        APPLY_BALANCE_CHANGES, ref.account_id, ref.user_id, ref.asset_id,
-        [c.amount for c in changes], [c.kind for c in changes], [c.code for c in changes],
-        [c.description for c in changes], [c.idempotency_key for c in changes],
+        APPLY_BALANCE_CHANGES, *zip(*(ref for ref, _ in changes)), *zip(*(change for _, change in changes)),
     )
     return [AppliedChange(account_id, user_id, balance_after, transfer_id, entry_id) if outcome == "applied"
             else balance_change_refusal(outcome, ref, account_id, change.amount)
-            for change, (account_id, user_id, balance_after, transfer_id, entry_id, outcome)
+            for (ref, change), (account_id, user_id, balance_after, transfer_id, entry_id, outcome)
             in zip(changes, rows, strict=True)]
 
 
@@ -140,7 +138,7 @@ async def apply_balance_change(db: Db, ref: AccountRef, change: BalanceChange) -
     :class:`AccountNotFound` (404), :class:`InsufficientFunds`, :class:`MaxBalanceExceeded`,
     :class:`BalanceOverflow`, :class:`AccountFrozen`, :class:`AccountClosed` (409),
     :class:`SystemAccount` (422). Nothing is written on a refusal."""
-    (result,) = await apply_balance_changes(db, ref, [change])
+    (result,) = await apply_balance_changes(db, [(ref, change)])
     if isinstance(result, Problem):
         raise result
     return result
