@@ -26,8 +26,8 @@ account and its asset's system account; the system account's row is never locked
   four statements: claim the keys (in key order), read the stored outcomes of keys already used
   (a replay, or 422 ``idempotency_key_reused``), apply the changes of the claimed keys and the
   unkeyed ones in one ``apply_balance_changes()`` call, store the outcomes of the claimed keys;
-  then commit, then answer. A key that appears twice in one batch is deferred to the next batch,
-  where it finds the first one's stored outcome. Deadlocks and serialization failures retry the
+  then commit, then answer. Changes with the same key go out in arrival order, one per batch (a
+  key is like an account here), so a repeated key finds the first one's stored outcome. Deadlocks and serialization failures retry the
   whole batch (:func:`server.ledger.idempotency.retry_transaction`).
 """
 
@@ -95,6 +95,9 @@ class BalanceChangeBatcher:
         # waiting change arrived
         self._waiting: dict[AccountRef, deque[_Change]] = {}
         self._busy: set[AccountRef] = set()  # accounts in a batch in flight
+        # idempotency key -> its changes not yet sent, in arrival order; and the keys in flight
+        self._waiting_keys: dict[str, deque[_Change]] = {}
+        self._busy_keys: set[str] = set()
         self._in_flight: set[asyncio.Task] = set()
         self._closed = False
 
@@ -123,13 +126,22 @@ class BalanceChangeBatcher:
         with self._database.admission():
             if self._closed:
                 raise DatabaseUnavailable("The service is shutting down; retry.")
-            waiting = self._waiting.get(change.account)
-            if waiting is None:
-                self._waiting[change.account] = deque((change,))
-            else:
-                waiting.append(change)
-            self._send_what_can_go()
+            self._enqueue(self._waiting, change.account, change)
+            if change.keyed is not None:
+                self._enqueue(self._waiting_keys, change.keyed.key, change)
+            # Whenever nothing can go (every slot taken, or all that waits is held back by what is in
+            # flight), a change of a busy account changes nothing: its batch sends it when it returns.
+            if change.account not in self._busy and len(self._in_flight) < self._max_in_flight:
+                self._send_what_can_go()
             return await change.answer
+
+    @staticmethod
+    def _enqueue(queues: dict, name, change: _Change) -> None:
+        queue = queues.get(name)
+        if queue is None:
+            queues[name] = deque((change,))
+        else:
+            queue.append(change)
 
     def _send_what_can_go(self) -> None:
         """Start batches, each from a task of its own, while fewer than ``max_in_flight`` are in
@@ -142,19 +154,38 @@ class BalanceChangeBatcher:
             self._in_flight.add(task)
 
     def _next_batch(self) -> list[_Change]:
-        """Take up to ``max_batch`` waiting changes of accounts not in flight, oldest account first,
-        and mark those accounts busy."""
+        """Take up to ``max_batch`` waiting changes, oldest account first, and mark their accounts
+        and keys busy.
+
+        An account's changes are taken from the front of its queue, and only while its account is
+        not in flight; a keyed change only when it is the oldest waiting change with its key and
+        no change with that key is in flight (else its account's queue stops there). So changes
+        that share an account or a key go out in arrival order, each key at most once per batch,
+        and the oldest waiting change can always go once what it waits for has returned.
+        """
         batch: list[_Change] = []
+        room = self._max_batch
         for account in [account for account in self._waiting if account not in self._busy]:
             waiting = self._waiting[account]
-            room = self._max_batch - len(batch)
-            if len(waiting) <= room:
-                batch += waiting
+            before = room
+            while waiting and room:
+                change = waiting[0]
+                if change.keyed is not None:
+                    key = change.keyed.key
+                    same_key = self._waiting_keys[key]
+                    if key in self._busy_keys or same_key[0] is not change:
+                        break
+                    same_key.popleft()
+                    if not same_key:
+                        del self._waiting_keys[key]
+                    self._busy_keys.add(key)
+                batch.append(waiting.popleft())
+                room -= 1
+            if not waiting:
                 del self._waiting[account]
-            else:
-                batch += (waiting.popleft() for _ in range(room))
-            self._busy.add(account)
-            if len(batch) == self._max_batch:
+            if room < before:
+                self._busy.add(account)
+            if not room:
                 break
         return batch
 
@@ -167,10 +198,12 @@ class BalanceChangeBatcher:
                 if not change.answer.done():
                     change.answer.set_exception(DatabaseUnavailable("The service is shutting down; retry."))
             self._waiting.clear()
+            self._waiting_keys.clear()
             raise
         finally:
             self._in_flight.discard(asyncio.current_task())
             self._busy.difference_update({change.account for change in batch})
+            self._busy_keys.difference_update([change.keyed.key for change in batch if change.keyed is not None])
         if not self._closed:
             self._send_what_can_go()
 
@@ -209,24 +242,16 @@ class BalanceChangeBatcher:
     async def _apply_keyed_batch(self, batch: list[_Change]) -> list[tuple[_Change, object]]:
         """The transaction of a batch holding keyed changes (module docstring); returns what each
         change is to be answered, to be settled once it has committed."""
-        first_use: dict[str, _Change] = {}
-        sending, deferred = [], []
-        for change in batch:
-            if change.keyed and change.keyed.key in first_use:
-                deferred.append(change)  # the same key twice in one batch: the next batch replays it
-            else:
-                if change.keyed:
-                    first_use[change.keyed.key] = change
-                sending.append(change)
+        keyed = [change for change in batch if change.keyed is not None]  # no key twice (_next_batch)
         settled: list[tuple[_Change, object]] = []
         async with self._database.pooled_connection() as conn, conn.transaction():
-            keys = [change.keyed.key for change in first_use.values()]
+            keys = [change.keyed.key for change in keyed]
             claimed = {row["key"] for row in await conn.fetch(
-                CLAIM_KEYS, keys, [change.keyed.fingerprint for change in first_use.values()], self._key_retention)}
+                CLAIM_KEYS, keys, [change.keyed.fingerprint for change in keyed], self._key_retention)}
             stored = {row["key"]: row for row in await conn.fetch(
                 READ_STORED_MANY, [key for key in keys if key not in claimed])} if len(claimed) < len(keys) else {}
             applying = []
-            for change in sending:
+            for change in batch:
                 if change.keyed is None or change.keyed.key in claimed:
                     applying.append(change)
                 elif change.keyed.key not in stored:
@@ -248,6 +273,4 @@ class BalanceChangeBatcher:
             if outcomes:
                 await conn.execute(STORE_OUTCOMES, *map(list, zip(*(
                     (key, o.status, o.body, o.content_type, o.location) for key, o in outcomes))))
-        for change in reversed(deferred):  # first in line for their accounts' next batch
-            self._waiting.setdefault(change.account, deque()).appendleft(change)
         return settled
