@@ -54,7 +54,7 @@ BALANCE_CHANGES = Counter(
     ["outcome"],
 )
 BATCH_SIZE = Histogram(
-    "balance_change_batch_size", "Changes per statement sent by the per-account batcher (BATCHING).",
+    "balance_change_batch_size", "Changes per statement sent by the batcher (BATCHING).",
     buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000),
 )
 POOL_CONNECTIONS = Gauge("db_pool_connections", "Open connections in the asyncpg pools of all workers.",

@@ -1,5 +1,5 @@
 """``PATCH /api/balance``, credits and debits: transfers between an account and its asset's system
-account, through the per-account batcher (the hot path)."""
+account, through the batcher (the hot path)."""
 
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ def _count_replay() -> None:
 
 async def _apply_unkeyed(request: web.Request, ref: ledger.AccountRef,
                          change: ledger.BalanceChange) -> ledger.AppliedChange:
-    """A change without an Idempotency-Key: through the per-account batcher when ``BATCHING`` is
+    """A change without an Idempotency-Key: through the batcher when ``BATCHING`` is
     on, else a batch of its own; counted in ``balance_changes_total`` either way."""
     batcher = request.app.get(BATCHER)
     if batcher is not None:
