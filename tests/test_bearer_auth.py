@@ -1,5 +1,6 @@
 """Optional bearer-token authentication (RFC 6750): off by default; with API_TOKEN or
-API_TOKENS_FILE every route but /api/health and /metrics needs the token."""
+API_TOKENS_FILE every route but /api/health, /metrics and the API reference page (/api/docs)
+needs the token."""
 
 import urllib.request
 
@@ -62,6 +63,13 @@ def test_a_refused_request_changes_nothing(protected_url, db):
     before = database_fingerprint(db)
     assert send(f"{protected_url}/api/balance", "PATCH", {"userId": 1, "amount": 5}, token="wrong")[0] == 401
     assert database_fingerprint(db) == before
+
+
+def test_the_api_reference_page_its_assets_and_its_document_need_no_token(protected_url):
+    for path in ("/api/docs", "/api/docs/", "/api/docs/static/swagger-ui.css", "/api/docs/openapi.json"):
+        with urllib.request.urlopen(f"{protected_url}{path}", timeout=10) as response:
+            assert response.status == 200, path
+    assert send(f"{protected_url}/api/docsx")[0] == 401  # only the page's own paths are open
 
 
 def test_health_and_metrics_need_no_token(protected_url):

@@ -32,7 +32,7 @@ def test_every_served_route_is_described_and_every_described_route_is_served(ser
 
     app = create_app(Settings(database_url="postgresql://unused/never-connected"))
     served = {(route.method.lower(), route.resource.canonical) for route in app.router.routes()
-              if route.method != "HEAD"}
+              if route.method != "HEAD" and not route.resource.canonical.startswith("/api/docs")}  # the page
     described = {(method, path) for path, methods in served_document(service_url)["paths"].items()
                  for method in methods}
     assert served == described

@@ -9,9 +9,10 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
+from swagger_ui import aiohttp_api_doc
 
 from server.http.app_keys import ASSETS, BATCHER, DATABASE, DB_POOL, SETTINGS
-from server.http.bearer_auth import bearer_auth_middleware
+from server.http.bearer_auth import DOCS_PATH, bearer_auth_middleware
 from server.http.handlers import accounts, assets, balance_changes, operations, transfers, users
 from server.http.observability import observability_middleware
 from server.ledger import store as ledger
@@ -129,4 +130,13 @@ def create_app(settings: Settings) -> web.Application:
         web.get("/api/openapi.json", operations.openapi),
         web.get("/metrics", operations.prometheus_metrics),
     ])
+    _api_reference(app)
     return app
+
+
+def _api_reference(app: web.Application) -> None:
+    """``GET /api/docs``: Swagger UI rendering this service's OpenAPI document, every asset served
+    from swagger-ui-py's own copy (no CDN), and the document it renders at ``/api/docs/openapi.json``.
+    All of it is open without a token (:data:`server.http.bearer_auth.OPEN_PREFIX`)."""
+    app.router.add_get(DOCS_PATH + "/openapi.json", operations.openapi)
+    aiohttp_api_doc(app, config_rel_url="/openapi.json", url_prefix=DOCS_PATH, title="balance-api: API reference")

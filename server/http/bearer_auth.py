@@ -1,6 +1,6 @@
 """Optional bearer-token authentication (RFC 6750), on when ``API_TOKEN`` or ``API_TOKENS_FILE`` is set.
 
-Every route except :data:`OPEN_PATHS` needs ``Authorization: Bearer <token>``. The token is
+Every route except :data:`OPEN_PATHS` and the API reference page under :data:`DOCS_PATH` needs ``Authorization: Bearer <token>``. The token is
 compared with every configured token in constant time: the SHA-256 digests are compared with
 :func:`hmac.compare_digest`, so neither the position of a mismatch nor the token's length shows in
 the timing, and all tokens are always compared. A missing or wrong token gets 401 problem details
@@ -18,6 +18,10 @@ from server.problems import Handler, Unauthorized
 
 # Probes and scrapers need no token: health (load balancers) and metrics (Prometheus).
 OPEN_PATHS = frozenset({"/api/health", "/metrics"})
+# The API reference page (Swagger UI), its assets and the document it renders: they describe the
+# API and hold no data, and a browser cannot send a bearer token for a page load; the calls the
+# page makes ("Try it out") carry the token entered under its "Authorize" button.
+DOCS_PATH = "/api/docs"
 
 
 def _digest(token: bytes) -> bytes:
@@ -42,7 +46,8 @@ def bearer_auth_middleware(tokens: list[bytes]) -> web.middleware:
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.path not in OPEN_PATHS:
+        path = request.path
+        if path not in OPEN_PATHS and not (path.startswith(DOCS_PATH) and path[len(DOCS_PATH):][:1] in ("", "/")):
             header = request.headers.get("Authorization")
             if header is None or not authorized(header):
                 raise Unauthorized(credentials_sent=header is not None)
