@@ -29,7 +29,7 @@ def free_port() -> int:
 # Settings a developer's shell may hold that must not leak into a test's service.
 _INHERITED_SETTINGS_DROPPED = frozenset({
     "DATABASE_URL", "PORT", "HOST", "DATA_DIR", "WORKERS", "REUSE_PORT", "API_TOKEN", "API_TOKENS_FILE",
-    "PROMETHEUS_MULTIPROC_DIR",
+    "PROMETHEUS_MULTIPROC_DIR", "LOG_FORMAT",
 })
 
 

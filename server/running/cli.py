@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as error:
         print(f"balance-api: {error}", file=sys.stderr)
         return 2
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     if args.command == "migrate":
         if args.rollback < 0:
             parser.error("--rollback takes a number of migrations >= 1")

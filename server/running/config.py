@@ -20,6 +20,7 @@ PROJECT_ROOT = Path(__file__).resolve().parents[2]
 _TOKEN68 = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
 
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
+LogFormat = Literal["auto", "json", "console"]
 
 
 class ConfigError(Exception):
@@ -86,6 +87,8 @@ class Settings(BaseSettings):
     api_token: SecretStr | None = None
     api_tokens_file: Path | None = None
     log_level: LogLevel = "INFO"
+    # auto: coloured console lines when stderr is a terminal, JSON lines otherwise
+    log_format: LogFormat = "auto"
     request_log_level: LogLevel = "INFO"
     metrics_sample_interval: Annotated[float, Field(gt=0, le=3600)] = 5.0
 
@@ -93,6 +96,11 @@ class Settings(BaseSettings):
     @classmethod
     def _level_is_upper_case(cls, level: object) -> object:
         return level.upper() if isinstance(level, str) else level
+
+    @field_validator("log_format", mode="before")
+    @classmethod
+    def _format_is_lower_case(cls, log_format: object) -> object:
+        return log_format.lower() if isinstance(log_format, str) else log_format
 
     @model_validator(mode="after")
     def _shared_port_is_fixed(self) -> Settings:
