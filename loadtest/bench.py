@@ -15,7 +15,8 @@ The load client is h2load (Debian package ``nghttp2-client``) when installed, el
 h2load's per-request log, through HdrHistogram) and the ratio to the ceiling in the same run, then
 the goals of issue 5 (ratios, same run) and whether each is met.
 
-Everything is bounded: each h2load run has a request count and a timeout; servers and PostgreSQL
+On a terminal a progress bar shows the run under way (plain ``[i/9]`` lines otherwise, e.g. in CI
+logs). Everything is bounded: each h2load run has a request count and a timeout; servers and PostgreSQL
 are stopped on exit. Usage: ``balance-api bench [--workers N] [--json PATH]``.
 """
 
@@ -41,6 +42,7 @@ from pathlib import Path
 import psutil
 from hdrh.histogram import HdrHistogram
 
+from loadtest.progress import RunProgress
 from server.running.process_limits import raise_open_file_limit
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -230,8 +232,9 @@ def _burst_tool(url: str, workload: Workload, work: Path) -> tuple[float, float,
             report["counts"])
 
 
-def run(workers: int, work: Path) -> list[Measurement]:
-    """Start each server in turn and measure every workload against it."""
+def run(workers: int, work: Path, progress: RunProgress) -> list[Measurement]:
+    """Start each server in turn and measure every workload against it, reporting each run to
+    ``progress`` (one step per server and workload)."""
     client = "h2load" if shutil.which("h2load") else "burst tool"
     results: list[Measurement] = []
     base_env = {key: value for key, value in os.environ.items()
@@ -255,8 +258,9 @@ def run(workers: int, work: Path) -> list[Measurement]:
                            for _ in range(copies)]
                 url, server_processes = started[0][0], [process for _, process in started]
                 for workload in WORKLOADS:
+                    progress.start(f"{server}: {workload.name}")
                     if not workload.hot and client != "h2load":
-                        print(f"  {workload.name}: needs h2load (apt install nghttp2-client); skipped", flush=True)
+                        progress.done(f"  {workload.name}: needs h2load (apt install nghttp2-client); skipped")
                         continue
                     if workload.hot and server != "ceiling":
                         _reset_hot_account(url)
@@ -267,9 +271,9 @@ def run(workers: int, work: Path) -> list[Measurement]:
                     postgres_cpu = _cpu_seconds([postmaster]) - cpu_before[1]
                     results.append(Measurement(workload.name, server, client, wall, rate, p50, p99, statuses,
                                                server_cpu, postgres_cpu))
-                    print(f"  {server:<13} {workload.name:<17} {wall:7.2f} s {rate:9,.0f} req/s "
-                          f"p50 {p50:8.1f} ms p99 {p99:8.1f} ms  CPU server {server_cpu:5.2f} s "
-                          f"postgres {postgres_cpu:5.2f} s  {statuses}", flush=True)
+                    progress.done(f"  {server:<13} {workload.name:<17} {wall:7.2f} s {rate:9,.0f} req/s "
+                                  f"p50 {p50:8.1f} ms p99 {p99:8.1f} ms  CPU server {server_cpu:5.2f} s "
+                                  f"postgres {postgres_cpu:5.2f} s  {statuses}")
     ceilings = {m.workload: m for m in results if m.server == "ceiling"}
     for measurement in results:
         ceiling = ceilings.get(measurement.workload)
@@ -311,8 +315,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", metavar="PATH", help="also write the measurements as JSON to PATH")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     raise_open_file_limit()
-    with tempfile.TemporaryDirectory(prefix="balance-api-bench-") as work:
-        results = run(args.workers, Path(work))
+    with tempfile.TemporaryDirectory(prefix="balance-api-bench-") as work, \
+            RunProgress(len(SERVERS) * len(WORKLOADS)) as progress:
+        results = run(args.workers, Path(work), progress)
     print()
     print(format_table(results))
     if args.json:
