@@ -126,6 +126,41 @@ class TransferNotFound(Problem):
         super().__init__(f"There is no transfer with id {transfer_id}.", transferId=transfer_id)
 
 
+class PendingTransferProblem(Problem):
+    """A post or void of transfer ``transferId`` that cannot be done; nothing was changed."""
+
+    sentence = ""
+
+    def __init__(self, transfer_id: int, **extensions: Any):
+        super().__init__(f"Transfer {transfer_id} {self.sentence}; nothing was changed.", transferId=transfer_id,
+                         **extensions)
+
+
+class TransferNotPending(PendingTransferProblem):
+    status, code, title = 409, "transfer_not_pending", "Transfer not pending"
+    sentence = "is not a pending transfer (a hold): there is nothing to post or void"
+
+
+class PendingTransferAlreadyPosted(PendingTransferProblem):
+    status, code, title = 409, "pending_transfer_already_posted", "Pending transfer already posted"
+    sentence = "was already posted"
+
+
+class PendingTransferAlreadyVoided(PendingTransferProblem):
+    status, code, title = 409, "pending_transfer_already_voided", "Pending transfer already voided"
+    sentence = "was already voided"
+
+
+class PendingTransferExpired(PendingTransferProblem):
+    status, code, title = 409, "pending_transfer_expired", "Pending transfer expired"
+    sentence = "expired: its hold no longer counts and it can be neither posted nor voided"
+
+
+class ExceedsPendingAmount(PendingTransferProblem):
+    status, code, title = 422, "exceeds_pending_amount", "Exceeds pending amount"
+    sentence = "holds less than the amount to post"
+
+
 class MethodNotAllowed(Problem):
     status, code, title = 405, "method_not_allowed", "Method not allowed"
 
@@ -150,7 +185,8 @@ class Refusal(Problem):
 
 class InsufficientFunds(Refusal):
     code, title = "insufficient_funds", "Insufficient funds"
-    reason = "would take the balance below its lower limit (0, or minus the overdraft limit)"
+    reason = ("would take the available balance (the balance minus open holds) below its lower limit (0, or minus "
+              "the overdraft limit)")
 
 
 class BalanceOverflow(Refusal):
@@ -177,8 +213,8 @@ class AccountNotEmpty(Problem):
     status, code, title = 409, "account_not_empty", "Account not empty"
 
     def __init__(self, account_id: int, balance: int):
-        super().__init__(f"Account {account_id} has balance {balance}; only an account with balance 0 can be "
-                         "closed. Nothing was changed.", accountId=account_id, balance=balance)
+        super().__init__(f"Account {account_id} has balance {balance}; only an account with balance 0 and no "
+                         "open holds can be closed. Nothing was changed.", accountId=account_id, balance=balance)
 
 
 class LimitViolated(Problem):

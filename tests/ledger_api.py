@@ -49,3 +49,22 @@ async def balance(http, account_id: int) -> int:
     status, body = await send(http, "GET", f"/api/accounts/{account_id}")
     assert status == 200, body
     return body["balance"]
+
+
+async def hold(http, source: int, destination: int, amount: int, **fields) -> tuple[int, dict]:
+    """A pending transfer (fields: timeoutSeconds, code, ...)."""
+    return await transfer(http, source, destination, amount, pending=True, **fields)
+
+
+async def post(http, transfer_id: int, amount: int | None = None) -> tuple[int, dict]:
+    return await send(http, "POST", f"/api/transfers/{transfer_id}/post", {} if amount is None else {"amount": amount})
+
+
+async def void(http, transfer_id: int) -> tuple[int, dict]:
+    return await send(http, "POST", f"/api/transfers/{transfer_id}/void", {})
+
+
+async def account(http, account_id: int) -> dict:
+    status, body = await send(http, "GET", f"/api/accounts/{account_id}")
+    assert status == 200, body
+    return body

@@ -141,6 +141,16 @@ def test_migrate_rollback_goes_back_to_the_old_schema_with_the_old_data_and_up_a
     assert balance_api("check", env=service_env(database_url=url)).returncode == 0
 
 
+def test_rolling_back_holds_is_refused_while_the_database_holds_any(create_database):
+    url = create_database()
+    migrate(url)
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("SELECT * FROM transfer_funds(2, NULL, 1, NULL, 1, 5, 'spend', NULL, NULL, NULL, true, NULL)")
+    down = balance_api("migrate", "--rollback", env=service_env(database_url=url))
+    assert down.returncode != 0 and "cannot roll back 0006" in down.stderr
+    assert balance_api("check", env=service_env(database_url=url)).returncode == 0
+
+
 def test_every_migration_rolls_back_to_an_empty_database_and_applies_again(create_database):
     url = create_database()
     migrate(url)
@@ -165,4 +175,5 @@ def test_rolling_back_past_data_the_old_schema_cannot_hold_is_refused_and_change
     assert balance_api("migrate", "--rollback", str(later), env=service_env(database_url=url)).returncode == 0
     down = balance_api("migrate", "--rollback", env=service_env(database_url=url))
     assert down.returncode != 0 and "cannot roll back 0004" in down.stderr
+    assert migrate(url).returncode == 0  # check reads today's schema
     assert balance_api("check", env=service_env(database_url=url)).returncode == 0

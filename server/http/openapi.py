@@ -22,6 +22,7 @@ from server.http.request_bodies import (
     EmptyBody,
     NewAccount,
     NewAsset,
+    PostPendingTransfer,
     TransferRequest,
 )
 
@@ -62,7 +63,9 @@ _ACCOUNT = {
     "accountId": INTEGER_ID, "asset": {"type": "string"}, "userId": NULLABLE_ID, "name": {"type": ["string", "null"]},
     "system": {"type": "boolean"},
     "balance": {**SIGNED, "description": "minor units; a system account's may be any integer"},
-    "available": {**SIGNED, "description": "what can be spent now: the balance"},
+    "available": {**SIGNED, "description": "what can be spent now: the balance minus pendingDebits"},
+    "pendingDebits": {**MINOR_UNITS, "description": "open holds on it as sender (expired ones excluded)"},
+    "pendingCredits": {**MINOR_UNITS, "description": "open holds on it as receiver (expired ones excluded)"},
     "overdraftLimit": MINOR_UNITS, "maxBalance": {"oneOf": [MINOR_UNITS, {"type": "null"}]},
     "status": {"enum": ["open", "frozen", "closed"]}, "metadata": METADATA,
     "createdAt": TIMESTAMP, "updatedAt": TIMESTAMP,
@@ -74,6 +77,7 @@ SCHEMAS: dict[str, Any] = {
     "CreditOrDebit": _request_schema(CreditOrDebit),
     "AccountCreditOrDebit": _request_schema(AccountCreditOrDebit),
     "TransferRequest": _request_schema(TransferRequest),
+    "PostPendingTransfer": _request_schema(PostPendingTransfer),
     "NewAsset": _request_schema(NewAsset),
     "NewAccount": _request_schema(NewAccount),
     "AccountPatch": _request_schema(AccountPatch),
@@ -97,6 +101,12 @@ SCHEMAS: dict[str, Any] = {
                         "description": "sending account's balance right after; null for a system account"},
         "toBalance": {"type": ["integer", "null"],
                       "description": "receiving account's balance right after; null for a system account"},
+        "status": {"enum": ["pending", "posted", "voided", "expired"],
+                   "description": "a plain transfer is posted when made; a hold is pending until posted, voided "
+                                  "or expired"},
+        "expiresAt": {"type": ["string", "null"], "format": "date-time",
+                      "description": "when a hold stops counting; null without a timeout"},
+        "postedAmount": {**MINOR_UNITS, "description": "what moved: the amount, or a posted hold's captured part"},
     }),
     "Transfers": _object({"transfers": {"type": "array", "items": _ref("Transfer"), "maxItems": HISTORY_MAX_LIMIT},
                           "nextCursor": {"type": ["string", "null"]}}),
@@ -313,6 +323,16 @@ def openapi_document() -> dict:
             },
             "/api/transfers/{id}": {"get": _read("Read a transfer", "Transfer", "the transfer",
                                                  [_path_id("transfer id")])},
+            "/api/transfers/{id}/post": {"post": _mutation(
+                "Post a pending transfer (a hold): capture all of it, or `amount` of it and release the rest",
+                "PostPendingTransfer", _ok(200, "Transfer", "posted", replay=True), 404, 409,
+                parameters=[_path_id("transfer id")], body_required=False,
+            )},
+            "/api/transfers/{id}/void": {"post": _mutation(
+                "Void a pending transfer (a hold): release all of it", "EmptyBody",
+                _ok(200, "Transfer", "voided", replay=True), 404, 409,
+                parameters=[_path_id("transfer id")], body_required=False,
+            )},
             "/api/health": {"get": {
                 "summary": "Liveness and database reachability",
                 "security": [],

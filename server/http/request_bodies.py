@@ -121,6 +121,10 @@ class TransferRequest(StrictBody):
     code: TransferCode | None = None
     description: Description | None = None
     metadata: Metadata | None = None
+    pending: bool = False
+    timeout_seconds: Annotated[int, Field(ge=1, le=2_592_000, description="a hold's timeout in seconds (30 days "
+                                                                          "at most)")] | None = Field(
+        None, alias="timeoutSeconds")
 
     @model_validator(mode="after")
     def _each_side_named_once(self) -> TransferRequest:
@@ -130,7 +134,16 @@ class TransferRequest(StrictBody):
                 raise ValueError(f"give exactly one of {side}AccountId and {side}UserId")
         if self.asset is not None and self.from_user_id is None and self.to_user_id is None:
             raise ValueError("asset names the asset of fromUserId/toUserId; accounts have their own")
+        if self.timeout_seconds is not None and not self.pending:
+            raise ValueError("timeoutSeconds is a hold's timeout: it needs \"pending\": true")
         return self
+
+
+class PostPendingTransfer(StrictBody):
+    """Body of ``POST /api/transfers/{id}/post``: ``{"amount"?}``, the amount to capture (minor
+    units, at most what is held); without it, all of it."""
+
+    amount: PositiveAmount | None = None
 
 
 class NewAsset(StrictBody):

@@ -12,6 +12,9 @@ import psycopg
 
 SAMPLE = 20
 
+# What a transfer moved: a plain transfer its amount, a posted hold what was posted, any other hold 0.
+MOVED = "(CASE WHEN t.status = 'posted' THEN coalesce(t.posted_amount, t.amount) ELSE 0 END)"
+
 # (name, what must hold, query returning offenders as one text column)
 CHECKS: list[tuple[str, str, str]] = [
     ("conservation", "per asset, the sum of all balances is 0: the stored balances of its accounts plus its system "
@@ -20,7 +23,7 @@ CHECKS: list[tuple[str, str, str]] = [
           FROM assets s
           LEFT JOIN (SELECT asset_id, sum(balance) AS total FROM accounts WHERE NOT is_system GROUP BY asset_id) b
             ON b.asset_id = s.id
-          LEFT JOIN (SELECT a.asset_id, sum(CASE WHEN t.to_account_id = a.id THEN t.amount ELSE -t.amount END) AS total
+          LEFT JOIN (SELECT a.asset_id, sum(CASE WHEN t.to_account_id = a.id THEN {MOVED} ELSE -{MOVED} END) AS total
                        FROM transfers t JOIN accounts a ON a.is_system AND a.id IN (t.from_account_id, t.to_account_id)
                       GROUP BY a.asset_id) x
             ON x.asset_id = s.id
@@ -38,12 +41,27 @@ CHECKS: list[tuple[str, str, str]] = [
             ON s.account_id = a.id
          WHERE (NOT a.is_system AND a.balance <> coalesce(s.total, 0)) OR (a.is_system AND (a.balance <> 0 OR s.total IS NOT NULL))
          ORDER BY a.id LIMIT {SAMPLE}"""),
-    ("balances within limits", "no balance is below minus its overdraft limit or above its maxBalance", f"""
-        SELECT format('account %s: balance %s, overdraft limit %s, max balance %s', id, balance, overdraft_limit,
-                      coalesce(max_balance::text, 'none'))
-          FROM accounts
-         WHERE NOT is_system AND (balance < -overdraft_limit OR balance > max_balance)
-         ORDER BY id LIMIT {SAMPLE}"""),
+    ("balances within limits", "no available balance (balance minus open holds) is below minus its overdraft "
+                               "limit, and no balance plus open incoming holds is above its maxBalance", f"""
+        SELECT format('account %s: balance %s, pending %s out / %s in, overdraft limit %s, max balance %s', a.id,
+                      a.balance, a.pending_debits - coalesce(x.debits, 0), a.pending_credits - coalesce(x.credits, 0),
+                      a.overdraft_limit, coalesce(a.max_balance::text, 'none'))
+          FROM accounts a LEFT JOIN LATERAL expired_holds(a.id) x ON true
+         WHERE NOT a.is_system AND (a.balance - a.pending_debits + coalesce(x.debits, 0) < -a.overdraft_limit
+                                    OR a.balance + a.pending_credits - coalesce(x.credits, 0) > a.max_balance)
+         ORDER BY a.id LIMIT {SAMPLE}"""),
+    ("pending sums", "every account's pending debits and credits are the sums of its holds still pending "
+                     "(a system account's are 0: it is never written)", f"""
+        SELECT format('account %s: pending %s out / %s in, holds sum to %s / %s', a.id, a.pending_debits,
+                      a.pending_credits, coalesce(o.total, 0), coalesce(i.total, 0))
+          FROM accounts a
+          LEFT JOIN (SELECT from_account_id AS id, sum(amount) AS total FROM transfers WHERE status = 'pending'
+                      GROUP BY from_account_id) o ON o.id = a.id
+          LEFT JOIN (SELECT to_account_id AS id, sum(amount) AS total FROM transfers WHERE status = 'pending'
+                      GROUP BY to_account_id) i ON i.id = a.id
+         WHERE (NOT a.is_system AND (a.pending_debits <> coalesce(o.total, 0) OR a.pending_credits <> coalesce(i.total, 0)))
+            OR (a.is_system AND (a.pending_debits <> 0 OR a.pending_credits <> 0))
+         ORDER BY a.id LIMIT {SAMPLE}"""),
     ("balance_after chain", "each entry's balance_after is the running sum of its account's entries up to it", f"""
         SELECT format('entry %s of account %s: balance_after %s, running sum %s', id, account_id, balance_after, running)
           FROM (SELECT id, account_id, balance_after,
@@ -52,20 +70,23 @@ CHECKS: list[tuple[str, str, str]] = [
          ORDER BY id LIMIT {SAMPLE}"""),
     ("transfers balanced", "every transfer moves one amount between two accounts of its asset, and each non-system "
                            "side has exactly its entry: -amount on the sending account, +amount on the receiving one, "
-                           "with the balance the transfer records", f"""
+                           "with the balance the transfer records (a hold: none while pending, voided or expired; "
+                           "the posted amount once posted)", f"""
         SELECT format('transfer %s: %s entries', t.id, count(e.id))
           FROM transfers t
           JOIN accounts f ON f.id = t.from_account_id
           JOIN accounts d ON d.id = t.to_account_id
           LEFT JOIN ledger_entries e ON e.transfer_id = t.id
-         GROUP BY t.id, t.amount, t.asset_id, t.from_balance, t.to_balance, f.id, f.is_system, f.asset_id,
-                  d.id, d.is_system, d.asset_id
+         GROUP BY t.id, t.amount, t.status, t.posted_amount, t.asset_id, t.from_balance, t.to_balance, f.id,
+                  f.is_system, f.asset_id, d.id, d.is_system, d.asset_id
         HAVING f.asset_id <> t.asset_id OR d.asset_id <> t.asset_id
-            OR count(e.id) <> (NOT f.is_system)::int + (NOT d.is_system)::int
-            OR count(*) FILTER (WHERE e.account_id = f.id AND e.amount = -t.amount
-                                  AND e.balance_after = t.from_balance) <> (NOT f.is_system)::int
-            OR count(*) FILTER (WHERE e.account_id = d.id AND e.amount = t.amount
-                                  AND e.balance_after = t.to_balance) <> (NOT d.is_system)::int
+            OR (t.status <> 'posted' AND count(e.id) <> 0)
+            OR (t.status = 'posted' AND (
+                count(e.id) <> (NOT f.is_system)::int + (NOT d.is_system)::int
+             OR count(*) FILTER (WHERE e.account_id = f.id AND e.amount = -{MOVED}
+                                   AND e.balance_after = t.from_balance) <> (NOT f.is_system)::int
+             OR count(*) FILTER (WHERE e.account_id = d.id AND e.amount = {MOVED}
+                                   AND e.balance_after = t.to_balance) <> (NOT d.is_system)::int))
             OR (f.is_system AND t.from_balance IS NOT NULL) OR (d.is_system AND t.to_balance IS NOT NULL)
          ORDER BY t.id LIMIT {SAMPLE}"""),
     ("accounts exist", "every account and asset a transfer or an entry names exists (in place of foreign keys, "

@@ -29,12 +29,18 @@ from server.problems import (
     AssetMismatch,
     AssetNotFound,
     BalanceOverflow,
+    ExceedsPendingAmount,
     InsufficientFunds,
     LimitViolated,
     MaxBalanceExceeded,
     Problem,
+    PendingTransferAlreadyPosted,
+    PendingTransferAlreadyVoided,
+    PendingTransferExpired,
     SameAccount,
     SystemAccount,
+    TransferNotFound,
+    TransferNotPending,
     UserNotFound,
 )
 
@@ -51,7 +57,10 @@ SELECT account_id, user_id, balance_after, transfer_id, entry_id, outcome
   FROM apply_balance_changes($1, $2, $3, $4, $5, $6, $7, $8)
 """
 
-TRANSFER_FUNDS = "SELECT * FROM transfer_funds($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
+TRANSFER_FUNDS = "SELECT * FROM transfer_funds($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
+
+# Post ($2 true; $3 the amount, NULL for all) or void a pending transfer (migration 0006).
+RESOLVE_PENDING_TRANSFER = "SELECT * FROM resolve_pending_transfer($1, $2, $3)"
 
 
 # The three types below are made for every balance change on the hot path: NamedTuples, whose
@@ -162,6 +171,9 @@ class Transfer:
     created_at: dt.datetime
     from_balance: int | None
     to_balance: int | None
+    status: str = "posted"
+    expires_at: dt.datetime | None = None
+    posted_amount: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,6 +188,8 @@ class TransferOrder:
     code: str = "transfer"
     description: str | None = None
     metadata: dict[str, str] | None = None
+    pending: bool = False
+    timeout_seconds: int | None = None
 
 
 def _transfer_refusal(outcome: str, role: str | None, order: TransferOrder, row) -> Problem:
@@ -205,11 +219,45 @@ async def transfer_funds(db: Db, order: TransferOrder, idempotency_key: str | No
     src, dst = order.source, order.destination
     row = await db.fetchrow(
         TRANSFER_FUNDS, src.account_id, src.user_id, dst.account_id, dst.user_id, src.asset_id, order.amount, order.code,
-        order.description, _metadata_json(order.metadata), idempotency_key,
+        order.description, _metadata_json(order.metadata), idempotency_key, order.pending, order.timeout_seconds,
     )
     if row["outcome"] != "transferred":
         raise _transfer_refusal(row["outcome"], row["role"], order, row)
     return await read_transfer(db, row["transfer_id"])
+
+
+_PENDING_REFUSALS: dict[str, type[Problem]] = {
+    "transfer_not_pending": TransferNotPending,
+    "pending_transfer_already_posted": PendingTransferAlreadyPosted,
+    "pending_transfer_already_voided": PendingTransferAlreadyVoided,
+    "pending_transfer_expired": PendingTransferExpired,
+}
+
+
+async def resolve_pending_transfer(db: Db, transfer_id: int, post: bool, amount: int | None = None) -> Transfer:
+    """Post (``post``: move ``amount`` minor units, None for all that is held, releasing the rest)
+    or void (release it all) the pending transfer ``transfer_id``, exactly once (one call of
+    ``resolve_pending_transfer()``, migration 0006; TigerBeetle's post_pending_transfer and
+    void_pending_transfer). Returns the :class:`Transfer` as it now is.
+
+    Raises, writing nothing: :class:`TransferNotFound` (404), :class:`TransferNotPending`,
+    :class:`PendingTransferAlreadyPosted`, :class:`PendingTransferAlreadyVoided`,
+    :class:`PendingTransferExpired` (409), :class:`ExceedsPendingAmount` (422), and on a post
+    :class:`AccountFrozen` / :class:`AccountClosed` (409, with ``role``).
+    """
+    row = await db.fetchrow(RESOLVE_PENDING_TRANSFER, transfer_id, post, amount)
+    outcome = row["outcome"]
+    if outcome == "transfer_not_found":
+        raise TransferNotFound(transfer_id)
+    if outcome in _PENDING_REFUSALS:
+        raise _PENDING_REFUSALS[outcome](transfer_id)
+    if outcome == "exceeds_pending_amount":
+        raise ExceedsPendingAmount(transfer_id, amount=amount)
+    transfer = await read_transfer(db, transfer_id)
+    if outcome in REFUSALS:
+        account = transfer.from_account_id if row["role"] == "from" else transfer.to_account_id
+        raise REFUSALS[outcome](account_id=account, role=row["role"])
+    return transfer
 
 
 # ---------------------------------------------------------------------------------------------
@@ -220,7 +268,10 @@ async def transfer_funds(db: Db, order: TransferOrder, idempotency_key: str | No
 _TRANSFER_COLUMNS = """
 SELECT t.id, s.code AS asset, t.from_account_id, t.to_account_id, fa.user_id AS from_user_id,
        ta.user_id AS to_user_id, t.amount, t.code, t.description, t.metadata, t.created_at, t.from_balance,
-       t.to_balance
+       t.to_balance,
+       CASE WHEN t.status = 'pending' AND t.expires_at <= now() THEN 'expired' ELSE t.status END AS status,
+       t.expires_at,
+       CASE WHEN t.status = 'posted' THEN coalesce(t.posted_amount, t.amount) ELSE 0 END AS posted_amount
   FROM transfers t
   JOIN assets s ON s.id = t.asset_id
   JOIN accounts fa ON fa.id = t.from_account_id
@@ -259,7 +310,7 @@ def _transfer(row) -> Transfer:
     return Transfer(row["id"], row["asset"], row["from_account_id"], row["to_account_id"], row["from_user_id"],
                     row["to_user_id"], row["amount"], row["code"], row["description"],
                     json.loads(row["metadata"]) if row["metadata"] else {}, row["created_at"],
-                    row["from_balance"], row["to_balance"])
+                    row["from_balance"], row["to_balance"], row["status"], row["expires_at"], row["posted_amount"])
 
 
 async def read_transfer(db: Db, transfer_id: int) -> Transfer | None:
@@ -496,8 +547,12 @@ SELECT a.id, s.code AS asset, a.user_id, a.name, a.is_system,
        CASE WHEN a.is_system THEN (SELECT -coalesce(sum(o.balance), 0) FROM accounts o
                                     WHERE o.asset_id = a.asset_id AND NOT o.is_system)
             ELSE a.balance END AS balance,
-       a.overdraft_limit, a.max_balance, a.status, a.metadata, a.created_at, a.updated_at
+       a.overdraft_limit, a.max_balance, a.status, a.metadata, a.created_at, a.updated_at,
+       a.pending_debits - coalesce(x.debits, 0) AS pending_debits,
+       a.pending_credits - coalesce(x.credits, 0) AS pending_credits
   FROM accounts a JOIN assets s ON s.id = a.asset_id
+  -- holds whose timeout has passed count no more (migration 0006); looked up only when any is held
+  LEFT JOIN LATERAL expired_holds(a.id) x ON a.pending_debits > 0 OR a.pending_credits > 0
 """
 READ_ACCOUNT = _ACCOUNT_COLUMNS + " WHERE a.id = $1"
 READ_USER_ACCOUNTS = _ACCOUNT_COLUMNS + " WHERE a.user_id = $1 ORDER BY a.id"
@@ -520,23 +575,26 @@ INSERT INTO accounts (asset_id, user_id) SELECT $1, id FROM new_user RETURNING i
 # Limits and names change under the account's row lock (the UPDATE takes it and re-checks its WHERE
 # clause on the newest row, PostgreSQL docs §13.2.1), so a new limit is checked against the balance
 # no concurrent transfer can change before the commit. NULL parameters leave a field as it is;
-# $6 says whether maxBalance was given (it may be set to null: no ceiling).
+# $6 says whether maxBalance was given (it may be set to null: no ceiling). Open holds count as in
+# transfers (stored sums: a hold that expired but is still summed makes the check stricter, never looser).
 UPDATE_ACCOUNT = """
 UPDATE accounts
    SET name = coalesce($2, name), overdraft_limit = coalesce($3, overdraft_limit),
        max_balance = CASE WHEN $6 THEN $4 ELSE max_balance END, metadata = coalesce($5, metadata),
        updated_at = now()
  WHERE id = $1 AND NOT is_system
-   AND balance >= -coalesce($3, overdraft_limit)
-   AND (NOT $6 OR $4::bigint IS NULL OR balance <= $4)
+   AND balance - pending_debits >= -coalesce($3, overdraft_limit)
+   AND (NOT $6 OR $4::bigint IS NULL OR balance + pending_credits <= $4)
 RETURNING id
 """
 
 # freeze / unfreeze / close, under the row lock (as above): closing needs a zero balance, and a
 # closed account stays closed.
 SET_STATUS = """
-UPDATE accounts SET status = $2, updated_at = now()
- WHERE id = $1 AND NOT is_system AND status <> 'closed' AND ($2 <> 'closed' OR balance = 0)
+UPDATE accounts a SET status = $2, updated_at = now()
+ WHERE id = $1 AND NOT is_system AND status <> 'closed'
+   AND ($2 <> 'closed' OR (balance = 0 AND ((pending_debits = 0 AND pending_credits = 0)
+        OR (SELECT x.debits = pending_debits AND x.credits = pending_credits FROM expired_holds(a.id) x))))
 RETURNING id
 """
 READ_STATE = "SELECT is_system, status, balance FROM accounts WHERE id = $1"
@@ -544,8 +602,9 @@ READ_STATE = "SELECT is_system, status, balance FROM accounts WHERE id = $1"
 
 @dataclass(frozen=True, slots=True)
 class Account:
-    """An account of one asset. ``balance`` and limits in minor units; ``available`` is what can be
-    spent now (the balance, until holds exist); ``max_balance`` None means no ceiling."""
+    """An account of one asset. ``balance``, limits and pending sums in minor units;
+    ``pending_debits`` / ``pending_credits`` are the amounts of its open holds as sender and receiver
+    (expired ones excluded); ``max_balance`` None means no ceiling."""
 
     account_id: int
     asset: str
@@ -559,10 +618,13 @@ class Account:
     metadata: dict[str, str]
     created_at: dt.datetime
     updated_at: dt.datetime
+    pending_debits: int = 0
+    pending_credits: int = 0
 
     @property
     def available(self) -> int:
-        return self.balance
+        """What can be spent now: the balance minus the open holds on it (``pending_debits``)."""
+        return self.balance - self.pending_debits
 
 
 def _account(row) -> Account:
@@ -570,7 +632,7 @@ def _account(row) -> Account:
     return Account(row["id"], row["asset"], row["user_id"], row["name"], row["is_system"],
                    int(balance) if isinstance(balance, Decimal) else balance, row["overdraft_limit"],
                    row["max_balance"], row["status"], json.loads(row["metadata"]), row["created_at"],
-                   row["updated_at"])
+                   row["updated_at"], row["pending_debits"], row["pending_credits"])
 
 
 async def read_account(db: Db, account_id: int) -> Account:

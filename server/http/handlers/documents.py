@@ -21,6 +21,7 @@ def account_json(account: ledger.Account) -> dict:
     return {
         "accountId": account.account_id, "asset": account.asset, "userId": account.user_id, "name": account.name,
         "system": account.system, "balance": account.balance, "available": account.available,
+        "pendingDebits": account.pending_debits, "pendingCredits": account.pending_credits,
         "overdraftLimit": account.overdraft_limit, "maxBalance": account.max_balance, "status": account.status,
         "metadata": account.metadata, "createdAt": timestamp(account.created_at), "updatedAt": timestamp(account.updated_at),
     }
@@ -40,6 +41,8 @@ def transfer_json(transfer: ledger.Transfer) -> dict:
         "asset": transfer.asset, "amount": transfer.amount, "code": transfer.code,
         "description": transfer.description, "metadata": transfer.metadata, "createdAt": timestamp(transfer.created_at),
         "fromBalance": transfer.from_balance, "toBalance": transfer.to_balance,
+        "status": transfer.status, "expiresAt": timestamp(transfer.expires_at) if transfer.expires_at else None,
+        "postedAmount": transfer.posted_amount,
     }
 
 

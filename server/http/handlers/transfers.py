@@ -1,4 +1,5 @@
-"""``POST /api/transfers``, ``GET /api/transfers`` and ``GET /api/transfers/{id}``."""
+"""``POST /api/transfers`` (plain, or a hold), ``POST /api/transfers/{id}/post|void``,
+``GET /api/transfers`` and ``GET /api/transfers/{id}``."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ from server.http.handlers.balance_changes import asset_id_of
 from server.http.handlers.documents import transfer_json
 from server.http.handlers.paths import FILTERS, id_from_path, page_query, split_page
 from server.http.idempotent_requests import respond
-from server.http.request_bodies import MAX_BIGINT, TransferRequest, read_json_body
+from server.http.request_bodies import (MAX_BIGINT, EmptyBody, PostPendingTransfer, TransferRequest,
+                                       read_json_body)
 from server.ledger import store as ledger
 from server.ledger.idempotency import Outcome
 from server.problems import SameAccount, TransferNotFound, ValidationFailed
@@ -26,12 +28,35 @@ async def create_transfer(request: web.Request) -> web.Response:
     order = ledger.TransferOrder(
         ledger.AccountRef(body.from_account_id, body.from_user_id, asset_id),
         ledger.AccountRef(body.to_account_id, body.to_user_id, asset_id),
-        body.amount, body.code or "transfer", body.description, body.metadata,
+        body.amount, body.code or "transfer", body.description, body.metadata, body.pending, body.timeout_seconds,
     )
 
     async def operation(db, key):
         transfer = await ledger.transfer_funds(db, order, key)
         return Outcome.of(201, transfer_json(transfer), location=f"/api/transfers/{transfer.transfer_id}")
+
+    return await respond(request, body, operation)
+
+
+async def post_pending_transfer(request: web.Request) -> web.Response:
+    """``POST /api/transfers/{id}/post`` ``{"amount"?}`` → 200 the transfer, ``"status": "posted"``,
+    with ``postedAmount``; the rest of the hold is released."""
+    transfer_id = id_from_path(request)
+    body = await read_json_body(request, PostPendingTransfer) if request.body_exists else PostPendingTransfer()
+
+    async def operation(db, key):
+        return Outcome.of(200, transfer_json(await ledger.resolve_pending_transfer(db, transfer_id, True, body.amount)))
+
+    return await respond(request, body, operation)
+
+
+async def void_pending_transfer(request: web.Request) -> web.Response:
+    """``POST /api/transfers/{id}/void`` → 200 the transfer, ``"status": "voided"``: the hold released."""
+    transfer_id = id_from_path(request)
+    body = await read_json_body(request, EmptyBody) if request.body_exists else EmptyBody()
+
+    async def operation(db, key):
+        return Outcome.of(200, transfer_json(await ledger.resolve_pending_transfer(db, transfer_id, False)))
 
     return await respond(request, body, operation)
 
