@@ -161,6 +161,25 @@ class ExceedsPendingAmount(PendingTransferProblem):
     sentence = "holds less than the amount to post"
 
 
+class TransferNotPosted(PendingTransferProblem):
+    status, code, title = 409, "transfer_not_posted", "Transfer not posted"
+    sentence = "moved nothing (a hold still pending, voided or expired): there is nothing to reverse; void a hold"
+
+
+class ExceedsReversibleAmount(PendingTransferProblem):
+    status, code, title = 422, "exceeds_reversible_amount", "Exceeds reversible amount"
+    sentence = "has less left to reverse than asked (a transfer is reversed at most by what it moved)"
+
+
+class ReferenceReused(Problem):
+    status, code, title = 409, "reference_reused", "Reference reused"
+
+    def __init__(self, reference: str, transfer_id: int, fields: list[str]):
+        super().__init__(f"Reference {reference!r} belongs to transfer {transfer_id}, which differs in "
+                         f"{', '.join(fields)}; nothing was changed. Use a new reference for a new transfer.",
+                         reference=reference, transferId=transfer_id, fields=fields)
+
+
 class MethodNotAllowed(Problem):
     status, code, title = 405, "method_not_allowed", "Method not allowed"
 

@@ -192,3 +192,14 @@ async def test_every_new_mutating_route_replays_a_key_and_changes_nothing_the_se
     assert (again.status, again.headers.get("Idempotent-Replayed")) == (status, "true")
     assert await again.json() == await first.json()
     assert database_fingerprint(db) == after_first
+
+
+async def test_a_refusal_after_a_failed_lookup_is_stored_under_its_key_not_a_500(http):
+    """Schemathesis found it: opening an account for an unknown user with an Idempotency-Key was a 500
+    (the failed insert aborted the key's transaction before the refusal could be stored)."""
+    code = f"idem_{uuid.uuid4().hex[:12]}"
+    assert (await http.post("/api/assets", json={"code": code, "scale": 0})).status == 201
+    body = {"asset": code, "userId": 68719476735}
+    for _ in range(2):  # the refusal, then its replay
+        async with http.post("/api/accounts", json=body, headers={"Idempotency-Key": f"k-{code}"}) as response:
+            assert (response.status, (await response.json())["code"]) == (404, "user_not_found")

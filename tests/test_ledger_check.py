@@ -14,7 +14,7 @@ def test_check_passes_on_a_freshly_migrated_database(create_database):
     balance_api("migrate", env=service_env(database_url=url))
     result = check(url)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert result.stdout.count("PASS") == 9 and "ledger consistent" in result.stdout
+    assert result.stdout.count("PASS") == 10 and "ledger consistent" in result.stdout
 
 
 def test_check_passes_on_the_suites_database_after_everything_the_tests_did(database_url, service_url):
@@ -44,6 +44,16 @@ def test_check_names_a_balance_outside_its_limits(create_database):
     result = check(url)
     assert result.returncode == 1 and "FAIL balances within limits" in result.stdout
     assert "account 2: balance 10000, pending 0 out / 0 in, overdraft limit 0, max balance 100" in result.stdout
+
+
+def test_check_names_a_reversed_amount_that_its_reversals_do_not_add_up_to(create_database):
+    url = create_database()
+    balance_api("migrate", env=service_env(database_url=url))
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("UPDATE transfers SET reversed_amount = 3 WHERE id = 1")
+    result = check(url)
+    assert result.returncode == 1 and "FAIL reversals" in result.stdout
+    assert "transfer 1: reversed 3, reversals sum to 0, moved 10000" in result.stdout
 
 
 def test_check_names_pending_sums_that_differ_from_the_open_holds(create_database):

@@ -141,13 +141,33 @@ def test_migrate_rollback_goes_back_to_the_old_schema_with_the_old_data_and_up_a
     assert balance_api("check", env=service_env(database_url=url)).returncode == 0
 
 
+def roll_back_after(url: str, migration: str):
+    """Roll back every migration applied after ``migration`` (they must allow it)."""
+    later = len(MIGRATIONS) - 1 - MIGRATIONS.index(migration)
+    if later:
+        assert balance_api("migrate", "--rollback", str(later), env=service_env(database_url=url)).returncode == 0
+
+
 def test_rolling_back_holds_is_refused_while_the_database_holds_any(create_database):
     url = create_database()
     migrate(url)
     with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute("SELECT * FROM transfer_funds(2, NULL, 1, NULL, 1, 5, 'spend', NULL, NULL, NULL, true, NULL)")
+        conn.execute("SELECT * FROM transfer_funds(2, NULL, 1, NULL, 1, 5, 'spend', NULL, NULL, NULL, true, NULL, NULL)")
+    roll_back_after(url, "0006.holds")
     down = balance_api("migrate", "--rollback", env=service_env(database_url=url))
     assert down.returncode != 0 and "cannot roll back 0006" in down.stderr
+    assert migrate(url).returncode == 0 and balance_api("check", env=service_env(database_url=url)).returncode == 0
+
+
+def test_rolling_back_references_and_reversals_is_refused_while_any_transfer_carries_one(create_database):
+    url = create_database()
+    migrate(url)
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("SELECT * FROM transfer_funds(2, NULL, 1, NULL, 1, 5, 'spend', NULL, NULL, NULL, false, NULL, "
+                     "'order-1')")
+    roll_back_after(url, "0007.references-and-reversals")
+    down = balance_api("migrate", "--rollback", env=service_env(database_url=url))
+    assert down.returncode != 0 and "cannot roll back 0007" in down.stderr
     assert balance_api("check", env=service_env(database_url=url)).returncode == 0
 
 

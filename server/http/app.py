@@ -115,6 +115,7 @@ def create_app(settings: Settings) -> web.Application:
         web.get("/api/transfers/{id}", transfers.get_transfer),
         web.post("/api/transfers/{id}/post", transfers.post_pending_transfer),
         web.post("/api/transfers/{id}/void", transfers.void_pending_transfer),
+        web.post("/api/transfers/{id}/reverse", transfers.reverse_transfer),
         web.post("/api/assets", assets.create_asset),
         web.get("/api/assets", assets.list_assets),
         web.get("/api/assets/{code}", assets.get_asset),

@@ -34,7 +34,7 @@ Operation = Callable[[asyncpg.Pool | asyncpg.Connection, str | None], Awaitable[
 def outcome_response(outcome: Outcome, replayed: bool = False) -> web.Response:
     """The HTTP response of ``outcome``, with ``Idempotent-Replayed: true`` when it is replayed."""
     headers = {"Location": outcome.location} if outcome.location else {}
-    if replayed:
+    if replayed or outcome.replayed:
         headers["Idempotent-Replayed"] = "true"
     return web.Response(status=outcome.status, body=outcome.body.encode(), content_type=outcome.content_type,
                         headers=headers)

@@ -23,6 +23,7 @@ from server.http.request_bodies import (
     NewAccount,
     NewAsset,
     PostPendingTransfer,
+    ReverseTransfer,
     TransferRequest,
 )
 
@@ -78,6 +79,7 @@ SCHEMAS: dict[str, Any] = {
     "AccountCreditOrDebit": _request_schema(AccountCreditOrDebit),
     "TransferRequest": _request_schema(TransferRequest),
     "PostPendingTransfer": _request_schema(PostPendingTransfer),
+    "ReverseTransfer": _request_schema(ReverseTransfer),
     "NewAsset": _request_schema(NewAsset),
     "NewAccount": _request_schema(NewAccount),
     "AccountPatch": _request_schema(AccountPatch),
@@ -107,6 +109,9 @@ SCHEMAS: dict[str, Any] = {
         "expiresAt": {"type": ["string", "null"], "format": "date-time",
                       "description": "when a hold stops counting; null without a timeout"},
         "postedAmount": {**MINOR_UNITS, "description": "what moved: the amount, or a posted hold's captured part"},
+        "reference": {"type": ["string", "null"], "description": "the client's own id, unique among transfers"},
+        "reverses": {**NULLABLE_ID, "description": "the transfer this one reverses"},
+        "reversedAmount": {**MINOR_UNITS, "description": "how much of this transfer has been reversed"},
     }),
     "Transfers": _object({"transfers": {"type": "array", "items": _ref("Transfer"), "maxItems": HISTORY_MAX_LIMIT},
                           "nextCursor": {"type": ["string", "null"]}}),
@@ -316,9 +321,13 @@ def openapi_document() -> dict:
             )},
             "/api/transfers": {
                 "post": _mutation("Move money between two accounts of one asset, atomically", "TransferRequest",
-                                  _ok(201, "Transfer", "transferred", location=True, replay=True), 404, 409),
+                                  {**_ok(201, "Transfer", "transferred", location=True, replay=True),
+                                   **_ok(200, "Transfer", "made before with this reference", replay=True)},
+                                  404, 409),
                 "get": _read("List transfers, newest first (keyset pagination)", "Transfers", "one page",
                              [_query("accountId", INTEGER_ID, "only this account's transfers"),
+                              _query("reference", {"type": "string", "pattern": "^[ -~]{1,128}$"},
+                                     "the transfer with this client reference (at most one)"),
                               *PAGE_PARAMETERS, *FILTER_PARAMETERS], READ_PROBLEMS),
             },
             "/api/transfers/{id}": {"get": _read("Read a transfer", "Transfer", "the transfer",
@@ -327,6 +336,12 @@ def openapi_document() -> dict:
                 "Post a pending transfer (a hold): capture all of it, or `amount` of it and release the rest",
                 "PostPendingTransfer", _ok(200, "Transfer", "posted", replay=True), 404, 409,
                 parameters=[_path_id("transfer id")], body_required=False,
+            )},
+            "/api/transfers/{id}/reverse": {"post": _mutation(
+                "Reverse a transfer, all that is left of it or `amount`: a transfer the opposite way",
+                "ReverseTransfer", {**_ok(201, "Transfer", "reversed", location=True),
+                                    **_ok(200, "Transfer", "made before with this reference", replay=True)},
+                404, 409, parameters=[_path_id("transfer id")], body_required=False,
             )},
             "/api/transfers/{id}/void": {"post": _mutation(
                 "Void a pending transfer (a hold): release all of it", "EmptyBody",

@@ -56,6 +56,9 @@ def _text(low: int, high: int, what: str):
 
 Description = _text(1, 500, "1-500 characters of valid Unicode text: no NUL, no unpaired surrogate escapes")
 Name = _text(1, 200, "1-200 characters of valid Unicode text")
+Reference = Annotated[str, Field(pattern="^[\x20-\x7e]{1,128}$",
+                                 description="the client's own id of a transfer: 1-128 printable ASCII "
+                                             "characters, unique among transfers")]
 AssetCode = Annotated[str, Field(pattern="^[A-Za-z0-9_]{1,32}$", description="e.g. USD, gold_coins")]
 TransferCode = Annotated[str, Field(pattern="^[a-z0-9_]{1,32}$",
                                     description="the caller's reason, e.g. topup, spend, bonus, fee")]
@@ -121,6 +124,7 @@ class TransferRequest(StrictBody):
     code: TransferCode | None = None
     description: Description | None = None
     metadata: Metadata | None = None
+    reference: Reference | None = None
     pending: bool = False
     timeout_seconds: Annotated[int, Field(ge=1, le=2_592_000, description="a hold's timeout in seconds (30 days "
                                                                           "at most)")] | None = Field(
@@ -137,6 +141,16 @@ class TransferRequest(StrictBody):
         if self.timeout_seconds is not None and not self.pending:
             raise ValueError("timeoutSeconds is a hold's timeout: it needs \"pending\": true")
         return self
+
+
+class ReverseTransfer(StrictBody):
+    """Body of ``POST /api/transfers/{id}/reverse``: ``{"amount"?, "code"?, "description"?,
+    "reference"?}``; without ``amount``, all that is left to reverse; ``code`` defaults to ``reversal``."""
+
+    amount: PositiveAmount | None = None
+    code: TransferCode | None = None
+    description: Description | None = None
+    reference: Reference | None = None
 
 
 class PostPendingTransfer(StrictBody):

@@ -89,6 +89,20 @@ CHECKS: list[tuple[str, str, str]] = [
                                    AND e.balance_after = t.to_balance) <> (NOT d.is_system)::int))
             OR (f.is_system AND t.from_balance IS NOT NULL) OR (d.is_system AND t.to_balance IS NOT NULL)
          ORDER BY t.id LIMIT {SAMPLE}"""),
+    ("reversals", "what a transfer says has been reversed of it is the sum of its reversals, at most what it "
+                  "moved, and each reversal runs the opposite way between the same two accounts", f"""
+        SELECT format('transfer %s: reversed %s, reversals sum to %s, moved %s', t.id, t.reversed_amount,
+                      coalesce(r.total, 0), {MOVED})
+          FROM transfers t
+          LEFT JOIN (SELECT reverses, sum(amount) AS total FROM transfers WHERE reverses IS NOT NULL
+                      GROUP BY reverses) r ON r.reverses = t.id
+         WHERE t.reversed_amount <> coalesce(r.total, 0) OR t.reversed_amount > {MOVED}
+        UNION ALL
+        SELECT format('transfer %s: reverses transfer %s, which does not run the other way', x.id, x.reverses)
+          FROM transfers x LEFT JOIN transfers o ON o.id = x.reverses
+         WHERE x.reverses IS NOT NULL AND (o.id IS NULL OR o.from_account_id <> x.to_account_id
+                                           OR o.to_account_id <> x.from_account_id)
+        LIMIT {SAMPLE}"""),
     ("accounts exist", "every account and asset a transfer or an entry names exists (in place of foreign keys, "
                        "which would lock the system account's row on every change)", f"""
         SELECT format('transfer %s: names a missing account or asset', t.id) FROM transfers t

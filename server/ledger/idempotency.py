@@ -112,10 +112,13 @@ class Outcome:
     body: str
     content_type: str = "application/json"
     location: str | None = None
+    # the request found what it asks for already made (a transfer's reference): answered with
+    # Idempotent-Replayed; not stored (a replay under an Idempotency-Key says so anyway)
+    replayed: bool = False
 
     @classmethod
-    def of(cls, status: int, document: dict, location: str | None = None) -> Outcome:
-        return cls(status, json.dumps(document), "application/json", location)
+    def of(cls, status: int, document: dict, location: str | None = None, replayed: bool = False) -> Outcome:
+        return cls(status, json.dumps(document), "application/json", location, replayed)
 
     @classmethod
     def of_problem(cls, problem: Problem, instance: str) -> Outcome:

@@ -10,6 +10,7 @@ pool, or a connection (inside a caller's transaction).
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 from collections.abc import Sequence
@@ -30,6 +31,7 @@ from server.problems import (
     AssetNotFound,
     BalanceOverflow,
     ExceedsPendingAmount,
+    ExceedsReversibleAmount,
     InsufficientFunds,
     LimitViolated,
     MaxBalanceExceeded,
@@ -37,10 +39,12 @@ from server.problems import (
     PendingTransferAlreadyPosted,
     PendingTransferAlreadyVoided,
     PendingTransferExpired,
+    ReferenceReused,
     SameAccount,
     SystemAccount,
     TransferNotFound,
     TransferNotPending,
+    TransferNotPosted,
     UserNotFound,
 )
 
@@ -57,7 +61,11 @@ SELECT account_id, user_id, balance_after, transfer_id, entry_id, outcome
   FROM apply_balance_changes($1, $2, $3, $4, $5, $6, $7, $8)
 """
 
-TRANSFER_FUNDS = "SELECT * FROM transfer_funds($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
+TRANSFER_FUNDS = "SELECT * FROM transfer_funds($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
+
+# Reverse $2 (NULL: all that is left) of transfer $1, with code $3, description $4, reference $5
+# (migration 0007).
+REVERSE_TRANSFER = "SELECT * FROM reverse_transfer($1, $2, $3, $4, $5)"
 
 # Post ($2 true; $3 the amount, NULL for all) or void a pending transfer (migration 0006).
 RESOLVE_PENDING_TRANSFER = "SELECT * FROM resolve_pending_transfer($1, $2, $3)"
@@ -174,6 +182,11 @@ class Transfer:
     status: str = "posted"
     expires_at: dt.datetime | None = None
     posted_amount: int | None = None
+    reference: str | None = None
+    reverses: int | None = None
+    reversed_amount: int = 0
+    made_pending: bool = False  # made as a hold (whatever became of it)
+    replayed: bool = False  # answered from its reference: made before, not now
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,6 +203,7 @@ class TransferOrder:
     metadata: dict[str, str] | None = None
     pending: bool = False
     timeout_seconds: int | None = None
+    reference: str | None = None
 
 
 def _transfer_refusal(outcome: str, role: str | None, order: TransferOrder, row) -> Problem:
@@ -220,10 +234,31 @@ async def transfer_funds(db: Db, order: TransferOrder, idempotency_key: str | No
     row = await db.fetchrow(
         TRANSFER_FUNDS, src.account_id, src.user_id, dst.account_id, dst.user_id, src.asset_id, order.amount, order.code,
         order.description, _metadata_json(order.metadata), idempotency_key, order.pending, order.timeout_seconds,
+        order.reference,
     )
+    if row["outcome"] == "reference_exists":
+        return await _made_before(db, order, row)
     if row["outcome"] != "transferred":
         raise _transfer_refusal(row["outcome"], row["role"], order, row)
     return await read_transfer(db, row["transfer_id"])
+
+
+async def _made_before(db: Db, order: TransferOrder, row) -> Transfer:
+    """The transfer that took ``order.reference`` before, if it is the one ``order`` asks for
+    (then marked ``replayed``); raises :class:`ReferenceReused` (409) naming the fields that differ."""
+    made = await read_transfer(db, row["transfer_id"])
+    differing = [name for name, ours, theirs in (
+        ("fromAccountId", row["from_account_id"], made.from_account_id),
+        ("toAccountId", row["to_account_id"], made.to_account_id),
+        ("amount", order.amount, made.amount),
+        ("code", order.code, made.code),
+        ("description", order.description, made.description),
+        ("metadata", order.metadata or {}, made.metadata),
+        ("pending", order.pending, made.made_pending),
+    ) if ours != theirs]
+    if differing:
+        raise ReferenceReused(order.reference, made.transfer_id, differing)
+    return dataclasses.replace(made, replayed=True)
 
 
 _PENDING_REFUSALS: dict[str, type[Problem]] = {
@@ -260,6 +295,43 @@ async def resolve_pending_transfer(db: Db, transfer_id: int, post: bool, amount:
     return transfer
 
 
+async def reverse_transfer(db: Db, transfer_id: int, amount: int | None = None, code: str | None = None,
+                           description: str | None = None, reference: str | None = None) -> Transfer:
+    """Reverse ``amount`` minor units (None: all that is left) of transfer ``transfer_id``: a transfer
+    the opposite way, under the usual checks, with ``reverses`` set (one call of
+    ``reverse_transfer()``, migration 0007). Returns the new :class:`Transfer` (``replayed`` when its
+    ``reference`` was taken by the same reversal before).
+
+    Raises, writing nothing: :class:`TransferNotFound` (404), :class:`TransferNotPosted` (409),
+    :class:`ExceedsReversibleAmount` (422), :class:`ReferenceReused` (409), and the refusals of
+    :func:`transfer_funds` (e.g. :class:`InsufficientFunds` when the receiver spent it).
+    """
+    row = await db.fetchrow(REVERSE_TRANSFER, transfer_id, amount, code, description, reference)
+    outcome = row["outcome"]
+    if outcome == "transfer_not_found":
+        raise TransferNotFound(transfer_id)
+    if outcome == "transfer_not_posted":
+        raise TransferNotPosted(transfer_id)
+    if outcome == "exceeds_reversible_amount":
+        raise ExceedsReversibleAmount(transfer_id, amount=amount)
+    original = await read_transfer(db, transfer_id)
+    order = TransferOrder(AccountRef(original.to_account_id), AccountRef(original.from_account_id),
+                          amount if amount is not None else 0, code or "reversal", description, None,
+                          reference=reference)
+    if outcome == "reference_exists":
+        made = await read_transfer(db, row["transfer_id"])
+        differing = [name for name, ours, theirs in (
+            ("reverses", transfer_id, made.reverses), ("amount", amount or made.amount, made.amount),
+            ("code", order.code, made.code), ("description", description, made.description),
+        ) if ours != theirs]
+        if differing:
+            raise ReferenceReused(reference, made.transfer_id, differing)
+        return dataclasses.replace(made, replayed=True)
+    if outcome != "transferred":
+        raise _transfer_refusal(outcome, row["role"], order, row)
+    return await read_transfer(db, row["transfer_id"])
+
+
 # ---------------------------------------------------------------------------------------------
 # Transfers: reading
 # ---------------------------------------------------------------------------------------------
@@ -271,13 +343,15 @@ SELECT t.id, s.code AS asset, t.from_account_id, t.to_account_id, fa.user_id AS 
        t.to_balance,
        CASE WHEN t.status = 'pending' AND t.expires_at <= now() THEN 'expired' ELSE t.status END AS status,
        t.expires_at,
-       CASE WHEN t.status = 'posted' THEN coalesce(t.posted_amount, t.amount) ELSE 0 END AS posted_amount
+       CASE WHEN t.status = 'posted' THEN coalesce(t.posted_amount, t.amount) ELSE 0 END AS posted_amount,
+       t.reference, t.reverses, t.reversed_amount, t.status <> 'posted' OR t.resolved_at IS NOT NULL AS made_pending
   FROM transfers t
   JOIN assets s ON s.id = t.asset_id
   JOIN accounts fa ON fa.id = t.from_account_id
   JOIN accounts ta ON ta.id = t.to_account_id
 """
 READ_TRANSFER = _TRANSFER_COLUMNS + " WHERE t.id = $1"
+READ_TRANSFER_BY_REFERENCE = _TRANSFER_COLUMNS + " WHERE t.reference = $1"  # the unique index transfers_reference
 
 # All transfers, newest first, keyset-paged by transfer id ($1: below this id), with optional
 # filters ($2 code, $3 from, $4 to: from <= created_at < to).
@@ -310,7 +384,8 @@ def _transfer(row) -> Transfer:
     return Transfer(row["id"], row["asset"], row["from_account_id"], row["to_account_id"], row["from_user_id"],
                     row["to_user_id"], row["amount"], row["code"], row["description"],
                     json.loads(row["metadata"]) if row["metadata"] else {}, row["created_at"],
-                    row["from_balance"], row["to_balance"], row["status"], row["expires_at"], row["posted_amount"])
+                    row["from_balance"], row["to_balance"], row["status"], row["expires_at"], row["posted_amount"],
+                    row["reference"], row["reverses"], row["reversed_amount"], row["made_pending"])
 
 
 async def read_transfer(db: Db, transfer_id: int) -> Transfer | None:
@@ -329,6 +404,12 @@ class PageQuery:
     code: str | None = None
     created_from: dt.datetime | None = None
     created_to: dt.datetime | None = None
+
+
+async def find_transfer_by_reference(db: Db, reference: str) -> Transfer | None:
+    """The transfer that carries the client's ``reference``, or None."""
+    row = await db.fetchrow(READ_TRANSFER_BY_REFERENCE, reference)
+    return None if row is None else _transfer(row)
 
 
 async def list_transfers(db: Db, page: PageQuery) -> list[Transfer]:
@@ -558,9 +639,13 @@ READ_ACCOUNT = _ACCOUNT_COLUMNS + " WHERE a.id = $1"
 READ_USER_ACCOUNTS = _ACCOUNT_COLUMNS + " WHERE a.user_id = $1 ORDER BY a.id"
 USER_EXISTS = "SELECT EXISTS (SELECT 1 FROM users WHERE id = $1)"
 
+# An unknown user inserts nothing rather than failing the foreign key: a failed statement would
+# abort the caller's transaction, and one holding an Idempotency-Key must still store the refusal
+# (found by Schemathesis: a 500 on POST /api/accounts with a key and an unknown userId).
 CREATE_ACCOUNT = """
 INSERT INTO accounts (asset_id, user_id, name, overdraft_limit, max_balance, metadata)
-VALUES ($1, $2, $3, $4, $5, $6)
+SELECT $1, $2, $3, $4, $5, $6
+ WHERE $2::bigint IS NULL OR EXISTS (SELECT 1 FROM users u WHERE u.id = $2)
 ON CONFLICT (user_id, asset_id) DO NOTHING
 RETURNING id
 """
@@ -658,23 +743,22 @@ class NewAccount:
 async def create_account(db: Db, new: NewAccount) -> Account:
     """Open an account; raises :class:`UserNotFound` (404) or :class:`AccountExists` (409, naming
     the user's existing account in that asset)."""
-    try:
-        account_id = await db.fetchval(CREATE_ACCOUNT, new.asset.asset_id, new.user_id, new.name, new.overdraft_limit,
-                                       new.max_balance, json.dumps(new.metadata or {}))
-    except asyncpg.ForeignKeyViolationError:
-        raise UserNotFound(new.user_id) from None
+    account_id = await db.fetchval(CREATE_ACCOUNT, new.asset.asset_id, new.user_id, new.name, new.overdraft_limit,
+                                   new.max_balance, json.dumps(new.metadata or {}))
     if account_id is None:
-        raise AccountExists(await db.fetchval(ACCOUNT_OF_USER, new.user_id, new.asset.asset_id), new.asset.code)
+        existing = await db.fetchval(ACCOUNT_OF_USER, new.user_id, new.asset.asset_id)
+        if existing is None:
+            raise UserNotFound(new.user_id)
+        raise AccountExists(existing, new.asset.code)
     return await read_account(db, account_id)
 
 
 async def open_user_account(db: Db, user_id: int, asset: Asset) -> None:
     """Open user ``user_id``'s account in ``asset`` unless it has one (a credit opens it);
     raises :class:`UserNotFound`."""
-    try:
-        await db.execute(CREATE_ACCOUNT, asset.asset_id, user_id, None, 0, None, "{}")
-    except asyncpg.ForeignKeyViolationError:
-        raise UserNotFound(user_id) from None
+    opened = await db.fetchval(CREATE_ACCOUNT, asset.asset_id, user_id, None, 0, None, "{}")
+    if opened is None and await db.fetchval(ACCOUNT_OF_USER, user_id, asset.asset_id) is None:
+        raise UserNotFound(user_id)
 
 
 @dataclass(frozen=True, slots=True)

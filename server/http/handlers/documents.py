@@ -42,7 +42,8 @@ def transfer_json(transfer: ledger.Transfer) -> dict:
         "description": transfer.description, "metadata": transfer.metadata, "createdAt": timestamp(transfer.created_at),
         "fromBalance": transfer.from_balance, "toBalance": transfer.to_balance,
         "status": transfer.status, "expiresAt": timestamp(transfer.expires_at) if transfer.expires_at else None,
-        "postedAmount": transfer.posted_amount,
+        "postedAmount": transfer.posted_amount, "reference": transfer.reference, "reverses": transfer.reverses,
+        "reversedAmount": transfer.reversed_amount,
     }
 
 

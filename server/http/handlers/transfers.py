@@ -10,7 +10,7 @@ from server.http.handlers.balance_changes import asset_id_of
 from server.http.handlers.documents import transfer_json
 from server.http.handlers.paths import FILTERS, id_from_path, page_query, split_page
 from server.http.idempotent_requests import respond
-from server.http.request_bodies import (MAX_BIGINT, EmptyBody, PostPendingTransfer, TransferRequest,
+from server.http.request_bodies import (MAX_BIGINT, EmptyBody, PostPendingTransfer, ReverseTransfer, TransferRequest,
                                        read_json_body)
 from server.ledger import store as ledger
 from server.ledger.idempotency import Outcome
@@ -29,11 +29,32 @@ async def create_transfer(request: web.Request) -> web.Response:
         ledger.AccountRef(body.from_account_id, body.from_user_id, asset_id),
         ledger.AccountRef(body.to_account_id, body.to_user_id, asset_id),
         body.amount, body.code or "transfer", body.description, body.metadata, body.pending, body.timeout_seconds,
+        body.reference,
     )
 
     async def operation(db, key):
-        transfer = await ledger.transfer_funds(db, order, key)
-        return Outcome.of(201, transfer_json(transfer), location=f"/api/transfers/{transfer.transfer_id}")
+        return _made(await ledger.transfer_funds(db, order, key))
+
+    return await respond(request, body, operation)
+
+
+def _made(transfer: ledger.Transfer) -> Outcome:
+    """201 with Location for a transfer made now; 200 with ``Idempotent-Replayed`` for one found by
+    its reference (made before)."""
+    if transfer.replayed:
+        return Outcome.of(200, transfer_json(transfer), replayed=True)
+    return Outcome.of(201, transfer_json(transfer), location=f"/api/transfers/{transfer.transfer_id}")
+
+
+async def reverse_transfer(request: web.Request) -> web.Response:
+    """``POST /api/transfers/{id}/reverse`` ``{"amount"?, "code"?, "description"?, "reference"?}`` →
+    201 a transfer the opposite way with ``"reverses": id``; the original's ``reversedAmount`` grows."""
+    transfer_id = id_from_path(request)
+    body = await read_json_body(request, ReverseTransfer) if request.body_exists else ReverseTransfer()
+
+    async def operation(db, key):
+        return _made(await ledger.reverse_transfer(db, transfer_id, body.amount, body.code, body.description,
+                                                   body.reference))
 
     return await respond(request, body, operation)
 
@@ -71,17 +92,37 @@ async def get_transfer(request: web.Request) -> web.Response:
     return web.json_response(transfer_json(transfer))
 
 
+async def _by_reference(db, reference: str) -> ledger.Transfer | None:
+    if not 1 <= len(reference) <= 128 or not all(" " <= char <= "~" for char in reference):
+        raise ValidationFailed([{"field": "reference", "reason": "must be 1 to 128 printable ASCII characters"}])
+    return await ledger.find_transfer_by_reference(db, reference)
+
+
+def _passes(transfer: ledger.Transfer, account_id: int | None, page: ledger.PageQuery) -> bool:
+    """Whether ``transfer`` is in the listing ``account_id`` and ``page`` ask for."""
+    return ((account_id is None or account_id in (transfer.from_account_id, transfer.to_account_id))
+            and (page.code is None or transfer.code == page.code) and transfer.transfer_id < page.before
+            and (page.created_from is None or transfer.created_at >= page.created_from)
+            and (page.created_to is None or transfer.created_at < page.created_to))
+
+
 async def list_transfers(request: web.Request) -> web.Response:
-    """``GET /api/transfers?accountId=&code=&from=&to=&limit=&cursor=`` → 200 ``{"transfers",
-    "nextCursor"}``, newest first."""
-    query = page_query(request, (*FILTERS, "accountId"))
+    """``GET /api/transfers?accountId=&reference=&code=&from=&to=&limit=&cursor=`` → 200
+    ``{"transfers", "nextCursor"}``, newest first; ``reference`` finds the one transfer carrying it."""
+    query = page_query(request, (*FILTERS, "accountId", "reference"))
+    account_id = None
+    if "accountId" in request.query:
+        raw = request.query["accountId"]
+        if not (raw.isascii() and raw.isdigit() and 1 <= int(raw) <= MAX_BIGINT):
+            raise ValidationFailed([{"field": "accountId", "reason": f"must be an integer from 1 to {MAX_BIGINT}"}])
+        account_id = int(raw)
     fetch = ledger.PageQuery(query.before, query.limit + 1, query.code, query.created_from, query.created_to)
     async with request.app[DATABASE].connection() as db:
-        if "accountId" in request.query:
-            raw = request.query["accountId"]
-            if not (raw.isascii() and raw.isdigit() and 1 <= int(raw) <= MAX_BIGINT):
-                raise ValidationFailed([{"field": "accountId", "reason": f"must be an integer from 1 to {MAX_BIGINT}"}])
-            rows = await ledger.list_account_transfers(db, int(raw), fetch)
+        if "reference" in request.query:  # at most one transfer, then narrowed by the other filters
+            transfers, cursor = [t for t in [await _by_reference(db, request.query["reference"])]
+                                 if t is not None and _passes(t, account_id, fetch)], None
+        elif account_id is not None:
+            rows = await ledger.list_account_transfers(db, account_id, fetch)
             page, cursor = split_page(rows, lambda row: row[0], query.limit)
             transfers = [transfer for _, transfer in page]
         else:
