@@ -180,6 +180,14 @@ class ReferenceReused(Problem):
                          reference=reference, transferId=transfer_id, fields=fields)
 
 
+class LinkedTransferFailed(Problem):
+    status, code, title = 409, "linked_transfer_failed", "Linked transfer failed"
+
+    def __init__(self, failed_index: int):
+        super().__init__(f"Item {failed_index} of this atomic batch failed, so none of the batch was committed; "
+                         "this item was not applied.", failedItem=failed_index)
+
+
 class MethodNotAllowed(Problem):
     status, code, title = 405, "method_not_allowed", "Method not allowed"
 

@@ -1,5 +1,5 @@
-"""End-to-end stories through the real service: a game economy and a marketplace. (The third
-story, an upgrade of a database made by the earlier migrations, is in tests/test_migrations.py.)"""
+"""End-to-end stories through the real service: a game economy, a marketplace and a checkout. (The
+upgrade story, a database of a database made by the earlier migrations, is in tests/test_migrations.py.)"""
 
 import datetime as dt
 
@@ -87,4 +87,37 @@ async def test_a_marketplace_with_a_fee_account_and_an_overdraft_limited_merchan
     assert await balance(http, buyer_account["accountId"]) == 60_00 + 36_00 + 5_00
     status, shown = await send(http, "GET", f"/api/assets/{usd}")
     assert shown["supply"] == 100_00  # the top-up; everything else moved between accounts
+    assert balance_api("check", env=service_env(database_url=database_url)).returncode == 0
+
+
+async def test_a_checkout_hold_partial_capture_fee_split_in_one_atomic_batch_and_a_refund_by_reversal(
+        http, database_url):
+    """The README's checkout: the buyer's 100.00 is held at checkout; one item is out of stock, so
+    80.00 is captured and, in the same atomic batch, the platform's 8.00 fee moves from the seller;
+    the buyer later returns an item: 30.00 refunded by reversing part of the capture."""
+    suffix = dt.datetime.now().strftime("%H%M%S%f")
+    usd = f"USD_{suffix}"
+    assert (await send(http, "POST", "/api/assets", {"code": usd, "scale": 2}))[0] == 201
+    buyer, seller, platform = [(await new_account(http, usd, name=name))["accountId"]
+                               for name in ("buyer", "seller", "platform fees")]
+    assert (await send(http, "POST", f"/api/accounts/{buyer}/credit", {"amount": 150_00, "code": "topup"}))[0] == 200
+
+    status, held = await transfer(http, buyer, seller, 100_00, pending=True, timeoutSeconds=7 * 86400,
+                                  code="checkout", reference=f"order-{suffix}")
+    assert (status, held["status"]) == (201, "pending")
+    assert (await send(http, "GET", f"/api/accounts/{buyer}"))[1]["available"] == 50_00
+
+    status, shipped = await send(http, "POST", "/api/transfers/batch", {"atomic": True, "transfers": [
+        {"post": held["transferId"], "amount": 80_00},
+        {"fromAccountId": seller, "toAccountId": platform, "amount": 8_00, "code": "fee"},
+    ]})
+    assert (status, shipped["committed"]) == (200, True)
+    assert [await balance(http, x) for x in (buyer, seller, platform)] == [70_00, 72_00, 8_00]
+
+    status, refund = await send(http, "POST", f"/api/transfers/{held['transferId']}/reverse",
+                                {"amount": 30_00, "code": "refund", "reference": f"refund-{suffix}"})
+    assert (status, refund["reverses"], refund["fromAccountId"], refund["toAccountId"]) == (
+        201, held["transferId"], seller, buyer)
+    assert [await balance(http, x) for x in (buyer, seller, platform)] == [100_00, 42_00, 8_00]
+    assert (await send(http, "GET", f"/api/transfers/{held['transferId']}"))[1]["reversedAmount"] == 30_00
     assert balance_api("check", env=service_env(database_url=database_url)).returncode == 0

@@ -111,6 +111,7 @@ def create_app(settings: Settings) -> web.Application:
         web.post("/api/users/{id}/credit", balance_changes.credit),
         web.post("/api/users/{id}/debit", balance_changes.debit),
         web.post("/api/transfers", transfers.create_transfer),
+        web.post("/api/transfers/batch", transfers.create_transfer_batch),
         web.get("/api/transfers", transfers.list_transfers),
         web.get("/api/transfers/{id}", transfers.get_transfer),
         web.post("/api/transfers/{id}/post", transfers.post_pending_transfer),

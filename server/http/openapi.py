@@ -24,6 +24,7 @@ from server.http.request_bodies import (
     NewAsset,
     PostPendingTransfer,
     ReverseTransfer,
+    TransferBatch,
     TransferRequest,
 )
 
@@ -80,6 +81,15 @@ SCHEMAS: dict[str, Any] = {
     "TransferRequest": _request_schema(TransferRequest),
     "PostPendingTransfer": _request_schema(PostPendingTransfer),
     "ReverseTransfer": _request_schema(ReverseTransfer),
+    "TransferBatch": _request_schema(TransferBatch),
+    "TransferBatchResult": _object({
+        "committed": {"type": "boolean", "description": "false when an atomic batch failed: nothing was applied"},
+        "results": {"type": "array", "description": "one per item, in order", "items": {
+            "type": "object", "required": ["status"], "additionalProperties": False,
+            "properties": {"status": {"type": "integer", "minimum": 200, "maximum": 599},
+                           "transfer": _ref("Transfer"), "problem": _ref("Problem"),
+                           "replayed": {"const": True}}}},
+    }),
     "NewAsset": _request_schema(NewAsset),
     "NewAccount": _request_schema(NewAccount),
     "AccountPatch": _request_schema(AccountPatch),
@@ -336,6 +346,11 @@ def openapi_document() -> dict:
                 "Post a pending transfer (a hold): capture all of it, or `amount` of it and release the rest",
                 "PostPendingTransfer", _ok(200, "Transfer", "posted", replay=True), 404, 409,
                 parameters=[_path_id("transfer id")], body_required=False,
+            )},
+            "/api/transfers/batch": {"post": _mutation(
+                "Apply up to TRANSFER_BATCH_MAX_ITEMS transfers, posts and voids in order in one transaction; "
+                "atomic: all or nothing", "TransferBatch", _ok(200, "TransferBatchResult", "one result per item",
+                                                               replay=True),
             )},
             "/api/transfers/{id}/reverse": {"post": _mutation(
                 "Reverse a transfer, all that is left of it or `amount`: a transfer the opposite way",

@@ -10,10 +10,11 @@ integers, unknown fields are refused, and every error names its field.
 from __future__ import annotations
 
 import json
-from typing import Annotated, TypeVar
+from typing import Annotated, Any, TypeVar
 
 from aiohttp import web
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError,
+                      field_validator, model_validator)
 
 from server.problems import MalformedJson, UnsupportedMediaType, ValidationFailed
 
@@ -151,6 +152,38 @@ class ReverseTransfer(StrictBody):
     code: TransferCode | None = None
     description: Description | None = None
     reference: Reference | None = None
+
+
+class PostItem(StrictBody):
+    """A batch item posting hold ``post`` (its id): ``{"post", "amount"?}``."""
+
+    post: AccountId
+    amount: PositiveAmount | None = None
+
+
+class VoidItem(StrictBody):
+    """A batch item voiding hold ``void`` (its id): ``{"void"}``."""
+
+    void: AccountId
+
+
+def _item_kind(item: Any) -> str:
+    if isinstance(item, dict):
+        return "post" if "post" in item else "void" if "void" in item else "transfer"
+    return "post" if isinstance(item, PostItem) else "void" if isinstance(item, VoidItem) else "transfer"
+
+
+BatchItem = Annotated[Annotated[TransferRequest, Tag("transfer")] | Annotated[PostItem, Tag("post")]
+                      | Annotated[VoidItem, Tag("void")], Discriminator(_item_kind)]
+TRANSFER_BATCH_HARD_LIMIT = 10_000  # TRANSFER_BATCH_MAX_ITEMS may be set up to this
+
+
+class TransferBatch(StrictBody):
+    """Body of ``POST /api/transfers/batch``: ``{"atomic", "transfers": [item, ...]}``; an item is a
+    transfer body (as for ``POST /api/transfers``), ``{"post": id, "amount"?}`` or ``{"void": id}``."""
+
+    atomic: bool
+    transfers: Annotated[list[BatchItem], Field(min_length=1, max_length=TRANSFER_BATCH_HARD_LIMIT)]
 
 
 class PostPendingTransfer(StrictBody):

@@ -33,6 +33,7 @@ from server.problems import (
     ExceedsPendingAmount,
     ExceedsReversibleAmount,
     InsufficientFunds,
+    LinkedTransferFailed,
     LimitViolated,
     MaxBalanceExceeded,
     Problem,
@@ -330,6 +331,88 @@ async def reverse_transfer(db: Db, transfer_id: int, amount: int | None = None, 
     if outcome != "transferred":
         raise _transfer_refusal(outcome, row["role"], order, row)
     return await read_transfer(db, row["transfer_id"])
+
+
+@dataclass(frozen=True, slots=True)
+class ResolvePending:
+    """A batch item posting (``post``; ``amount`` minor units, None for all) or voiding hold ``transfer_id``."""
+
+    transfer_id: int
+    post: bool
+    amount: int | None = None
+
+
+# Every non-system account a batch names, locked in ascending id order before its first item runs
+# ($1 account ids, $2 holds to post or void, $3/$4 user and asset of sides named by user): the same
+# order every other writer locks in, so batches, transfers and balance changes never deadlock.
+LOCK_BATCH_ACCOUNTS = """
+SELECT 1 FROM accounts a
+ WHERE NOT a.is_system
+   AND (a.id = ANY($1::bigint[])
+        OR a.id IN (SELECT t.from_account_id FROM transfers t WHERE t.id = ANY($2::bigint[])
+                    UNION ALL SELECT t.to_account_id FROM transfers t WHERE t.id = ANY($2::bigint[]))
+        OR (a.user_id, a.asset_id) IN (SELECT u.user_id, u.asset_id FROM unnest($3::bigint[], $4::integer[])
+                                                                         AS u (user_id, asset_id)))
+ ORDER BY a.id
+   FOR NO KEY UPDATE
+"""
+
+
+class _AtomicBatchFailed(Exception):
+    def __init__(self, index: int, refusal: Problem):
+        super().__init__(index)
+        self.index, self.refusal = index, refusal
+
+
+async def apply_transfer_batch(conn: asyncpg.Connection, orders: Sequence[TransferOrder | ResolvePending | Problem],
+                               atomic: bool) -> tuple[bool, list[Transfer | Problem]]:
+    """Apply ``orders`` in order in ONE transaction on ``conn`` (a savepoint inside a caller's
+    transaction), each seeing the effects of those before it; an order given as a :class:`Problem`
+    failed before reaching the database (e.g. an unknown asset). Returns ``(committed, results)``,
+    one :class:`Transfer` or refusal per order.
+
+    ``atomic`` (TigerBeetle's linked events): the first refusal rolls everything back; it is that
+    item's result and every other item's is :class:`LinkedTransferFailed`; ``committed`` is False.
+    Otherwise each order succeeds or fails on its own (a refusal writes nothing) and the rest commit.
+    Database errors propagate (nothing committed); deadlocks cannot arise between batches, which
+    lock their accounts in id order first (``LOCK_BATCH_ACCOUNTS``).
+    """
+    results: list[Transfer | Problem] = []
+    try:
+        async with conn.transaction():
+            await conn.execute(LOCK_BATCH_ACCOUNTS, *_batch_accounts(orders))
+            for index, order in enumerate(orders):
+                try:
+                    if isinstance(order, Problem):
+                        raise order
+                    if isinstance(order, ResolvePending):
+                        results.append(await resolve_pending_transfer(conn, order.transfer_id, order.post,
+                                                                      order.amount))
+                    else:
+                        results.append(await transfer_funds(conn, order))
+                except Problem as refusal:
+                    if atomic:
+                        raise _AtomicBatchFailed(index, refusal) from None
+                    results.append(refusal)
+    except _AtomicBatchFailed as failed:
+        return False, [failed.refusal if index == failed.index else LinkedTransferFailed(failed.index)
+                       for index in range(len(orders))]
+    return True, results
+
+
+def _batch_accounts(orders) -> tuple[list[int], list[int], list[int], list[int]]:
+    account_ids, hold_ids, user_ids, asset_ids = [], [], [], []
+    for order in orders:
+        if isinstance(order, ResolvePending):
+            hold_ids.append(order.transfer_id)
+        elif isinstance(order, TransferOrder):
+            for side in (order.source, order.destination):
+                if side.account_id is not None:
+                    account_ids.append(side.account_id)
+                else:
+                    user_ids.append(side.user_id)
+                    asset_ids.append(side.asset_id)
+    return account_ids, hold_ids, user_ids, asset_ids
 
 
 # ---------------------------------------------------------------------------------------------

@@ -81,6 +81,9 @@ class Settings(BaseSettings):
     batch_max_size: Annotated[int, Field(ge=1, le=10_000)] = 500
     # batches in flight at once per worker, each on a pool connection of its own
     batch_max_in_flight: Annotated[int, Field(ge=1, le=1000)] = 8
+    # POST /api/transfers/batch: most items, and most bytes of its body (other routes: MAX_BODY_BYTES)
+    transfer_batch_max_items: Annotated[int, Field(ge=1, le=10_000)] = 1000
+    transfer_batch_max_bytes: Annotated[int, Field(ge=1024, le=64 * 1024 * 1024)] = 1024 * 1024
     shutdown_timeout: Annotated[float, Field(ge=0, le=3600)] = 10.0
     workers: Annotated[int, Field(ge=1, le=256)] = 1
     reuse_port: bool = False

@@ -5,16 +5,16 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from server.http.app_keys import DATABASE
-from server.http.handlers.balance_changes import asset_id_of
+from server.http.app_keys import DATABASE, SETTINGS
+from server.http.handlers.balance_changes import asset_id_of, asset_of
 from server.http.handlers.documents import transfer_json
 from server.http.handlers.paths import FILTERS, id_from_path, page_query, split_page
 from server.http.idempotent_requests import respond
-from server.http.request_bodies import (MAX_BIGINT, EmptyBody, PostPendingTransfer, ReverseTransfer, TransferRequest,
-                                       read_json_body)
+from server.http.request_bodies import (MAX_BIGINT, EmptyBody, PostItem, PostPendingTransfer, ReverseTransfer,
+                                       TransferBatch, TransferRequest, read_json_body)
 from server.ledger import store as ledger
 from server.ledger.idempotency import Outcome
-from server.problems import SameAccount, TransferNotFound, ValidationFailed
+from server.problems import Problem, SameAccount, TransferNotFound, ValidationFailed
 
 
 async def create_transfer(request: web.Request) -> web.Response:
@@ -44,6 +44,54 @@ def _made(transfer: ledger.Transfer) -> Outcome:
     if transfer.replayed:
         return Outcome.of(200, transfer_json(transfer), replayed=True)
     return Outcome.of(201, transfer_json(transfer), location=f"/api/transfers/{transfer.transfer_id}")
+
+
+BATCH_PATH = "/api/transfers/batch"
+
+
+async def create_transfer_batch(request: web.Request) -> web.Response:
+    """``POST /api/transfers/batch`` ``{"atomic", "transfers": [item, ...]}`` → 200 ``{"committed",
+    "results"}``: the items applied in order in one transaction (see
+    :func:`server.ledger.store.apply_transfer_batch`), one result per item: ``{"status", "transfer"}``
+    (``"replayed": true`` when found by its reference) or ``{"status", "problem"}``."""
+    settings = request.app[SETTINGS]
+    # the body may be larger than MAX_BODY_BYTES: TRANSFER_BATCH_MAX_BYTES is this route's bound
+    body = await read_json_body(request.clone(client_max_size=settings.transfer_batch_max_bytes), TransferBatch)
+    if len(body.transfers) > settings.transfer_batch_max_items:
+        raise ValidationFailed([{"field": "transfers", "reason": f"at most {settings.transfer_batch_max_items} items"}])
+    orders = [await _batch_order(request, item) for item in body.transfers]
+
+    async def operation(db, key):
+        committed, results = await ledger.apply_transfer_batch(db, orders, body.atomic)
+        return Outcome.of(200, {"committed": committed,
+                                "results": [_batch_result(order, result) for order, result in zip(orders, results)]})
+
+    return await respond(request, body, operation)
+
+
+async def _batch_order(request: web.Request, item) -> ledger.TransferOrder | ledger.ResolvePending | Problem:
+    if isinstance(item, TransferRequest):
+        try:
+            asset = await asset_of(request, item.asset)
+        except Problem as unknown:  # this item fails; the batch goes on (or, atomic, fails for it)
+            return unknown
+        return ledger.TransferOrder(
+            ledger.AccountRef(item.from_account_id, item.from_user_id, asset.asset_id),
+            ledger.AccountRef(item.to_account_id, item.to_user_id, asset.asset_id),
+            item.amount, item.code or "transfer", item.description, item.metadata, item.pending, item.timeout_seconds,
+            item.reference,
+        )
+    if isinstance(item, PostItem):
+        return ledger.ResolvePending(item.post, True, item.amount)
+    return ledger.ResolvePending(item.void, False)
+
+
+def _batch_result(order, result: ledger.Transfer | Problem) -> dict:
+    if isinstance(result, Problem):
+        return {"status": result.status, "problem": result.body(BATCH_PATH)}
+    if result.replayed:
+        return {"status": 200, "transfer": transfer_json(result), "replayed": True}
+    return {"status": 201 if isinstance(order, ledger.TransferOrder) else 200, "transfer": transfer_json(result)}
 
 
 async def reverse_transfer(request: web.Request) -> web.Response:
