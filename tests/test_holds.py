@@ -132,6 +132,15 @@ async def test_an_expired_hold_stops_counting_at_once_and_can_be_neither_posted_
     assert (await send(http, "POST", f"/api/accounts/{buyer}/debit", {"amount": 100}))[0] == 200
 
 
+async def test_an_expired_hold_no_longer_stands_in_the_way_of_a_lower_limit(http):
+    """Found by the state machine: the limit check still counted the expired hold's amount."""
+    buyer, seller = await funded_pair(http, 100)
+    _, held = await hold(http, buyer, seller, 60, timeoutSeconds=1)
+    assert (await send(http, "PATCH", f"/api/accounts/{seller}", {"maxBalance": 10}))[1]["code"] == "limit_violated"
+    await asyncio.sleep(1.2)
+    assert (await send(http, "PATCH", f"/api/accounts/{seller}", {"maxBalance": 10}))[0] == 200
+
+
 async def test_a_timeout_needs_pending_and_lies_within_30_days(http):
     buyer, seller = await funded_pair(http, 100)
     for fields in ({"timeoutSeconds": 5}, {"pending": True, "timeoutSeconds": 0},

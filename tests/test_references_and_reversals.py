@@ -144,3 +144,28 @@ async def test_50_concurrent_full_reversals_of_one_transfer_reverse_it_exactly_o
         201: 1, "exceeds_reversible_amount": 49}
     assert (await balance(http, buyer), await balance(http, seller)) == (100, 0)
     assert_ledger_consistent(database_url)
+
+
+async def test_retrying_a_full_reversal_with_its_reference_answers_the_reversal_it_made(http):
+    """Found by the state machine: the retry of "reverse all that is left" was 422
+    exceeds_reversible_amount, since the first attempt had left nothing to reverse."""
+    buyer, seller = await funded_pair(http, 100)
+    _, made = await transfer(http, buyer, seller, 30)
+    path, ref = f"/api/transfers/{made['transferId']}/reverse", reference("refund-all")
+    first = await send(http, "POST", path, {"reference": ref})
+    again = await send(http, "POST", path, {"reference": ref})
+    assert (first[0], again[0], again[1]["transferId"], again[1]["amount"]) == (201, 200, first[1]["transferId"], 30)
+    assert (await balance(http, buyer), await balance(http, seller)) == (100, 0)
+
+
+async def test_50_concurrent_batches_carrying_one_reference_make_exactly_one_transfer(http, database_url):
+    buyer, seller = await funded_pair(http, 100)
+    item = {"fromAccountId": buyer, "toAccountId": seller, "amount": 7, "reference": reference("batch")}
+    results = await asyncio.gather(*(send(http, "POST", "/api/transfers/batch", {"atomic": True, "transfers": [item]})
+                                     for _ in range(50)))
+    answers = [body["results"][0] for _, body in results]
+    assert collections.Counter((answer["status"], answer.get("replayed", False)) for answer in answers) == {
+        (201, False): 1, (200, True): 49}
+    assert len({answer["transfer"]["transferId"] for answer in answers}) == 1
+    assert (await balance(http, buyer), await balance(http, seller)) == (93, 7)
+    assert_ledger_consistent(database_url)

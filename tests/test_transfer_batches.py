@@ -133,3 +133,19 @@ async def test_concurrent_atomic_batches_draining_one_account_commit_exactly_as_
     assert collections.Counter(body["committed"] for _, body in results) == {True: 20, False: 20}
     assert [await balance(http, x) for x in (a, b, c)] == [0, 60, 40]
     assert_ledger_consistent(database_url)
+
+
+async def test_a_batch_body_over_transfer_batch_max_bytes_is_413_and_changes_nothing(http):
+    a, b = await accounts(http, 2, funded=10)
+    padding = "x" * 490
+    items = [move(a, b, 1, description=padding)] * 2100  # about 1.2 MB, past the 1 MiB default
+    status, problem = await batch(http, items, atomic=False)
+    assert (status, problem["code"]) == (413, "payload_too_large")
+    assert (await balance(http, a), await balance(http, b)) == (10, 0)
+
+
+async def test_a_batch_body_over_the_other_routes_limit_is_accepted_within_its_own(http):
+    a, b = await accounts(http, 2, funded=1000)
+    items = [move(a, b, 1, description="y" * 400)] * 100  # about 50 KB: past MAX_BODY_BYTES (16 KiB)
+    status, result = await batch(http, items, atomic=True)
+    assert (status, result["committed"], await balance(http, b)) == (200, True, 100)

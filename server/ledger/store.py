@@ -1,11 +1,13 @@
 """The SQL that reads and moves money, in one place.
 
 Balances and amounts are integers in minor units, stored as PostgreSQL ``bigint``. Money moves only
-by transfers between two accounts of one asset, through two SQL functions:
-``apply_balance_changes()`` (migration 0005: changes between accounts and their asset's system
-account: PATCH, credits, debits; batched across accounts, or a batch of one) and
-``transfer_funds()`` (migration 0004: between any two accounts). Their comments say why each is safe under concurrency. Every function here takes ``db``: an asyncpg
-pool, or a connection (inside a caller's transaction).
+by transfers between two accounts of one asset, through SQL functions whose comments say why each
+is safe under concurrency: ``apply_balance_changes()`` (migration 0006: changes between accounts
+and their asset's system account: PATCH, credits, debits; batched across accounts, or a batch of
+one), ``transfer_funds()`` (migration 0007: between any two accounts, plain or a hold),
+``resolve_pending_transfer()`` (0006: post or void a hold), ``reverse_transfer()`` (0008) and
+``apply_transfer_batch()`` (0008: the items of ``POST /api/transfers/batch`` in one call). Every
+function here takes ``db``: an asyncpg pool, or a connection (inside a caller's transaction).
 """
 
 from __future__ import annotations
@@ -237,17 +239,24 @@ async def transfer_funds(db: Db, order: TransferOrder, idempotency_key: str | No
         order.description, _metadata_json(order.metadata), idempotency_key, order.pending, order.timeout_seconds,
         order.reference,
     )
+    made = None if row["transfer_id"] is None else await read_transfer(db, row["transfer_id"])
+    return _transferred(order, row, made)
+
+
+def _transferred(order: TransferOrder, row, made: Transfer | None) -> Transfer:
+    """What ``transfer_funds()``'s ``row`` means for ``order``: the transfer ``made`` (now, or before
+    under ``order.reference``: then marked ``replayed``), or raises the refusal."""
     if row["outcome"] == "reference_exists":
-        return await _made_before(db, order, row)
+        return _made_before(order, row, made)
     if row["outcome"] != "transferred":
         raise _transfer_refusal(row["outcome"], row["role"], order, row)
-    return await read_transfer(db, row["transfer_id"])
+    return made
 
 
-async def _made_before(db: Db, order: TransferOrder, row) -> Transfer:
+def _made_before(order: TransferOrder, row, made: Transfer) -> Transfer:
     """The transfer that took ``order.reference`` before, if it is the one ``order`` asks for
-    (then marked ``replayed``); raises :class:`ReferenceReused` (409) naming the fields that differ."""
-    made = await read_transfer(db, row["transfer_id"])
+    (then marked ``replayed``); raises :class:`ReferenceReused` (409) naming the fields that differ.
+    ``row`` has the accounts ``order``'s sides resolved to."""
     differing = [name for name, ours, theirs in (
         ("fromAccountId", row["from_account_id"], made.from_account_id),
         ("toAccountId", row["to_account_id"], made.to_account_id),
@@ -270,6 +279,15 @@ _PENDING_REFUSALS: dict[str, type[Problem]] = {
 }
 
 
+@dataclass(frozen=True, slots=True)
+class ResolvePending:
+    """Post (``post``; ``amount`` minor units, None for all) or void the hold ``transfer_id``."""
+
+    transfer_id: int
+    post: bool
+    amount: int | None = None
+
+
 async def resolve_pending_transfer(db: Db, transfer_id: int, post: bool, amount: int | None = None) -> Transfer:
     """Post (``post``: move ``amount`` minor units, None for all that is held, releasing the rest)
     or void (release it all) the pending transfer ``transfer_id``, exactly once (one call of
@@ -282,18 +300,25 @@ async def resolve_pending_transfer(db: Db, transfer_id: int, post: bool, amount:
     :class:`AccountFrozen` / :class:`AccountClosed` (409, with ``role``).
     """
     row = await db.fetchrow(RESOLVE_PENDING_TRANSFER, transfer_id, post, amount)
+    read = row["outcome"] in ("posted", "voided") or row["outcome"] in REFUSALS
+    hold = await read_transfer(db, transfer_id) if read else None
+    return _resolved(ResolvePending(transfer_id, post, amount), row, hold)
+
+
+def _resolved(order: ResolvePending, row, hold: Transfer | None) -> Transfer:
+    """What ``resolve_pending_transfer()``'s ``row`` means: the ``hold`` as it now is, or raises the
+    refusal (``hold`` is needed only for a refusal naming an account, and on success)."""
     outcome = row["outcome"]
     if outcome == "transfer_not_found":
-        raise TransferNotFound(transfer_id)
+        raise TransferNotFound(order.transfer_id)
     if outcome in _PENDING_REFUSALS:
-        raise _PENDING_REFUSALS[outcome](transfer_id)
+        raise _PENDING_REFUSALS[outcome](order.transfer_id)
     if outcome == "exceeds_pending_amount":
-        raise ExceedsPendingAmount(transfer_id, amount=amount)
-    transfer = await read_transfer(db, transfer_id)
+        raise ExceedsPendingAmount(order.transfer_id, amount=order.amount)
     if outcome in REFUSALS:
-        account = transfer.from_account_id if row["role"] == "from" else transfer.to_account_id
+        account = hold.from_account_id if row["role"] == "from" else hold.to_account_id
         raise REFUSALS[outcome](account_id=account, role=row["role"])
-    return transfer
+    return hold
 
 
 async def reverse_transfer(db: Db, transfer_id: int, amount: int | None = None, code: str | None = None,
@@ -333,28 +358,12 @@ async def reverse_transfer(db: Db, transfer_id: int, amount: int | None = None, 
     return await read_transfer(db, row["transfer_id"])
 
 
-@dataclass(frozen=True, slots=True)
-class ResolvePending:
-    """A batch item posting (``post``; ``amount`` minor units, None for all) or voiding hold ``transfer_id``."""
-
-    transfer_id: int
-    post: bool
-    amount: int | None = None
-
-
-# Every non-system account a batch names, locked in ascending id order before its first item runs
-# ($1 account ids, $2 holds to post or void, $3/$4 user and asset of sides named by user): the same
-# order every other writer locks in, so batches, transfers and balance changes never deadlock.
-LOCK_BATCH_ACCOUNTS = """
-SELECT 1 FROM accounts a
- WHERE NOT a.is_system
-   AND (a.id = ANY($1::bigint[])
-        OR a.id IN (SELECT t.from_account_id FROM transfers t WHERE t.id = ANY($2::bigint[])
-                    UNION ALL SELECT t.to_account_id FROM transfers t WHERE t.id = ANY($2::bigint[]))
-        OR (a.user_id, a.asset_id) IN (SELECT u.user_id, u.asset_id FROM unnest($3::bigint[], $4::integer[])
-                                                                         AS u (user_id, asset_id)))
- ORDER BY a.id
-   FOR NO KEY UPDATE
+# Every item of a batch in one call (migration 0008, which says why it is safe under concurrency):
+# $1 atomic, then one array per item field (kind, both sides, asset, amount, code, description,
+# metadata, pending, timeout, reference, and the hold a post or void names).
+APPLY_TRANSFER_BATCH = """
+SELECT item, outcome, role, transfer_id, from_account_id, to_account_id
+  FROM apply_transfer_batch($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
 """
 
 
@@ -367,29 +376,31 @@ class _AtomicBatchFailed(Exception):
 async def apply_transfer_batch(conn: asyncpg.Connection, orders: Sequence[TransferOrder | ResolvePending | Problem],
                                atomic: bool) -> tuple[bool, list[Transfer | Problem]]:
     """Apply ``orders`` in order in ONE transaction on ``conn`` (a savepoint inside a caller's
-    transaction), each seeing the effects of those before it; an order given as a :class:`Problem`
-    failed before reaching the database (e.g. an unknown asset). Returns ``(committed, results)``,
-    one :class:`Transfer` or refusal per order.
+    transaction), each seeing the effects of those before it: one call of ``apply_transfer_batch()``
+    (migration 0008) and one read of the transfers it names, whatever the number of orders. An order
+    given as a :class:`Problem` failed before reaching the database (e.g. an unknown asset). Returns
+    ``(committed, results)``, one :class:`Transfer` or refusal per order, as :func:`transfer_funds`
+    and :func:`resolve_pending_transfer` would return or raise it.
 
     ``atomic`` (TigerBeetle's linked events): the first refusal rolls everything back; it is that
     item's result and every other item's is :class:`LinkedTransferFailed`; ``committed`` is False.
     Otherwise each order succeeds or fails on its own (a refusal writes nothing) and the rest commit.
-    Database errors propagate (nothing committed); deadlocks cannot arise between batches, which
-    lock their accounts in id order first (``LOCK_BATCH_ACCOUNTS``).
+    Database errors propagate (nothing committed).
     """
     results: list[Transfer | Problem] = []
     try:
         async with conn.transaction():
-            await conn.execute(LOCK_BATCH_ACCOUNTS, *_batch_accounts(orders))
-            for index, order in enumerate(orders):
+            rows = await conn.fetch(APPLY_TRANSFER_BATCH, atomic, *_batch_columns(orders))
+            ids = [row["transfer_id"] for row in rows if row["transfer_id"] is not None]
+            made = {row["id"]: _transfer(row) for row in await conn.fetch(READ_TRANSFERS, ids)} if ids else {}
+            for index, (order, row) in enumerate(zip(orders, rows)):
                 try:
                     if isinstance(order, Problem):
                         raise order
                     if isinstance(order, ResolvePending):
-                        results.append(await resolve_pending_transfer(conn, order.transfer_id, order.post,
-                                                                      order.amount))
+                        results.append(_resolved(order, row, made.get(row["transfer_id"])))
                     else:
-                        results.append(await transfer_funds(conn, order))
+                        results.append(_transferred(order, row, made.get(row["transfer_id"])))
                 except Problem as refusal:
                     if atomic:
                         raise _AtomicBatchFailed(index, refusal) from None
@@ -400,19 +411,22 @@ async def apply_transfer_batch(conn: asyncpg.Connection, orders: Sequence[Transf
     return True, results
 
 
-def _batch_accounts(orders) -> tuple[list[int], list[int], list[int], list[int]]:
-    account_ids, hold_ids, user_ids, asset_ids = [], [], [], []
+def _batch_columns(orders: Sequence[TransferOrder | ResolvePending | Problem]) -> list[list]:
+    """The 14 per-item arrays of ``apply_transfer_batch()``, in its parameter order."""
+    columns: list[list] = [[] for _ in range(14)]
     for order in orders:
-        if isinstance(order, ResolvePending):
-            hold_ids.append(order.transfer_id)
-        elif isinstance(order, TransferOrder):
-            for side in (order.source, order.destination):
-                if side.account_id is not None:
-                    account_ids.append(side.account_id)
-                else:
-                    user_ids.append(side.user_id)
-                    asset_ids.append(side.asset_id)
-    return account_ids, hold_ids, user_ids, asset_ids
+        if isinstance(order, TransferOrder):
+            src, dst = order.source, order.destination
+            values = ("transfer", src.account_id, src.user_id, dst.account_id, dst.user_id, src.asset_id,
+                      order.amount, order.code, order.description, _metadata_json(order.metadata), order.pending,
+                      order.timeout_seconds, order.reference, None)
+        elif isinstance(order, ResolvePending):
+            values = ("post" if order.post else "void", *(None,) * 5, order.amount, *(None,) * 6, order.transfer_id)
+        else:
+            values = ("refused", *(None,) * 13)
+        for column, value in zip(columns, values, strict=True):
+            column.append(value)
+    return columns
 
 
 # ---------------------------------------------------------------------------------------------
@@ -434,6 +448,7 @@ SELECT t.id, s.code AS asset, t.from_account_id, t.to_account_id, fa.user_id AS 
   JOIN accounts ta ON ta.id = t.to_account_id
 """
 READ_TRANSFER = _TRANSFER_COLUMNS + " WHERE t.id = $1"
+READ_TRANSFERS = _TRANSFER_COLUMNS + " WHERE t.id = ANY ($1::bigint[])"
 READ_TRANSFER_BY_REFERENCE = _TRANSFER_COLUMNS + " WHERE t.reference = $1"  # the unique index transfers_reference
 
 # All transfers, newest first, keyset-paged by transfer id ($1: below this id), with optional
@@ -744,15 +759,21 @@ INSERT INTO accounts (asset_id, user_id) SELECT $1, id FROM new_user RETURNING i
 # clause on the newest row, PostgreSQL docs §13.2.1), so a new limit is checked against the balance
 # no concurrent transfer can change before the commit. NULL parameters leave a field as it is;
 # $6 says whether maxBalance was given (it may be set to null: no ceiling). Open holds count as in
-# transfers (stored sums: a hold that expired but is still summed makes the check stricter, never looser).
+# transfers: the stored sums less the holds that have expired (migration 0006's expired_holds(),
+# looked up only when a sum is not 0), so from expiresAt on a hold no longer counts here either
+# (found by tests/test_ledger_state_machine.py: an expired hold still refused a lower limit). The
+# subqueries read the row being updated, so a re-check on a newer row version recomputes them.
 UPDATE_ACCOUNT = """
-UPDATE accounts
+UPDATE accounts a
    SET name = coalesce($2, name), overdraft_limit = coalesce($3, overdraft_limit),
        max_balance = CASE WHEN $6 THEN $4 ELSE max_balance END, metadata = coalesce($5, metadata),
        updated_at = now()
  WHERE id = $1 AND NOT is_system
-   AND balance - pending_debits >= -coalesce($3, overdraft_limit)
-   AND (NOT $6 OR $4::bigint IS NULL OR balance + pending_credits <= $4)
+   AND balance - pending_debits
+       + CASE WHEN pending_debits > 0 THEN (SELECT x.debits FROM expired_holds(a.id) x) ELSE 0 END
+       >= -coalesce($3, overdraft_limit)
+   AND (NOT $6 OR $4::bigint IS NULL OR balance + pending_credits
+        - CASE WHEN pending_credits > 0 THEN (SELECT x.credits FROM expired_holds(a.id) x) ELSE 0 END <= $4)
 RETURNING id
 """
 
