@@ -10,92 +10,7 @@ from hypothesis import strategies as st
 
 from server.ledger import store as ledger
 from server.problems import Problem
-
-MAX_BIGINT = 2**63 - 1
-SYSTEM = "system"
-ACCOUNTS = (0, 1, 2)
-
-
-class Model:
-    """The ledger's rules for one asset: three accounts and the system account."""
-
-    def __init__(self):
-        self.balance = {name: 0 for name in ACCOUNTS}
-        self.system = 0
-        self.status = {name: "open" for name in ACCOUNTS}
-        self.overdraft = {name: 0 for name in ACCOUNTS}
-        self.max_balance: dict[int, int | None] = {name: None for name in ACCOUNTS}
-        self.pending_out = {name: 0 for name in ACCOUNTS}
-        self.pending_in = {name: 0 for name in ACCOUNTS}
-        self.holds: list[dict] = []  # {source, destination, amount, status}
-
-    def _refusal(self, source, destination, amount) -> str | None:
-        if source == destination:
-            return "same_account"
-        for side in (source, destination):
-            if side != SYSTEM and self.status[side] != "open":
-                return "account_frozen"
-        if source != SYSTEM and self.balance[source] - self.pending_out[source] - amount < -self.overdraft[source]:
-            return "insufficient_funds"
-        if destination != SYSTEM:
-            ceiling = self.max_balance[destination]
-            reserved = self.balance[destination] + self.pending_in[destination]
-            if ceiling is not None and reserved + amount > ceiling:
-                return "max_balance_exceeded"
-            if reserved + amount > MAX_BIGINT:
-                return "balance_overflow"
-        return None
-
-    def _move(self, source, destination, amount) -> None:
-        for side, sign in ((source, -1), (destination, +1)):
-            if side == SYSTEM:
-                self.system += sign * amount
-            else:
-                self.balance[side] += sign * amount
-
-    def _reserve(self, hold: dict, sign: int) -> None:
-        if hold["source"] != SYSTEM:
-            self.pending_out[hold["source"]] += sign * hold["amount"]
-        if hold["destination"] != SYSTEM:
-            self.pending_in[hold["destination"]] += sign * hold["amount"]
-
-    def hold(self, source, destination, amount) -> str:
-        refusal = self._refusal(source, destination, amount)
-        if refusal:
-            return refusal
-        self.holds.append({"source": source, "destination": destination, "amount": amount, "status": "pending"})
-        self._reserve(self.holds[-1], +1)
-        return "ok"
-
-    def resolve(self, number: int, post: bool, amount: int | None) -> str:
-        hold = self.holds[number]
-        if hold["status"] != "pending":
-            return f"pending_transfer_already_{hold['status']}"
-        if post and amount is not None and amount > hold["amount"]:
-            return "exceeds_pending_amount"
-        if post and any(side != SYSTEM and self.status[side] != "open" for side in (hold["source"], hold["destination"])):
-            return "account_frozen"
-        self._reserve(hold, -1)
-        if post:
-            self._move(hold["source"], hold["destination"], hold["amount"] if amount is None else amount)
-        hold["status"] = "posted" if post else "voided"
-        return "ok"
-
-    def transfer(self, source, destination, amount) -> str:
-        refusal = self._refusal(source, destination, amount)
-        if refusal:
-            return refusal
-        self._move(source, destination, amount)
-        return "ok"
-
-    def set_limits(self, name, overdraft, max_balance) -> str:
-        balance = self.balance[name]
-        if (balance - self.pending_out[name] < -overdraft
-                or (max_balance is not None and balance + self.pending_in[name] > max_balance)):
-            return "limit_violated"
-        self.overdraft[name], self.max_balance[name] = overdraft, max_balance
-        return "ok"
-
+from tests.ledger_model import ACCOUNTS, MAX_BIGINT, SYSTEM, Model
 
 amounts = st.one_of(st.integers(1, 200), st.sampled_from([MAX_BIGINT, MAX_BIGINT - 1]))
 sides = st.sampled_from([*ACCOUNTS, SYSTEM])
@@ -133,7 +48,7 @@ async def _run(pool, script) -> None:
                     made = await ledger.transfer_funds(db, ledger.TransferOrder(
                         ledger.AccountRef(ids[name]), ledger.AccountRef(ids[destination]), amount, pending=True))
                     hold_ids.append(made.transfer_id)
-                    expected = model.hold(name, destination, amount)
+                    expected = model.transfer(name, destination, amount, pending=True)
                 elif kind in ("post", "void"):
                     amount = rest[0] if kind == "post" else None
                     await ledger.resolve_pending_transfer(db, hold_ids[name], kind == "post", amount)
@@ -160,7 +75,7 @@ async def _run(pool, script) -> None:
             except Problem as refusal:
                 got = refusal.code
                 if kind == "hold":
-                    expected = model.hold(name, *rest)
+                    expected = model.transfer(name, *rest, pending=True)
                 elif kind in ("post", "void"):
                     amount = rest[0] if kind == "post" else None
                     expected = model.resolve(name, kind == "post", amount)
@@ -175,11 +90,13 @@ async def _run(pool, script) -> None:
             stored = {name: (await ledger.read_account(db, ids[name])) for name in (*ACCOUNTS, SYSTEM)}
             assert {name: stored[name].balance for name in ACCOUNTS} == model.balance, step
             assert {name: stored[name].status for name in ACCOUNTS} == model.status, step
-            assert {name: stored[name].pending_debits for name in ACCOUNTS} == model.pending_out, step
-            assert {name: stored[name].pending_credits for name in ACCOUNTS} == model.pending_in, step
+            assert {name: stored[name].pending_debits for name in ACCOUNTS} == {
+                name: model.pending(name, "from") for name in ACCOUNTS}, step
+            assert {name: stored[name].pending_credits for name in ACCOUNTS} == {
+                name: model.pending(name, "to") for name in ACCOUNTS}, step
             assert [(await ledger.read_transfer(db, hold_id)).status for hold_id in hold_ids] == [
-                hold["status"] for hold in model.holds], step
-            assert stored[SYSTEM].balance == model.system == -sum(model.balance.values()), step  # conservation
+                hold.status for hold in model.holds], step
+            assert stored[SYSTEM].balance == -sum(model.balance.values()), step  # conservation
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
