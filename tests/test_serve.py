@@ -1,5 +1,8 @@
 """balance-api serve: embedded PostgreSQL by default, configuration checked at start-up."""
 
+import subprocess
+import sys
+
 from tests.http_calls import call
 from tests.service_process import balance_api, running_service, service_env
 
@@ -43,3 +46,11 @@ def test_a_database_url_of_another_kind_is_refused_at_start_up():
     result = balance_api("serve", env=service_env(database_url="mysql://localhost/balance"))
     assert result.returncode == 2
     assert "DATABASE_URL: must start with postgresql://" in result.stderr
+
+
+def test_garbage_collection_tuning_freezes_start_up_objects_and_raises_the_young_threshold():
+    probe = ("import gc; from server.running.process_limits import tune_garbage_collection as tune; "
+             "default = gc.get_threshold(); tune(0); kept = gc.get_threshold() == default; tune(50000); "
+             "print(kept, gc.get_threshold(), gc.get_freeze_count() > 0)")
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    assert result.stdout.split("\n")[0] == "True (50000, 20, 10) True", result.stderr

@@ -45,10 +45,11 @@ def _serve_in_this_process(settings: Settings) -> int:
     from aiohttp import web
 
     from server.http.app import create_app
-    from server.running.process_limits import raise_open_file_limit
+    from server.running.process_limits import raise_open_file_limit, tune_garbage_collection
 
     open_files = raise_open_file_limit()
     app = create_app(settings)
+    tune_garbage_collection(settings.gc_threshold)
     log.info(
         "listening on http://%s:%d (pid %d, backlog %d, open files %d, pool %d..%d%s)",
         settings.host, settings.port, os.getpid(), settings.listen_backlog, open_files,

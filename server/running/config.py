@@ -58,6 +58,9 @@ class Settings(BaseSettings):
     db_pool_max_size: Annotated[int, Field(ge=1, le=1000)] = 20
     health_timeout: Annotated[float, Field(gt=0, le=60)] = 1.0
     listen_backlog: Annotated[int, Field(ge=1, le=65535)] = 16384
+    # allocations between young garbage collections (CPython's default 700; 0 keeps the defaults):
+    # see server.running.process_limits.tune_garbage_collection
+    gc_threshold: Annotated[int, Field(ge=0, le=10_000_000)] = 50_000
     # a valid body with a 500-character description in \uXXXX escape pairs is about 6 KB
     max_body_bytes: Annotated[int, Field(ge=64, le=1024 * 1024)] = 16384
     idempotency_key_retention: Annotated[float, Field(gt=0)] = 24 * 3600.0
