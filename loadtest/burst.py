@@ -2,7 +2,9 @@
 
 Default mode opens one connection per request, waits until all N are connected, then writes all N
 requests in one pass of the event loop, so they are truly simultaneous. ``--connections C`` instead
-sends the N requests over C keep-alive connections, one in flight per connection.
+sends the N requests over C keep-alive connections, one in flight per connection. ``--url`` given
+several times spreads the connections over those service instances in turn (as a load balancer in
+front of several machines would); set-up and read-back go to the first.
 
 Unless ``--no-verify`` is given it first brings the user to ``--start-balance`` through the public
 API, and afterwards checks that
@@ -121,7 +123,10 @@ def classify(status: int, body: bytes, latency_s: float) -> Outcome:
 
 @dataclass
 class BurstConfig:
-    url: str = "http://127.0.0.1:8080"
+    """One burst: its targets (``urls``, base URLs of service instances sharing one database), the
+    user and signed ``amount`` (minor units) of each of the ``requests`` changes, and how they go."""
+
+    urls: tuple[str, ...] = ("http://127.0.0.1:8080",)
     user_id: int = 1
     requests: int = 10_000
     amount: int = -2
@@ -131,13 +136,12 @@ class BurstConfig:
     timeout_s: float = 60.0
     verify: bool = True
 
-    @property
-    def host(self) -> str:
-        return urlsplit(self.url).netloc
+    def host(self, index: int = 0) -> str:
+        """The Host header for connection ``index`` (its target is ``urls[index % len(urls)]``)."""
+        return urlsplit(self.urls[index % len(self.urls)]).netloc
 
-    @property
-    def address(self) -> tuple[str, int]:
-        parts = urlsplit(self.url)
+    def address(self, index: int = 0) -> tuple[str, int]:
+        parts = urlsplit(self.urls[index % len(self.urls)])
         return parts.hostname or "127.0.0.1", parts.port or 80
 
 
@@ -165,9 +169,9 @@ class BurstReport:
         return self.counts.get("200", 0)
 
 
-async def _connect(config: BurstConfig) -> HttpConnection:
+async def _connect(config: BurstConfig, index: int = 0) -> HttpConnection:
     loop = asyncio.get_running_loop()
-    host, port = config.address
+    host, port = config.address(index)
     _, protocol = await loop.create_connection(HttpConnection, host, port)
     return protocol
 
@@ -178,7 +182,7 @@ async def _exchange(config: BurstConfig, method: str, path: str, body: dict | No
     try:
         raw = json.dumps(body).encode() if body is not None else b""
         status, answer = await asyncio.wait_for(
-            connection.send(http_request(method, config.host, path, raw)), config.timeout_s
+            connection.send(http_request(method, config.host(), path, raw)), config.timeout_s
         )
         return status, json.loads(answer) if answer else {}
     finally:
@@ -204,30 +208,32 @@ async def set_balance(config: BurstConfig, target: int) -> None:
             raise RuntimeError(f"could not set the starting balance: {status} {document}")
 
 
-async def _fire_simultaneous(config: BurstConfig, request: bytes) -> tuple[list[Outcome], float, float, float]:
-    """Connect N sockets, then write all N requests at once. Returns outcomes, connect s, fire s, CPU s."""
+async def _fire_simultaneous(config: BurstConfig, requests: list[bytes]) -> tuple[list[Outcome], float, float, float]:
+    """Connect N sockets, then write all N requests at once (``requests``: the request bytes for each
+    target, by its index in ``config.urls``). Returns outcomes, connect s, fire s, CPU s."""
     gate = asyncio.Semaphore(config.connect_concurrency)
 
-    async def connect_one() -> HttpConnection | Outcome:
+    async def connect_one(index: int) -> tuple[HttpConnection, bytes] | Outcome:
         async with gate:
             try:
-                return await _connect(config)
+                return await _connect(config, index), requests[index % len(requests)]
             except OSError as error:
                 return Outcome(f"connect error: {type(error).__name__}")
 
     started = time.perf_counter()
     try:
         async with asyncio.timeout(config.timeout_s):
-            connected = await asyncio.gather(*(connect_one() for _ in range(config.requests)))
+            connected = await asyncio.gather(*(connect_one(index) for index in range(config.requests)))
     except TimeoutError:
         raise RuntimeError(f"could not open {config.requests} connections in {config.timeout_s} s") from None
     connect_s = time.perf_counter() - started
-    connections = [item for item in connected if isinstance(item, HttpConnection)]
+    connections = [item[0] for item in connected if isinstance(item, tuple)]
     outcomes = [item for item in connected if isinstance(item, Outcome)]
 
     cpu_before = _cpu_seconds()
     fired_at = time.perf_counter()
-    waiters = [connection.send(request) for connection in connections]
+    waiters = [connection.send(request) for connection, request in
+               (item for item in connected if isinstance(item, tuple))]
     done, pending = await asyncio.wait(waiters, timeout=config.timeout_s)
     for connection, waiter in zip(connections, waiters):
         if waiter in pending:
@@ -243,15 +249,16 @@ async def _fire_simultaneous(config: BurstConfig, request: bytes) -> tuple[list[
     return outcomes, connect_s, fire_s, _cpu_seconds() - cpu_before
 
 
-async def _fire_keep_alive(config: BurstConfig, request: bytes) -> tuple[list[Outcome], float, float, float]:
-    """Send N requests over C keep-alive connections, one in flight each. Same return as above."""
+async def _fire_keep_alive(config: BurstConfig, requests: list[bytes]) -> tuple[list[Outcome], float, float, float]:
+    """Send N requests over C keep-alive connections, one in flight each. Same arguments and return
+    as above."""
     started = time.perf_counter()
-    connections = await asyncio.gather(*(_connect(config) for _ in range(config.connections)))
+    connections = await asyncio.gather(*(_connect(config, index) for index in range(config.connections)))
     connect_s = time.perf_counter() - started
     tickets = iter(range(config.requests))
     outcomes: list[Outcome] = []
 
-    async def worker(connection: HttpConnection) -> None:
+    async def worker(connection: HttpConnection, request: bytes) -> None:
         for _ in tickets:  # shared iterator: exactly N requests in all
             sent_at = time.perf_counter()
             try:
@@ -266,7 +273,8 @@ async def _fire_keep_alive(config: BurstConfig, request: bytes) -> tuple[list[Ou
 
     cpu_before = _cpu_seconds()
     fired_at = time.perf_counter()
-    await asyncio.gather(*(worker(connection) for connection in connections))
+    await asyncio.gather(*(worker(connection, requests[index % len(requests)])
+                           for index, connection in enumerate(connections)))
     fire_s = time.perf_counter() - fired_at
     for connection in connections:
         connection.close()
@@ -321,12 +329,10 @@ async def run_burst(config: BurstConfig) -> BurstReport:
     if config.verify:
         await set_balance(config, config.start_balance)
     body = json.dumps({"userId": config.user_id, "amount": config.amount}).encode()
-    if config.connections:
-        request = http_request("PATCH", config.host, "/api/balance", body, keep_alive=True)
-        outcomes, connect_s, fire_s, cpu_s = await _fire_keep_alive(config, request)
-    else:
-        request = http_request("PATCH", config.host, "/api/balance", body)
-        outcomes, connect_s, fire_s, cpu_s = await _fire_simultaneous(config, request)
+    fire = _fire_keep_alive if config.connections else _fire_simultaneous
+    requests = [http_request("PATCH", config.host(index), "/api/balance", body, keep_alive=bool(config.connections))
+                for index in range(len(config.urls))]
+    outcomes, connect_s, fire_s, cpu_s = await fire(config, requests)
     counts = Counter(outcome.label for outcome in outcomes)
     report = BurstReport(
         config=asdict(config),
@@ -353,7 +359,7 @@ def format_report(report: BurstReport) -> str:
     lines = [
         f"burst: {config['requests']} x PATCH /api/balance "
         f"{{\"userId\": {config['user_id']}, \"amount\": {config['amount']}}}, {mode}",
-        f"  target              {config['url']}",
+        f"  target{'s' if len(config['urls']) > 1 else ' '}             {', '.join(config['urls'])}",
     ]
     if config["verify"]:
         lines.append(f"  start balance       {config['start_balance']} (set through the API)")
@@ -375,7 +381,8 @@ def format_report(report: BurstReport) -> str:
 def parse_args(argv: list[str]) -> tuple[BurstConfig, str | None]:
     parser = argparse.ArgumentParser(prog="balance-api burst", description=__doc__.split("\n\n")[0])
     defaults = BurstConfig()
-    parser.add_argument("--url", default=defaults.url, help="service base URL (default: %(default)s)")
+    parser.add_argument("--url", action="append", dest="urls", metavar="URL",
+                        help=f"service base URL; several: connections go to each in turn (default: {defaults.urls[0]})")
     parser.add_argument("--user-id", type=int, default=defaults.user_id)
     parser.add_argument("--requests", "-n", type=int, default=defaults.requests, help="N (default: %(default)s)")
     parser.add_argument("--amount", type=int, default=defaults.amount, help="signed minor units (default: %(default)s)")
@@ -391,7 +398,7 @@ def parse_args(argv: list[str]) -> tuple[BurstConfig, str | None]:
     if args.amount == 0 or args.requests < 1 or args.connections < 0 or args.start_balance < 0:
         parser.error("--amount must be non-zero, --requests >= 1, --connections >= 0, --start-balance >= 0")
     config = BurstConfig(
-        url=args.url.rstrip("/"), user_id=args.user_id, requests=args.requests, amount=args.amount,
+        urls=tuple(url.rstrip("/") for url in args.urls or defaults.urls), user_id=args.user_id, requests=args.requests, amount=args.amount,
         start_balance=args.start_balance, connections=args.connections,
         connect_concurrency=args.connect_concurrency, timeout_s=args.timeout, verify=not args.no_verify,
     )

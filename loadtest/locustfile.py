@@ -3,6 +3,9 @@
     locust -f loadtest/locustfile.py --headless -H http://127.0.0.1:8080 -u 500 -r 500 \
         --run-time 120s --changes 10000 --amount -2 --start-balance 10000
 
+``--targets URL1,URL2,...`` spreads the users over several service instances sharing one database
+(user i sends to target i mod the count, as a load balancer would); set-up and read-back use ``-H``.
+
 Locust has no request-count limit, so the users share one ticket counter: a task takes a ticket
 before it sends and the user stops once none are left (gevent switches only at I/O, so the counter
 needs no lock). When the last answer arrives, a watcher greenlet quits the runner (calling
@@ -14,6 +17,7 @@ bounds the run if the service stalls (and the count then fails the check).
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import urllib.request
@@ -53,6 +57,7 @@ def _arguments(parser) -> None:
     parser.add_argument("--amount", type=int, default=-2, help="signed minor units per change")
     parser.add_argument("--user-id", type=int, default=1)
     parser.add_argument("--start-balance", type=int, default=10_000)
+    parser.add_argument("--targets", default="", help="comma-separated base URLs to spread the users over")
 
 
 @events.test_start.add_listener
@@ -75,6 +80,13 @@ class BalanceChanger(FastHttpUser):
     """Sends ``PATCH /api/balance`` back to back until the shared tickets run out."""
 
     wait_time = constant(0)
+    _numbers = itertools.count()
+
+    def __init__(self, environment) -> None:
+        targets = [url for url in environment.parsed_options.targets.split(",") if url]
+        if targets:  # before FastHttpUser makes its client for self.host
+            self.host = targets[next(self._numbers) % len(targets)]
+        super().__init__(environment)
 
     @task
     def change_balance(self) -> None:
