@@ -130,15 +130,28 @@ async def test_200_concurrent_opposite_transfers_through_pgbouncer_all_complete(
     assert_ledger_consistent(direct_url)
 
 
+@contextlib.contextmanager
+def three_instances(bouncer: PgBouncer, direct_url: str, tmp_path):
+    """Three service instances on three ports (as three machines would be), all reaching
+    ``direct_url``'s database through ``bouncer``; yields their base URLs."""
+    with contextlib.ExitStack() as instances:
+        yield [instances.enter_context(running_service(tmp_path / f"instance-{i}.log", **through(bouncer, direct_url)))[0]
+               for i in range(3)]
+
+
+def patches_served(base_url: str) -> float:
+    """How many ``PATCH /api/balance`` the instance answered (200 or 409), from its metrics."""
+    samples = scrape(base_url)
+    return sum(value(samples, "http_requests_total", method="PATCH", route="/api/balance", status=status)
+               for status in ("200", "409"))
+
+
 def test_the_proof_spread_over_three_service_instances_through_one_pgbouncer_is_exact(
         bouncer, create_database, tmp_path):
     database = migrated_database(create_database)
-    with contextlib.ExitStack() as instances:
-        urls = [instances.enter_context(running_service(tmp_path / f"instance-{i}.log", **through(bouncer, database)))[0]
-                for i in range(3)]
+    with three_instances(bouncer, database, tmp_path) as urls:
         report = burst(tmp_path, *urls)
-        served = [sum(value(scrape(url), "http_requests_total", method="PATCH", route="/api/balance", status=status)
-                      for status in ("200", "409")) for url in urls]
+        served = [patches_served(url) for url in urls]
     assert report["config"]["urls"] == urls
     assert served == [3334, 3333, 3333]  # connection i went to instance i % 3
     assert report["counts"] == {"200": 5000, "409 insufficient_funds": 5000}
@@ -149,17 +162,14 @@ def test_the_proof_spread_over_three_service_instances_through_one_pgbouncer_is_
 def test_the_locust_scenario_spread_over_three_instances_through_pgbouncer_passes_the_proof(
         bouncer, create_database, tmp_path):
     database = migrated_database(create_database)
-    with contextlib.ExitStack() as instances:
-        urls = [instances.enter_context(running_service(tmp_path / f"instance-{i}.log", **through(bouncer, database)))[0]
-                for i in range(3)]
+    with three_instances(bouncer, database, tmp_path) as urls:
         result = subprocess.run(
             [sys.executable, "-m", "locust", "-f", "loadtest/locustfile.py", "--headless", "-H", urls[0],
              "--targets", ",".join(urls), "-u", "150", "-r", "150", "--run-time", "180s", "--only-summary",
              "--loglevel", "WARNING", "--changes", "10000", "--amount", "-2", "--start-balance", "10000"],
             cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300,
         )
-        served = [sum(value(scrape(url), "http_requests_total", method="PATCH", route="/api/balance", status=status)
-                      for status in ("200", "409")) for url in urls]
+        served = [patches_served(url) for url in urls]
     assert result.returncode == 0, result.stdout + result.stderr
     assert "PROOF PASSED: 10000 sent, 5000 succeeded, 5000 insufficient_funds, final balance 0" in result.stdout
     assert sum(served) == 10000 and min(served) > 0, served
