@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from aiohttp import web
 from swagger_ui import aiohttp_api_doc
 
-from server.http.app_keys import ASSETS, BATCHER, DATABASE, DB_POOL, SETTINGS
+from server.http.app_keys import ASSETS, BATCHER, DATABASE, DB_POOL, READS, SETTINGS
 from server.http.bearer_auth import DOCS_PATH, bearer_auth_middleware
 from server.http.handlers import accounts, assets, balance_changes, operations, transfers, users
 from server.http.observability import observability_middleware
@@ -22,6 +22,7 @@ from server.problems import problem_middleware
 from server.running import metrics
 from server.running.config import Settings
 from server.running.database import Database, create_pool
+from server.running.replica import ReplicaRouting
 
 log = logging.getLogger(__name__)
 
@@ -36,18 +37,26 @@ async def _database(app: web.Application) -> AsyncIterator[None]:
     pool = await create_pool(settings)
     app[DB_POOL] = pool
     app[DATABASE] = Database(pool, settings.db_max_pending, settings.db_acquire_timeout)
+    replica_pool = None
+    if settings.database_replica_url:  # no connection at start: the replica may be down
+        replica_pool = await create_pool(settings.model_copy(update={
+            "database_url": settings.database_replica_url, "db_pool_min_size": 0}))
+    replica = replica_pool and Database(replica_pool, settings.db_max_pending, settings.db_acquire_timeout)
+    app[READS] = ReplicaRouting(app[DATABASE], replica, settings.replica_max_lag, settings.replica_check_interval)
     app[ASSETS] = ledger.AssetDirectory()
     if settings.batching:
         app[BATCHER] = BalanceChangeBatcher(app[DATABASE], settings.batch_max_size, metrics.BATCH_SIZE.observe,
                                             dt.timedelta(seconds=settings.idempotency_key_retention),
                                             settings.batch_max_in_flight)
-    yield
-    try:
-        async with asyncio.timeout(settings.shutdown_timeout):
-            await pool.close()
-    except TimeoutError:
-        log.warning("pool did not close within %s s; terminating its connections", settings.shutdown_timeout)
-        pool.terminate()
+    async with _background(app[READS].watch()) if replica else contextlib.nullcontext():
+        yield
+    for each in (pool, replica_pool) if replica_pool else (pool,):
+        try:
+            async with asyncio.timeout(settings.shutdown_timeout):
+                await each.close()
+        except TimeoutError:
+            log.warning("pool did not close within %s s; terminating its connections", settings.shutdown_timeout)
+            each.terminate()
 
 
 async def _every(interval: float, job: Callable[[], Awaitable[object]]) -> None:

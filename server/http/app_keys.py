@@ -9,6 +9,7 @@ from aiohttp import web
 
 from server.running.config import Settings
 from server.running.database import Database
+from server.running.replica import ReplicaRouting
 
 if TYPE_CHECKING:  # server.ledger.batching imports modules that import this one
     from server.ledger.batching import BalanceChangeBatcher
@@ -17,5 +18,6 @@ if TYPE_CHECKING:  # server.ledger.batching imports modules that import this one
 SETTINGS = web.AppKey("settings", Settings)
 DB_POOL = web.AppKey("db_pool", asyncpg.Pool)  # health checks and background jobs
 DATABASE = web.AppKey("database", Database)  # request handlers: bounded, with an acquire deadline
+READS = web.AppKey("reads", ReplicaRouting)  # where read-only routes read (server.http.reads)
 BATCHER: web.AppKey[BalanceChangeBatcher] = web.AppKey("batcher")  # present when BATCHING is on
 ASSETS: web.AppKey[AssetDirectory] = web.AppKey("assets")  # the default asset, and assets looked up

@@ -49,6 +49,10 @@ class Settings(BaseSettings):
         description="where the embedded PostgreSQL keeps its cluster (DATA_DIR/postgres)",
     )
     embedded_database: str = "balance"
+    # a streaming replica serving the read-only routes (server.http.reads); unset: all on the primary
+    database_replica_url: str | None = None
+    replica_max_lag: Annotated[float, Field(ge=0, le=3600)] = 1.0  # seconds behind before it is skipped
+    replica_check_interval: Annotated[float, Field(gt=0, le=60)] = 0.25  # seconds between lag checks
     migrations_dir: Path = PROJECT_ROOT / "migrations"
     migrate_on_start: bool = True
     # the code migration 0004 gives the default asset (where existing balances go); used only when
@@ -142,7 +146,7 @@ class Settings(BaseSettings):
             raise ValueError("DB_POOL_MIN_SIZE must not exceed DB_POOL_MAX_SIZE")
         return self
 
-    @field_validator("database_url")
+    @field_validator("database_url", "database_replica_url")
     @classmethod
     def _database_url_is_postgresql(cls, url: str | None) -> str | None:
         if url is not None and not url.startswith(("postgresql://", "postgres://")):

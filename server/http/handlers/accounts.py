@@ -7,10 +7,11 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from server.http.app_keys import ASSETS, DATABASE
+from server.http.app_keys import ASSETS
 from server.http.handlers.documents import account_json, entry_json, timestamp
 from server.http.handlers.paths import FILTERS, id_from_path, page_query, rfc3339, split_page
 from server.http.idempotent_requests import respond
+from server.http.reads import read_only, reading
 from server.http.request_bodies import AccountPatch, EmptyBody, NewAccount, read_json_body
 from server.ledger import store as ledger
 from server.ledger.idempotency import Outcome
@@ -30,10 +31,11 @@ async def create_account(request: web.Request) -> web.Response:
     return await respond(request, body, operation)
 
 
+@read_only
 async def get_account(request: web.Request) -> web.Response:
     """``GET /api/accounts/{id}`` → 200 the account, or 404 ``account_not_found``."""
     account_id = id_from_path(request)
-    async with request.app[DATABASE].connection() as db:
+    async with reading(request).connection() as db:
         account = await ledger.read_account(db, account_id)
     return web.json_response(account_json(account))
 
@@ -70,19 +72,21 @@ unfreeze_account = _status_change("open")
 close_account = _status_change("closed")
 
 
+@read_only
 async def get_account_history(request: web.Request) -> web.Response:
     """``GET /api/accounts/{id}/history?limit=&cursor=&from=&to=&code=`` → 200 ``{"accountId",
     "entries", "nextCursor"}``, newest first."""
     account_id = id_from_path(request)
     query = page_query(request, FILTERS)
     fetch = ledger.PageQuery(query.before, query.limit + 1, query.code, query.created_from, query.created_to)
-    async with request.app[DATABASE].connection() as db:
+    async with reading(request).connection() as db:
         entries = await ledger.read_entries(db, account_id, fetch)
     page, cursor = split_page(entries, lambda entry: entry.entry_id, query.limit)
     return web.json_response({"accountId": account_id, "entries": [entry_json(e) for e in page],
                               "nextCursor": cursor})
 
 
+@read_only
 async def get_account_balance(request: web.Request) -> web.Response:
     """``GET /api/accounts/{id}/balance?at=<RFC 3339>`` → 200 ``{"accountId", "asset", "at", "balance"}``."""
     account_id = id_from_path(request)
@@ -91,6 +95,6 @@ async def get_account_balance(request: web.Request) -> web.Response:
     at = rfc3339("at", request.query["at"], errors) if "at" in request.query else dt.datetime.now(dt.UTC)
     if errors:
         raise ValidationFailed(errors)
-    async with request.app[DATABASE].connection() as db:
+    async with reading(request).connection() as db:
         asset, balance = await ledger.balance_at(db, account_id, at)
     return web.json_response({"accountId": account_id, "asset": asset, "at": timestamp(at), "balance": balance})

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from server.http.app_keys import DATABASE
 from server.http.handlers.documents import asset_json
 from server.http.idempotent_requests import respond
+from server.http.reads import read_only, reading
 from server.http.request_bodies import NewAsset, read_json_body
 from server.ledger import store as ledger
 from server.ledger.idempotency import Outcome
@@ -23,16 +23,18 @@ async def create_asset(request: web.Request) -> web.Response:
     return await respond(request, body, operation)
 
 
+@read_only
 async def list_assets(request: web.Request) -> web.Response:
     """``GET /api/assets`` → 200 ``{"assets": [...]}``, oldest first."""
-    async with request.app[DATABASE].connection() as db:
+    async with reading(request).connection() as db:
         assets = await ledger.list_assets(db)
     return web.json_response({"assets": [asset_json(asset) for asset in assets]})
 
 
+@read_only
 async def get_asset(request: web.Request) -> web.Response:
     """``GET /api/assets/{code}`` → 200 the asset plus ``supply`` (sum of all non-system balances)."""
-    async with request.app[DATABASE].connection() as db:
+    async with reading(request).connection() as db:
         asset = await ledger.read_asset(db, request.match_info["code"])
         supply = await ledger.asset_supply(db, asset)
     return web.json_response({**asset_json(asset), "supply": supply})

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from server.http.app_keys import DATABASE, SETTINGS
+from server.http.app_keys import SETTINGS
 from server.http.handlers.balance_changes import asset_id_of, asset_of
 from server.http.handlers.documents import transfer_json
 from server.http.handlers.paths import FILTERS, id_from_path, page_query, split_page
 from server.http.idempotent_requests import respond
+from server.http.reads import read_only, reading
 from server.http.request_bodies import (MAX_BIGINT, EmptyBody, PostItem, PostPendingTransfer, ReverseTransfer,
                                        TransferBatch, TransferRequest, read_json_body)
 from server.ledger import store as ledger
@@ -130,10 +131,11 @@ async def void_pending_transfer(request: web.Request) -> web.Response:
     return await respond(request, body, operation)
 
 
+@read_only
 async def get_transfer(request: web.Request) -> web.Response:
     """``GET /api/transfers/{id}`` → 200 the transfer with the balances right after it, or 404."""
     transfer_id = id_from_path(request)
-    async with request.app[DATABASE].connection() as db:
+    async with reading(request).connection() as db:
         transfer = await ledger.read_transfer(db, transfer_id)
     if transfer is None:
         raise TransferNotFound(transfer_id)
@@ -154,6 +156,7 @@ def _passes(transfer: ledger.Transfer, account_id: int | None, page: ledger.Page
             and (page.created_to is None or transfer.created_at < page.created_to))
 
 
+@read_only
 async def list_transfers(request: web.Request) -> web.Response:
     """``GET /api/transfers?accountId=&reference=&code=&from=&to=&limit=&cursor=`` → 200
     ``{"transfers", "nextCursor"}``, newest first; ``reference`` finds the one transfer carrying it."""
@@ -165,7 +168,7 @@ async def list_transfers(request: web.Request) -> web.Response:
             raise ValidationFailed([{"field": "accountId", "reason": f"must be an integer from 1 to {MAX_BIGINT}"}])
         account_id = int(raw)
     fetch = ledger.PageQuery(query.before, query.limit + 1, query.code, query.created_from, query.created_to)
-    async with request.app[DATABASE].connection() as db:
+    async with reading(request).connection() as db:
         if "reference" in request.query:  # at most one transfer, then narrowed by the other filters
             transfers, cursor = [t for t in [await _by_reference(db, request.query["reference"])]
                                  if t is not None and _passes(t, account_id, fetch)], None

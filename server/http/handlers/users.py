@@ -7,6 +7,7 @@ from aiohttp import web
 from server.http.app_keys import ASSETS, DATABASE
 from server.http.handlers.documents import user_entry_json, user_json
 from server.http.handlers.paths import id_from_path, page_query, split_page
+from server.http.reads import read_only, reading
 from server.http.request_bodies import EmptyBody, read_json_body
 from server.ledger import store as ledger
 
@@ -20,20 +21,22 @@ async def create_user(request: web.Request) -> web.Response:
     return web.json_response(user_json(user), status=201, headers={"Location": f"/api/users/{user.user_id}"})
 
 
+@read_only
 async def get_user(request: web.Request) -> web.Response:
     """``GET /api/users/{id}`` → 200 ``{"userId", "balance" (default asset), "updatedAt", "accounts"}``."""
     user_id = id_from_path(request)
-    async with request.app[DATABASE].connection() as db:
+    async with reading(request).connection() as db:
         user = await ledger.read_user(db, user_id, await request.app[ASSETS].get(db, None))
     return web.json_response(user_json(user))
 
 
+@read_only
 async def get_history(request: web.Request) -> web.Response:
     """``GET /api/users/{id}/history?limit=&cursor=`` → 200 ``{"userId", "entries", "nextCursor"}``:
     the user's default-asset account, newest first; ``nextCursor`` is null on the last page."""
     user_id = id_from_path(request)
     query = page_query(request)
-    async with request.app[DATABASE].connection() as db:
+    async with reading(request).connection() as db:
         account_id = await ledger.user_account_id(db, user_id, await request.app[ASSETS].get(db, None))
         entries = await ledger.read_entries(db, account_id, ledger.PageQuery(query.before, query.limit + 1))
     page, cursor = split_page(entries, lambda entry: entry.entry_id, query.limit)
