@@ -76,3 +76,18 @@ def test_the_image_sets_only_known_variables_and_ships_the_migrations(dockerfile
 def test_the_listen_backlog_fits_the_somaxconn_compose_grants(compose):
     somaxconn = compose["services"]["api"]["sysctls"]["net.core.somaxconn"]
     assert Settings().listen_backlog <= somaxconn
+
+
+def test_the_scaled_api_reaches_the_primary_through_pgbouncer_and_reads_from_the_replica(compose):
+    services = compose["services"]
+    scaled = services["api-scaled"]["environment"]
+    assert urlsplit(scaled["DATABASE_URL"]).hostname == "pgbouncer"
+    assert urlsplit(scaled["DATABASE_REPLICA_URL"]).hostname == "replica"
+    assert (scaled["MIGRATE_ON_START"], scaled["DB_STATEMENT_CACHE_SIZE"], scaled["DB_STATEMENT_TIMEOUT"]) == (
+        "false", "0", "0")
+    assert set(scaled) <= SETTING_NAMES
+    Settings(**{name.lower(): value for name, value in scaled.items()})
+    assert (services["pgbouncer"]["environment"]["DB_HOST"], services["pgbouncer"]["environment"]["POOL_MODE"]) == (
+        "db", "transaction")
+    assert "pg_basebackup -h db" in " ".join(services["replica"]["command"])
+    assert all(services[name]["profiles"] == ["scale"] for name in ("replica", "pgbouncer", "api-scaled"))
