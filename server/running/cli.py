@@ -1,4 +1,4 @@
-"""The ``balance-api`` command: ``serve``, ``migrate``, ``check``, ``burst`` and ``bench``.
+"""The ``balance-api`` command: ``serve``, ``migrate``, ``check``, ``burst``, ``bench`` and ``torture``.
 
 Exit codes: 0 success, 1 a failed check or run, 2 invalid configuration or arguments.
 """
@@ -113,12 +113,18 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser("burst", help="fire N simultaneous balance changes and check the outcome", add_help=False)
     commands.add_parser("bench", help="measure the service, batching off and on, against a no-op ceiling",
                         add_help=False)
+    commands.add_parser("torture", help="randomized operations under client faults, then prove nothing was lost "
+                                        "or doubled", add_help=False)
 
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["burst"]:
         from loadtest.burst import main as burst_main
 
         return burst_main(argv[1:])
+    if argv[:1] == ["torture"]:
+        from loadtest.torture import main as torture_main
+
+        return torture_main(argv[1:])
     if argv[:1] == ["bench"]:
         from loadtest.bench import main as bench_main
 

@@ -1,0 +1,55 @@
+"""balance-api torture: a 60 s randomized run under client-side faults against the real service
+finds no violation; its verifier does report a transfer no operation made; a seed fixes each
+client's choices."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import aiohttp
+
+from loadtest import torture
+from tests.service_process import balance_api, service_env
+
+
+def test_a_60_second_torture_run_under_client_faults_finds_no_violation(service_url, database_url, tmp_path):
+    report_path = tmp_path / "torture.json"
+    result = balance_api("torture", "--url", service_url, "--duration", "60", "--seed", "1", "--clients", "16",
+                         "--json", str(report_path), timeout=400)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "violations: 0" in result.stdout
+    report = json.loads(report_path.read_text())
+    assert report["operations"] > 1000 and report["samples"] > 10
+    assert all(report["faults"].get(fault, 0) > 0 for fault in torture.FAULTS), report["faults"]
+    assert set(report["kinds"]) >= {"credit", "debit", "patch", "transfer", "hold", "post", "void", "batch",
+                                    "reverse", "freeze", "unfreeze"}, report["kinds"]
+    assert report["unknown_resolved"] > 0
+    assert balance_api("check", env=service_env(database_url=database_url)).returncode == 0
+
+
+async def test_the_verifier_reports_money_that_no_operation_moved(service_url):
+    run, _ = await torture.torture([service_url], duration=2, seed=5, clients=4, accounts=3)
+    assert run.violations == []
+    async with aiohttp.ClientSession() as session:
+        rogue = run.accounts[0]
+        async with session.post(f"{service_url}/api/accounts/{rogue}/debit", json={"amount": 1}) as response:
+            assert response.status in (200, 409)
+            moved = response.status == 200
+        if not moved:  # empty: credit it instead
+            async with session.post(f"{service_url}/api/accounts/{rogue}/credit", json={"amount": 1}) as response:
+                assert response.status == 200
+        await torture.verify(session, service_url, run)
+    assert any(f"account {rogue}: transfers" in violation and "belong to no operation" in violation
+               for violation in run.violations), run.violations
+    assert any(violation.startswith(f"account {rogue}: balance") for violation in run.violations), run.violations
+
+
+def test_the_same_seed_gives_each_client_the_same_sequence_of_choices():
+    def choices(seed: int) -> list[tuple]:
+        run = torture.Run("a", 1, [10, 11, 12, 13], {10: 1, 11: 2, 12: 3, 13: 4})
+        client = torture.Client(3, seed, "http://127.0.0.1:1", run, deadline=0)
+        client.holds, client.made = [100, 101], [200]
+        return [(op.kind, op.method, op.path, json.dumps(op.body)) for op in (client.next_operation() for _ in range(200))]
+
+    assert choices(42) == choices(42) != choices(43)
