@@ -114,9 +114,12 @@ def gone(process: psutil.Process) -> bool:
 
 def restart_after_kill(postgres, family: list[psutil.Process], pgdata, seconds: float = 60) -> None:
     """Start PostgreSQL again once the killed postmaster and all its backends have gone (so no
-    process uses the old shared memory: then, and only then, the stale postmaster.pid may go)."""
+    process uses the old shared memory: then, and only then, the stale postmaster.pid may go, and
+    so may a socket lock file in the data directory, which names the same unreaped pid)."""
     assert poll_until(lambda: all(gone(process) for process in family), seconds), "backends outlived the postmaster"
     (pgdata / "postmaster.pid").unlink(missing_ok=True)
+    for lock in pgdata.glob(".s.PGSQL.*.lock"):
+        lock.unlink(missing_ok=True)
     deadline = time.monotonic() + seconds
     while True:
         try:
