@@ -38,6 +38,7 @@ import collections
 import datetime as dt
 import itertools
 import json
+import os
 import random
 import sys
 import time
@@ -46,6 +47,8 @@ from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 import aiohttp
+
+from loadtest.progress import RunProgress
 
 OVERDRAFT_FREE = 0
 MAX_BALANCE = 1_000_000  # every account's ceiling, so that max_balance_exceeded happens too
@@ -447,21 +450,42 @@ def _touching(run: Run, violation: str) -> list[str]:
             f"unanswered {op.unanswered}" for op in run.operations if words & set(op.accounts)][:40]
 
 
-async def torture(urls: list[str], duration: float, seed: int, clients: int, accounts: int) -> tuple[Run, float]:
+LOAD_STEPS = 10  # progress steps of the load phase, each a tenth of --duration
+
+
+async def torture(urls: list[str], duration: float, seed: int, clients: int, accounts: int,
+                  progress: RunProgress | None = None) -> tuple[Run, float]:
+    """Set up, run ``clients`` clients for ``duration`` seconds against ``urls``, resolve, verify (see
+    the module doc); return the :class:`Run` (its ``violations`` empty when all holds) and the
+    seconds it took. ``progress`` is told each step: set-up, each tenth of the load, resolve, verify."""
+    progress = progress or RunProgress(LOAD_STEPS + 3, open(os.devnull, "w"))
     started = time.monotonic()
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session:
+        progress.start("set up: an asset and its accounts")
         run = await set_up(session, urls[0], seed, accounts)
+        progress.done(f"  asset {run.asset}, accounts {run.accounts}")
         deadline = time.monotonic() + duration
         workers = [Client(number, seed, urls[number % len(urls)], run, deadline) for number in range(clients)]
         stop = asyncio.Event()
         sampler = asyncio.create_task(sample(session, urls[0], run, stop))
-        await asyncio.gather(*(worker.loop() for worker in workers))
+        load = asyncio.gather(*(worker.loop() for worker in workers))
+        for step in range(1, LOAD_STEPS + 1):
+            progress.start(f"load: {clients} clients, {duration * step / LOAD_STEPS:.0f} of {duration:.0f} s")
+            await asyncio.wait([load], timeout=max(0.0, deadline - duration * (1 - step / LOAD_STEPS)
+                                                   - time.monotonic()))
+            progress.done(f"  {len(run.operations)} operations, faults {sum(run.faults.values())}, "
+                          f"violations {len(run.violations)}")
+        await load
         stop.set()
         await sampler
+        progress.start("resolve unknown outcomes")
         settler = Client(clients, seed, urls[0], run, deadline)
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as settler.session:
             await resolve(settler, run)
+        progress.done(f"  {sum(1 for operation in run.operations if operation.resolved)} resolved")
+        progress.start("verify")
         await verify(session, urls[0], run)
+        progress.done(f"  violations {len(run.violations)}")
     return run, time.monotonic() - started
 
 
@@ -476,8 +500,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     if args.duration <= 0 or args.clients < 1 or args.accounts < 2:
         parser.error("--duration must be > 0, --clients >= 1, --accounts >= 2")
-    run, seconds = asyncio.run(torture([url.rstrip("/") for url in args.url], args.duration, args.seed,
-                                       args.clients, args.accounts))
+    with RunProgress(LOAD_STEPS + 3, sys.stderr) as progress:  # a bar on a terminal, plain lines in logs
+        run, seconds = asyncio.run(torture([url.rstrip("/") for url in args.url], args.duration, args.seed,
+                                           args.clients, args.accounts, progress))
     print(summary(run, seconds, args.seed))
     if run.violations:
         print(f"FIRST VIOLATION: {run.violations[0]}")

@@ -53,3 +53,11 @@ def test_the_same_seed_gives_each_client_the_same_sequence_of_choices():
         return [(op.kind, op.method, op.path, json.dumps(op.body)) for op in (client.next_operation() for _ in range(200))]
 
     assert choices(42) == choices(42) != choices(43)
+
+
+def test_the_run_shows_its_progress_as_plain_lines_in_a_log(service_url):
+    result = balance_api("torture", "--url", service_url, "--duration", "2", "--clients", "2", timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    steps = [line.split("] ", 1)[1] for line in result.stderr.splitlines() if line.startswith("[")]
+    assert len(steps) == 13 and steps[0].startswith("set up") and steps[-2:] == ["resolve unknown outcomes", "verify"]
+    assert [step for step in steps if step.startswith("load: 2 clients")][-1] == "load: 2 clients, 2 of 2 s"
