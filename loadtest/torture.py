@@ -258,6 +258,12 @@ async def set_up(session: aiohttp.ClientSession, base_url: str, seed: int, count
     return Run(code, asset["systemAccountId"], accounts, users)
 
 
+def within_limits(account: dict) -> bool:
+    """Whether an account as ``GET /api/accounts/{id}`` shows it keeps the torture's limits: available
+    at or above minus the overdraft limit, balance plus incoming holds at or below the ceiling."""
+    return -OVERDRAFT_FREE <= account["available"] and account["balance"] + account["pendingCredits"] <= MAX_BALANCE
+
+
 async def sample(session: aiohttp.ClientSession, base_url: str, run: Run, stop: asyncio.Event) -> None:
     """Jepsen-style reads during the run: every account within its limits at every read."""
     while not stop.is_set():
@@ -266,8 +272,7 @@ async def sample(session: aiohttp.ClientSession, base_url: str, run: Run, stop: 
                 status, shown = await _call(session, "GET", f"{base_url}/api/accounts/{account}")
             except (aiohttp.ClientError, TimeoutError, json.JSONDecodeError):
                 continue  # the service is down for a moment (a fault): nothing to read
-            if status == 200 and not (-OVERDRAFT_FREE <= shown["available"] and shown["balance"] + shown[
-                    "pendingCredits"] <= MAX_BALANCE):
+            if status == 200 and not within_limits(shown):
                 run.violations.append(f"account {account} outside its limits during the run: {shown}")
         run.samples += 1
         try:
@@ -381,7 +386,7 @@ async def verify(session: aiohttp.ClientSession, base_url: str, run: Run) -> Non
             violations.append(f"account {account}: balance {shown['balance']}, pending {shown['pendingDebits']} out / "
                               f"{shown['pendingCredits']} in; the operations account for {expected[account]}, "
                               f"{pending_out[account]} / {pending_in[account]}")
-        if not (-OVERDRAFT_FREE <= shown["available"] and shown["balance"] + shown["pendingCredits"] <= MAX_BALANCE):
+        if not within_limits(shown):
             violations.append(f"account {account} outside its limits: {shown}")
         history = await _history(session, base_url, account)
         unknown = sorted(set(history) - owner.keys())

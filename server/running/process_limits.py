@@ -1,4 +1,5 @@
-"""Per-process resource limits that a 10,000-connection burst needs raised."""
+"""Per-process settings a 10,000-connection burst needs: the open-file limit raised, and the
+garbage collector tuned for thousands of live connections."""
 
 import resource
 
