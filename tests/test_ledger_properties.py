@@ -1,5 +1,5 @@
-"""Random sequences of transfers, holds and their posts (whole or partial) and voids, balance changes,
-freezes and limit changes, run through the real SQL (server.ledger.store against PostgreSQL), agree
+"""Random sequences of transfers, batches of transfers (one call: set-based, or item by item), holds
+and their posts (whole or partial) and voids, balance changes, freezes and limit changes, run through the real SQL (server.ledger.store against PostgreSQL), agree
 step by step with an in-memory model of the rules: limits counting open holds, statuses, the order
 in which refusals are reported, pending sums, each hold's status, and per-asset conservation."""
 
@@ -16,6 +16,7 @@ amounts = st.one_of(st.integers(1, 200), st.sampled_from([MAX_BIGINT, MAX_BIGINT
 sides = st.sampled_from([*ACCOUNTS, SYSTEM])
 steps = st.lists(st.one_of(
     st.tuples(st.just("transfer"), sides, sides, amounts),
+    st.tuples(st.just("batch"), st.lists(st.tuples(sides, sides, amounts), min_size=1, max_size=8)),
     st.tuples(st.just("hold"), sides, sides, amounts),
     st.tuples(st.just("post"), st.integers(0, 9), st.one_of(st.none(), st.integers(1, 250))),
     st.tuples(st.just("void"), st.integers(0, 9)),
@@ -43,7 +44,15 @@ async def _run(pool, script) -> None:
                 name %= len(hold_ids)  # which hold
             got: str
             try:
-                if kind == "hold":
+                if kind == "batch":  # plain transfers in one call: the set-based path, or item by item
+                    orders = [ledger.TransferOrder(ledger.AccountRef(ids[source]),
+                                                   ledger.AccountRef(ids[destination]), amount)
+                              for source, destination, amount in name]
+                    committed, results = await ledger.apply_transfer_batch(db, orders, atomic=False)
+                    each = ["ok" if isinstance(result, ledger.Transfer) else result.code for result in results]
+                    assert committed and each == [model.transfer(*item) for item in name], step
+                    expected = "ok"
+                elif kind == "hold":
                     destination, amount = rest
                     made = await ledger.transfer_funds(db, ledger.TransferOrder(
                         ledger.AccountRef(ids[name]), ledger.AccountRef(ids[destination]), amount, pending=True))

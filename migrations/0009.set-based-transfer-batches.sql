@@ -1,0 +1,147 @@
+-- Transfer batches as set-based SQL: a batch of plain transfers is checked and written with a few
+-- statements over arrays, whatever its size, instead of one transfer_funds() call per item.
+-- depends: 0008.transfer-batches
+--
+-- 0008's apply_transfer_batch() stays, renamed apply_transfer_batch_in_order(): it is the
+-- definition of what a batch does (the items one at a time, in order) and it runs every batch the
+-- set-based path cannot take. apply_transfer_batch() keeps its signature and result.
+
+ALTER FUNCTION apply_transfer_batch(boolean, text[], bigint[], bigint[], bigint[], bigint[], integer[], bigint[],
+                                    text[], text[], jsonb[], boolean[], integer[], text[], bigint[])
+    RENAME TO apply_transfer_batch_in_order;
+
+-- The set-based path takes a batch whose items are all plain transfers ('transfer', not pending,
+-- no reference) and all accepted; any other batch goes to apply_transfer_batch_in_order(), whose
+-- result it returns. "All accepted" is decided before anything is written: with the accounts
+-- locked, each side's running balance is computed in item order as if every item were accepted
+-- (a window sum per account over the items' legs), and each item is checked against it with the
+-- checks of transfer_funds() (both accounts exist and are open, of one asset, not the same; the
+-- sender's running balance minus its pending debits at or above -overdraft_limit; the receiver's
+-- plus its pending credits at or below max_balance and 2^63-1). If every item passes, applying them
+-- one at a time in order would accept every one and reach exactly these running balances, so the
+-- result is the one the in-order function gives; if one fails, that function decides, item by item.
+-- The arithmetic is in numeric, so a check cannot overflow.
+--
+-- Then three writes: the transfers (ids taken in item order, each with both sides' balances
+-- after), the non-system accounts' entries (inserted in item order, so entry ids follow the
+-- balance_after chain), the accounts' new balances (one UPDATE per account with the sum of its legs).
+--
+-- Why this is safe under concurrency (PostgreSQL docs §13.2.1, §13.3.2): the first statement locks
+-- every non-system account the batch names, by id or by user and asset, with SELECT ... ORDER BY id
+-- FOR NO KEY UPDATE, in ascending id order like every function that moves money (0004-0008), so no
+-- deadlock; the locks are held to the commit. Every later statement of the batch starts after the
+-- locks are held and so reads the newest committed balances, limits, statuses and holds, and nothing
+-- else can change them before the commit. The system account's row is never locked or written.
+CREATE FUNCTION apply_transfer_batch(
+    p_atomic boolean, p_kinds text[], p_from_accounts bigint[], p_from_users bigint[], p_to_accounts bigint[],
+    p_to_users bigint[], p_asset_ids integer[], p_amounts bigint[], p_codes text[], p_descriptions text[],
+    p_metadata jsonb[], p_pending boolean[], p_timeouts integer[], p_references text[], p_holds bigint[]
+) RETURNS TABLE (item integer, outcome text, role text, transfer_id bigint, from_account_id bigint,
+                 to_account_id bigint)
+LANGUAGE plpgsql AS $$
+DECLARE
+    n integer := coalesce(array_length(p_kinds, 1), 0);
+    transfer_ids regclass := pg_get_serial_sequence('transfers', 'id');
+    v_from bigint[];
+    v_to bigint[];
+    v_from_after bigint[];
+    v_to_after bigint[];
+    v_ids bigint[];
+    v_all_accepted boolean;
+BEGIN
+    IF n > 0 AND NOT EXISTS (SELECT 1 FROM unnest(p_kinds, p_pending, p_references) AS x (kind, pending, reference)
+                              WHERE x.kind <> 'transfer' OR x.pending OR x.reference IS NOT NULL) THEN
+        PERFORM 1 FROM accounts a
+         WHERE NOT a.is_system
+           AND (a.id = ANY (p_from_accounts || p_to_accounts)
+                OR (a.user_id, a.asset_id) IN (SELECT u.user_id, u.asset_id
+                                                 FROM unnest(p_from_users || p_to_users, p_asset_ids || p_asset_ids)
+                                                      AS u (user_id, asset_id)
+                                                WHERE u.user_id IS NOT NULL))
+         ORDER BY a.id
+           FOR NO KEY UPDATE;
+
+        -- each side's account id (NULL: no such account; the in-order function names the refusal)
+        SELECT array_agg(coalesce(x.from_account, fu.id) ORDER BY x.i), array_agg(coalesce(x.to_account, tu.id) ORDER BY x.i)
+          INTO v_from, v_to
+          FROM unnest(p_from_accounts, p_from_users, p_to_accounts, p_to_users, p_asset_ids) WITH ORDINALITY
+               AS x (from_account, from_user, to_account, to_user, asset_id, i)
+          LEFT JOIN accounts fu ON x.from_account IS NULL AND fu.user_id = x.from_user AND fu.asset_id = x.asset_id
+          LEFT JOIN accounts tu ON x.to_account IS NULL AND tu.user_id = x.to_user AND tu.asset_id = x.asset_id;
+
+        WITH leg AS (  -- side 0 the sender (-amount), side 1 the receiver (+amount)
+            SELECT x.i, s.side, s.account_id, s.delta
+              FROM unnest(v_from, v_to, p_amounts) WITH ORDINALITY AS x (from_id, to_id, amount, i)
+             CROSS JOIN LATERAL (VALUES (0, x.from_id, -x.amount::numeric), (1, x.to_id, x.amount::numeric))
+                   AS s (side, account_id, delta)
+        ), running AS (  -- each leg's account and its running balance, as if every item were accepted
+            SELECT l.i, l.side, a.id, a.asset_id, a.is_system, a.status, a.overdraft_limit, a.max_balance,
+                   a.balance + sum(l.delta) OVER (PARTITION BY l.account_id ORDER BY l.i, l.side
+                                                  ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS after,
+                   CASE WHEN l.side = 0 AND a.pending_debits > 0
+                        THEN a.pending_debits - (SELECT e.debits FROM expired_holds(a.id) e)
+                        WHEN l.side = 1 AND a.pending_credits > 0
+                        THEN a.pending_credits - (SELECT e.credits FROM expired_holds(a.id) e)
+                        ELSE 0 END AS held
+              FROM leg l
+              LEFT JOIN accounts a ON a.id = l.account_id
+        ), checked AS (  -- transfer_funds()'s checks of each side (NULL: no account: not passed)
+            SELECT r.*, coalesce(r.status = 'open' AND (r.is_system OR CASE
+                       WHEN r.side = 0 THEN r.after - r.held >= -r.overdraft_limit
+                       ELSE r.after + r.held <= coalesce(r.max_balance, 9223372036854775807)
+                                AND r.after + r.held <= 9223372036854775807 END), false) AS passes
+              FROM running r
+        ), per_item AS (
+            SELECT r.i, bool_and(r.passes) AND min(r.id) <> max(r.id) AND min(r.asset_id) = max(r.asset_id) AS accepted,
+                   max(r.after) FILTER (WHERE r.side = 0 AND NOT r.is_system) AS from_after,
+                   max(r.after) FILTER (WHERE r.side = 1 AND NOT r.is_system) AS to_after
+              FROM checked r
+             GROUP BY r.i
+        )
+        SELECT coalesce(bool_and(p.accepted), false) AND count(*) = n,
+               array_agg(CASE WHEN p.accepted THEN p.from_after END::bigint ORDER BY p.i),  -- a refused item's
+               array_agg(CASE WHEN p.accepted THEN p.to_after END::bigint ORDER BY p.i)      -- may not fit
+          INTO v_all_accepted, v_from_after, v_to_after
+          FROM per_item p;
+
+        IF v_all_accepted THEN
+            v_ids := ARRAY(SELECT nextval(transfer_ids) FROM generate_series(1, n));  -- ascending in item order
+            WITH transfer AS (
+                INSERT INTO transfers (id, asset_id, from_account_id, to_account_id, amount, code, description,
+                                       metadata, from_balance, to_balance)
+                OVERRIDING SYSTEM VALUE
+                SELECT x.id, src.asset_id, x.from_id, x.to_id, x.amount, x.code, x.description, x.metadata,
+                       x.from_after, x.to_after
+                  FROM unnest(v_ids, v_from, v_to, p_amounts, p_codes, p_descriptions, p_metadata, v_from_after,
+                              v_to_after)
+                       AS x (id, from_id, to_id, amount, code, description, metadata, from_after, to_after)
+                  JOIN accounts src ON src.id = x.from_id
+            ), balance AS (
+                UPDATE accounts a SET balance = a.balance + d.delta, updated_at = now()
+                  FROM (SELECT s.account_id, sum(s.delta) AS delta
+                          FROM unnest(v_from, v_to, p_amounts) AS x (from_id, to_id, amount)
+                         CROSS JOIN LATERAL (VALUES (x.from_id, -x.amount), (x.to_id, x.amount)) AS s (account_id, delta)
+                         GROUP BY s.account_id) d
+                 WHERE a.id = d.account_id AND NOT a.is_system
+            )
+            INSERT INTO ledger_entries (account_id, transfer_id, amount, balance_after, kind, description)
+            SELECT s.account_id, x.id, s.amount, s.balance_after, s.kind, x.description
+              FROM unnest(v_ids, v_from, v_to, p_amounts, p_descriptions, v_from_after, v_to_after) WITH ORDINALITY
+                   AS x (id, from_id, to_id, amount, description, from_after, to_after, i)
+             CROSS JOIN LATERAL (VALUES (0, x.from_id, -x.amount, x.from_after, 'transfer_out'),
+                                        (1, x.to_id, x.amount, x.to_after, 'transfer_in'))
+                   AS s (side, account_id, amount, balance_after, kind)
+             WHERE s.balance_after IS NOT NULL  -- a system account has no entries
+             ORDER BY x.i, s.side;
+            RETURN QUERY
+            SELECT x.i::integer, 'transferred'::text, NULL::text, x.id, x.from_id, x.to_id
+              FROM unnest(v_ids, v_from, v_to) WITH ORDINALITY AS x (id, from_id, to_id, i)
+             ORDER BY x.i;
+            RETURN;
+        END IF;
+    END IF;
+    RETURN QUERY SELECT * FROM apply_transfer_batch_in_order(
+        p_atomic, p_kinds, p_from_accounts, p_from_users, p_to_accounts, p_to_users, p_asset_ids, p_amounts, p_codes,
+        p_descriptions, p_metadata, p_pending, p_timeouts, p_references, p_holds);
+END
+$$;
