@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 import asyncpg
+import orjson
 
 from server.problems import DATABASE_UNAVAILABLE_ERRORS, PROBLEM_CONTENT_TYPE, IdempotencyKeyReused, Problem
 
@@ -118,7 +119,10 @@ class Outcome:
 
     @classmethod
     def of(cls, status: int, document: dict, location: str | None = None, replayed: bool = False) -> Outcome:
-        return cls(status, json.dumps(document), "application/json", location, replayed)
+        """``document`` (JSON types; integers within 64 bits, as every amount and balance is) as the
+        body, encoded by orjson: a batch's answer holds up to 10,000 transfers, and the standard
+        library's encoder was 17% of the service's CPU on bulk batches (py-spy)."""
+        return cls(status, orjson.dumps(document).decode(), "application/json", location, replayed)
 
     @classmethod
     def of_problem(cls, problem: Problem, instance: str) -> Outcome:
