@@ -9,15 +9,26 @@ Workloads:
      at once, account 1 at 10000 (so 5,000 succeed and 5,000 are refused);
   2. ``hot, keep-alive``: the same 10,000 over 200 keep-alive connections;
   3. ``spread``: 100,000 ``POST /api/users/{id}/credit {"amount": 1}`` over 200 connections, the
-     ids cycling uniformly over 10,000 accounts.
-The load client is h2load (Debian package ``nghttp2-client``) when installed, else the burst tool
-(workloads 1 and 2 only). For each run it prints the wall time, throughput, p50/p99 latency (from
-h2load's per-request log, through HdrHistogram) and the ratio to the ceiling in the same run, then
-the goals of issue 5 (ratios, same run) and whether each is met.
+     ids cycling uniformly over 10,000 accounts;
+  4. ``transfers, 50 accounts`` / 5. ``transfers, 10k accounts``: ``POST /api/transfers`` of 1 unit
+     between two random accounts among 50 / 10,000, over 200 connections for WRK_SECONDS;
+  6. ``holds then posts``: each of 200 connections makes a hold between two random accounts among
+     10,000, then posts it, and again;
+  7. ``bulk batches of 1,000``: ``POST /api/transfers/batch`` of 1,000 random transfers among 10,000
+     accounts over 4 connections (throughput counts transfers).
+Workloads 1-3 are fired by h2load (Debian package ``nghttp2-client``; else the burst tool, 1 and 2
+only), 4-7 by wrk (Debian package ``wrk``) with ``loadtest/transfers.lua``, which varies the
+bodies. For each run it prints the wall time, throughput, p50/p99 latency (from h2load's
+per-request log through HdrHistogram, or wrk's own), the CPU time per request of the service and
+of PostgreSQL, and the ratio to the ceiling in the same run; then the goals of issues 5 and 11
+(ratios, same run) and whether each is met. ``batching off`` is every change a batch of one: the
+comparison "against batch size 1".
 
 On a terminal a progress bar shows the run under way (plain ``[i/9]`` lines otherwise, e.g. in CI
 logs). Everything is bounded: each h2load run has a request count and a timeout; servers and PostgreSQL
-are stopped on exit. Usage: ``balance-api bench [--workers N] [--json PATH]``.
+are stopped on exit; each wrk run lasts WRK_SECONDS. Usage:
+``balance-api bench [--workers N] [--json PATH] [--plot FILE.png] [--only WORKLOAD ...]``
+(``--plot`` needs matplotlib: ``pip install -e .[plot]``).
 """
 
 from __future__ import annotations
@@ -50,18 +61,28 @@ SERVERS = ("ceiling", "batching off", "batching on")
 ACCOUNTS = 10_000
 
 
+WRK_SECONDS = 10
+LUA_SCRIPT = Path(__file__).resolve().parent / "transfers.lua"
+
+
 @dataclass(frozen=True)
 class Workload:
     name: str
-    requests: int
+    requests: int  # h2load's request count (wrk runs for WRK_SECONDS instead)
     connections: int
-    hot: bool  # True: PATCH account 1; False: credits spread over ACCOUNTS accounts
+    kind: str  # hot: PATCH account 1; spread: credits over ACCOUNTS users; else loadtest/transfers.lua's WORKLOAD
+    accounts: int = ACCOUNTS  # wrk workloads: how many accounts the transfers pick from
+    per_request: int = 1  # transfers per request (a bulk batch's size)
 
 
 WORKLOADS = (
-    Workload("hot, all at once", 10_000, 10_000, True),
-    Workload("hot, keep-alive", 10_000, 200, True),
-    Workload("spread", 100_000, 200, False),
+    Workload("hot, all at once", 10_000, 10_000, "hot"),
+    Workload("hot, keep-alive", 10_000, 200, "hot"),
+    Workload("spread", 100_000, 200, "spread"),
+    Workload("transfers, 50 accounts", 0, 200, "transfers", 50),
+    Workload("transfers, 10k accounts", 0, 200, "transfers"),
+    Workload("holds then posts", 0, 200, "holds"),
+    Workload("bulk batches of 1,000", 0, 4, "bulk", per_request=1000),
 )
 
 
@@ -78,6 +99,15 @@ class Measurement:
     server_cpu_s: float = 0.0  # CPU time of the server's processes during the run
     postgres_cpu_s: float = 0.0  # CPU time of PostgreSQL's processes during the run
     ratio: float = 0.0  # to the ceiling: throughput ratio, or ceiling wall / wall for "all at once"
+    per_request: int = 1  # transfers per request: transfers/s = requests_per_s * per_request
+
+    @property
+    def requests(self) -> float:
+        return self.requests_per_s * self.wall_s
+
+    def cpu_us_per_request(self, seconds: float) -> float:
+        """``seconds`` of CPU per request of the run, in microseconds."""
+        return seconds / self.requests * 1e6 if self.requests else 0.0
 
 
 def _free_port() -> int:
@@ -190,7 +220,7 @@ def _percentiles(latencies_us: list[int]) -> tuple[float, float]:
 def _h2load(url: str, workload: Workload, work: Path) -> tuple[float, float, float, float, dict[str, int]]:
     log = work / "h2load.log"
     log.unlink(missing_ok=True)
-    if workload.hot:
+    if workload.kind == "hot":
         body = work / "patch.json"
         body.write_text(json.dumps({"userId": 1, "amount": -2}))
         target = ["-H", ":method: PATCH", f"{url}/api/balance"]
@@ -219,6 +249,37 @@ def _h2load(url: str, workload: Workload, work: Path) -> tuple[float, float, flo
     return wall, float(finished.group(3)), p50, p99, statuses
 
 
+def _first_account(url: str) -> int:
+    """The id of user 2's account: accounts of users 2..ACCOUNTS have consecutive ids from there."""
+    import psycopg
+
+    with psycopg.connect(url) as conn:
+        return conn.execute("SELECT min(id) FROM accounts WHERE user_id >= 2").fetchone()[0]
+
+
+def _wrk(url: str, workload: Workload, work: Path, first_account: int
+         ) -> tuple[float, float, float, float, dict[str, int]]:
+    """Run ``loadtest/transfers.lua`` for WRK_SECONDS (2 threads); wall, requests/s, p50/p99 (ms), statuses."""
+    report_path = work / "wrk.json"
+    report_path.unlink(missing_ok=True)
+    env = {**os.environ, "WORKLOAD": workload.kind, "FIRST_ACCOUNT": str(first_account),
+           "ACCOUNTS": str(min(workload.accounts, ACCOUNTS - 1)), "BATCH_SIZE": str(workload.per_request),
+           "REPORT": str(report_path)}
+    command = ["wrk", "-t", "2", "-c", str(workload.connections), "-d", f"{WRK_SECONDS}s", "--timeout", "30s",
+               "-s", str(LUA_SCRIPT), url]
+    output = subprocess.run(command, capture_output=True, text=True, timeout=WRK_SECONDS + 120, env=env)
+    if not report_path.exists():
+        raise RuntimeError(f"wrk did not finish:\n{output.stdout[-2000:]}{output.stderr[-2000:]}")
+    report = json.loads(report_path.read_text())
+    wall = report["duration_us"] / 1e6
+    statuses: dict[str, int] = {}
+    for status, count in report["statuses"].items():
+        kind = f"{status[0]}xx"
+        statuses[kind] = statuses.get(kind, 0) + count
+    statuses.update({kind: count for kind, count in report["errors"].items() if count})
+    return wall, report["requests"] / wall, report["p50_us"] / 1000, report["p99_us"] / 1000, statuses
+
+
 def _burst_tool(url: str, workload: Workload, work: Path) -> tuple[float, float, float, float, dict[str, int]]:
     report_path = work / "burst.json"
     args = [sys.executable, "-m", "server", "burst", "--url", url, "--user-id", "1", "--requests",
@@ -232,7 +293,8 @@ def _burst_tool(url: str, workload: Workload, work: Path) -> tuple[float, float,
             report["counts"])
 
 
-def run(workers: int, work: Path, progress: RunProgress) -> list[Measurement]:
+def run(workers: int, work: Path, progress: RunProgress,
+        workloads: tuple[Workload, ...] = WORKLOADS) -> list[Measurement]:
     """Start each server in turn and measure every workload against it, reporting each run to
     ``progress`` (one step per server and workload)."""
     client = "h2load" if shutil.which("h2load") else "burst tool"
@@ -241,6 +303,7 @@ def run(workers: int, work: Path, progress: RunProgress) -> list[Measurement]:
                 if key not in ("DATABASE_URL", "PORT", "HOST", "PROMETHEUS_MULTIPROC_DIR", "API_TOKEN")}
     with _postgres(work / "postgres") as (url_template, postmaster):
         databases = {name: _prepare_database(url_template, name.replace(" ", "_")) for name in SERVERS[1:]}
+        first_account = _first_account(databases[SERVERS[1]])
         for server in SERVERS:
             port = _free_port()
             if server == "ceiling":
@@ -257,23 +320,31 @@ def run(workers: int, work: Path, progress: RunProgress) -> list[Measurement]:
                 started = [stack.enter_context(_server(command, env, port, work / f"{server}.log"))
                            for _ in range(copies)]
                 url, server_processes = started[0][0], [process for _, process in started]
-                for workload in WORKLOADS:
+                for workload in workloads:
                     progress.start(f"{server}: {workload.name}")
-                    if not workload.hot and client != "h2load":
-                        progress.done(f"  {workload.name}: needs h2load (apt install nghttp2-client); skipped")
+                    if workload.kind == "spread" and client != "h2load" or (
+                            workload.kind not in ("hot", "spread") and not shutil.which("wrk")):
+                        progress.done(f"  {workload.name}: needs h2load and wrk (apt install nghttp2-client wrk);"
+                                      " skipped")
                         continue
-                    if workload.hot and server != "ceiling":
+                    if workload.kind == "hot" and server != "ceiling":
                         _reset_hot_account(url)
-                    measure = _h2load if client == "h2load" else _burst_tool
                     cpu_before = _cpu_seconds(server_processes), _cpu_seconds([postmaster])
-                    wall, rate, p50, p99, statuses = measure(url, workload, work)
+                    if workload.kind in ("hot", "spread"):
+                        measured = (_h2load if client == "h2load" else _burst_tool)(url, workload, work)
+                    else:
+                        measured = _wrk(url, workload, work, first_account)
+                    wall, rate, p50, p99, statuses = measured
                     server_cpu = _cpu_seconds(server_processes) - cpu_before[0]
                     postgres_cpu = _cpu_seconds([postmaster]) - cpu_before[1]
-                    results.append(Measurement(workload.name, server, client, wall, rate, p50, p99, statuses,
-                                               server_cpu, postgres_cpu))
-                    progress.done(f"  {server:<13} {workload.name:<17} {wall:7.2f} s {rate:9,.0f} req/s "
-                                  f"p50 {p50:8.1f} ms p99 {p99:8.1f} ms  CPU server {server_cpu:5.2f} s "
-                                  f"postgres {postgres_cpu:5.2f} s  {statuses}")
+                    used = client if workload.kind in ("hot", "spread") else "wrk"
+                    measurement = Measurement(workload.name, server, used, wall, rate, p50, p99, statuses,
+                                              server_cpu, postgres_cpu, per_request=workload.per_request)
+                    results.append(measurement)
+                    progress.done(f"  {server:<13} {workload.name:<24} {wall:7.2f} s "
+                                  f"{rate * workload.per_request:9,.0f}/s p50 {p50:8.1f} ms p99 {p99:8.1f} ms  "
+                                  f"CPU/request service {measurement.cpu_us_per_request(server_cpu):7.0f} us "
+                                  f"postgres {measurement.cpu_us_per_request(postgres_cpu):7.0f} us  {statuses}")
     ceilings = {m.workload: m for m in results if m.server == "ceiling"}
     for measurement in results:
         ceiling = ceilings.get(measurement.workload)
@@ -284,22 +355,36 @@ def run(workers: int, work: Path, progress: RunProgress) -> list[Measurement]:
 
 
 GOALS = (
-    ("hot, keep-alive", "throughput >= 0.5 x ceiling", lambda m: m.ratio >= 0.5),
     ("hot, all at once", "wall time <= 1.2 x ceiling", lambda m: m.ratio >= 1 / 1.2),
+    ("hot, keep-alive", "throughput >= 0.5 x ceiling", lambda m: m.ratio >= 0.5),
     ("spread", "throughput >= 0.5 x ceiling", lambda m: m.ratio >= 0.5),
+    # 2x pgledger driven by pgbench over the PostgreSQL protocol on this machine (issue 11: ~4,000/s)
+    ("transfers, 10k accounts", ">= 8,000 transfers/s (2 x pgledger's bare SQL here)",
+     lambda m: m.requests_per_s >= 8_000),
+    ("bulk batches of 1,000", ">= 50,000 transfers/s", lambda m: m.requests_per_s * m.per_request >= 50_000),
 )
+
+
+def _versus_ceiling(m: Measurement) -> str:
+    if m.server == "ceiling":
+        return "1"
+    if m.workload == "hot, all at once":
+        return f"{1 / m.ratio:.2f} x wall" if m.ratio else "-"
+    return f"{m.ratio:.2f} x throughput"
 
 
 def format_table(results: list[Measurement]) -> str:
     """The results as a Markdown table, then the goals (batching on vs the ceiling)."""
-    lines = ["| workload | server | wall | requests/s | p50 | p99 | vs ceiling | CPU: server + PostgreSQL | statuses |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| workload | server | wall | requests/s | transfers/s | p50 | p99 | vs ceiling "
+             "| CPU/request: service + PostgreSQL | statuses |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for m in results:
-        ratio = "1" if m.server == "ceiling" else (
-            f"{1 / m.ratio:.2f} x wall" if m.workload == "hot, all at once" else f"{m.ratio:.2f} x throughput")
         statuses = ", ".join(f"{count:,} {kind}" for kind, count in m.statuses.items())
-        lines.append(f"| {m.workload} | {m.server} | {m.wall_s:.2f} s | {m.requests_per_s:,.0f} | {m.p50_ms:.1f} ms "
-                     f"| {m.p99_ms:.1f} ms | {ratio} | {m.server_cpu_s:.1f} + {m.postgres_cpu_s:.1f} s | {statuses} |")
+        transfers = "-" if m.server == "ceiling" else f"{m.requests_per_s * m.per_request:,.0f}"
+        lines.append(f"| {m.workload} | {m.server} | {m.wall_s:.2f} s | {m.requests_per_s:,.0f} | {transfers} "
+                     f"| {m.p50_ms:.1f} ms | {m.p99_ms:.1f} ms | {_versus_ceiling(m)} "
+                     f"| {m.cpu_us_per_request(m.server_cpu_s):,.0f} + {m.cpu_us_per_request(m.postgres_cpu_s):,.0f} us "
+                     f"| {statuses} |")
     lines.append("")
     for workload, goal, met in GOALS:
         found = [m for m in results if m.workload == workload and m.server == "batching on"]
@@ -308,20 +393,63 @@ def format_table(results: list[Measurement]) -> str:
     return "\n".join(lines)
 
 
+def plot(results: list[Measurement], path: Path) -> None:
+    """Draw the run as a chart at ``path`` (PNG): per workload, the throughput of batch size 1 and of
+    batching as a fraction of the no-op ceiling's (all at once: the ceiling's wall time over ours),
+    the goals marked. Needs matplotlib (the ``plot`` extra)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot
+
+    names = list(dict.fromkeys(m.workload for m in results))
+    goals = {"hot, all at once": 1 / 1.2, "hot, keep-alive": 0.5, "spread": 0.5}
+    figure, axes = pyplot.subplots(figsize=(9, 0.6 * len(names) + 1.5))
+    height = 0.38
+    for offset, server, colour in ((-height / 2, "batching off", "#b0b0b0"), (height / 2, "batching on", "#2b6cb0")):
+        found = {m.workload: m for m in results if m.server == server}
+        rows = [i for i, name in enumerate(names) if name in found]
+        values = [found[names[i]].ratio for i in rows]
+        bars = axes.barh([i + offset for i in rows], values, height, color=colour,
+                         label="batch size 1" if server == "batching off" else "batching")
+        for bar, i in zip(bars, rows):
+            m = found[names[i]]
+            axes.text(bar.get_width() + 0.01, bar.get_y() + bar.get_height() / 2,
+                      f"{m.requests_per_s * m.per_request:,.0f}/s", va="center", fontsize=8)
+    for i, name in enumerate(names):
+        if name in goals:
+            axes.plot([goals[name]] * 2, [i - 0.45, i + 0.45], color="#c53030", linewidth=2)
+    axes.plot([], [], color="#c53030", linewidth=2, label="goal")
+    axes.set_yticks(range(len(names)), names)
+    axes.invert_yaxis()
+    axes.set_xlabel("fraction of the no-op HTTP ceiling (throughput; all at once: its wall time over ours)")
+    axes.set_title("balance-api bench: one worker, ratios within one run (labels: transfers or changes per second)")
+    axes.legend(loc="lower right")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    pyplot.close(figure)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``balance-api bench``; exit 0 once measured (goals are reported, not enforced)."""
     parser = argparse.ArgumentParser(prog="balance-api bench", description=__doc__.splitlines()[0])
     parser.add_argument("--workers", type=int, default=1, help="service workers (and no-op processes)")
     parser.add_argument("--json", metavar="PATH", help="also write the measurements as JSON to PATH")
+    parser.add_argument("--plot", metavar="FILE.png", help="also draw the table as a chart (needs matplotlib)")
+    parser.add_argument("--only", nargs="+", metavar="WORKLOAD", choices=[w.name for w in WORKLOADS],
+                        help="run only these workloads (names as in the table)")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    workloads = tuple(w for w in WORKLOADS if not args.only or w.name in args.only)
     raise_open_file_limit()
     with tempfile.TemporaryDirectory(prefix="balance-api-bench-") as work, \
-            RunProgress(len(SERVERS) * len(WORKLOADS)) as progress:
-        results = run(args.workers, Path(work), progress)
+            RunProgress(len(SERVERS) * len(workloads)) as progress:
+        results = run(args.workers, Path(work), progress, workloads)
     print()
     print(format_table(results))
     if args.json:
         Path(args.json).write_text(json.dumps([asdict(m) for m in results], indent=2))
+    if args.plot:
+        plot(results, Path(args.plot))
     return 0
 
 

@@ -17,11 +17,17 @@ from server.running.config import Settings
 from server.running.process_limits import raise_open_file_limit
 
 _BALANCE = b'{"userId": 1, "balance": 10000}'
+_TRANSFER = b'{"transferId": 1, "fromAccountId": 2, "toAccountId": 3, "amount": 1, "status": "pending"}'
 
 
 async def _answer(request: web.Request) -> web.Response:
     await request.read()
     return web.Response(body=_BALANCE, content_type="application/json")
+
+
+async def _made(request: web.Request) -> web.Response:
+    await request.read()
+    return web.Response(status=201, body=_TRANSFER, content_type="application/json")
 
 
 def create_noop_app() -> web.Application:
@@ -30,6 +36,9 @@ def create_noop_app() -> web.Application:
     app.router.add_patch("/api/balance", _answer)
     app.router.add_get("/api/users/{user_id}", _answer)
     app.router.add_post("/api/users/{user_id}/credit", _answer)
+    app.router.add_post("/api/transfers", _made)
+    app.router.add_post("/api/transfers/batch", _answer)
+    app.router.add_post("/api/transfers/{transfer_id}/post", _answer)
     app.router.add_get("/api/health", _answer)
     return app
 

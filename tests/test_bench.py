@@ -1,22 +1,43 @@
-"""balance-api bench reports each figure as a ratio of the ceiling and says which goals are met.
-(The benchmark itself is a script, run by hand: it measures, it does not assert times.)"""
+"""balance-api bench reports each figure as a ratio of the ceiling, the CPU per request, and says
+which goals are met; --plot draws the same figures. (The benchmark itself is a script, run by hand:
+it measures, it does not assert times.)"""
 
-from loadtest.bench import Measurement, format_table
+from loadtest.bench import Measurement, format_table, plot
 
 
-def measurement(workload, server, wall, rate, ratio=0.0):
-    return Measurement(workload, server, "h2load", wall, rate, 1.0, 2.0, {"2xx": 10}, 0.5, 0.5, ratio)
+def measurement(workload, server, wall, rate, ratio=0.0, per_request=1):
+    return Measurement(workload, server, "h2load", wall, rate, 1.0, 2.0, {"2xx": 10}, 0.5, 0.5, ratio,
+                       per_request)
+
+
+RESULTS = [
+    measurement("hot, all at once", "ceiling", 2.0, 5000),
+    measurement("hot, all at once", "batching on", 2.2, 4500, ratio=2.0 / 2.2),
+    measurement("hot, keep-alive", "ceiling", 0.4, 25000),
+    measurement("hot, keep-alive", "batching off", 1.0, 5000, ratio=0.2),
+    measurement("hot, keep-alive", "batching on", 1.0, 10000, ratio=0.4),
+    measurement("bulk batches of 1,000", "ceiling", 1.0, 1000),
+    measurement("bulk batches of 1,000", "batching on", 1.0, 60, ratio=0.06, per_request=1000),
+]
 
 
 def test_the_table_gives_ratios_to_the_ceiling_and_the_verdict_on_each_goal():
-    table = format_table([
-        measurement("hot, all at once", "ceiling", 2.0, 5000),
-        measurement("hot, all at once", "batching on", 2.2, 4500, ratio=2.0 / 2.2),
-        measurement("hot, keep-alive", "ceiling", 0.4, 25000),
-        measurement("hot, keep-alive", "batching on", 1.0, 10000, ratio=0.4),
-    ])
-    assert "| hot, all at once | batching on | 2.20 s | 4,500 | 1.0 ms | 2.0 ms | 1.10 x wall |" in table
-    assert "| hot, keep-alive | batching on | 1.00 s | 10,000 | 1.0 ms | 2.0 ms | 0.40 x throughput |" in table
+    table = format_table(RESULTS)
+    assert "| hot, all at once | batching on | 2.20 s | 4,500 | 4,500 | 1.0 ms | 2.0 ms | 1.10 x wall |" in table
+    assert "| hot, keep-alive | batching on | 1.00 s | 10,000 | 10,000 | 1.0 ms | 2.0 ms | 0.40 x throughput |" in table
     assert "- hot, all at once: wall time <= 1.2 x ceiling: MET" in table
     assert "- hot, keep-alive: throughput >= 0.5 x ceiling: NOT MET" in table
     assert "spread" not in table.split("\n\n")[1]  # no verdict without a measurement
+
+
+def test_the_table_counts_the_transfers_of_a_bulk_batch_and_the_cpu_per_request():
+    table = format_table(RESULTS)
+    # 60 batches/s of 1,000; 0.5 s of service CPU over 60 requests
+    assert "| bulk batches of 1,000 | batching on | 1.00 s | 60 | 60,000 |" in table
+    assert "| 8,333 + 8,333 us |" in table
+    assert "- bulk batches of 1,000: >= 50,000 transfers/s: MET" in table
+
+
+def test_the_plot_is_a_png_of_every_workload(tmp_path):
+    plot(RESULTS, tmp_path / "bench.png")
+    assert (tmp_path / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
