@@ -1,34 +1,46 @@
-"""Batching of concurrent balance changes across accounts (``BATCHING=true``).
+"""Batching of concurrent money movements across accounts: one batcher per kind of statement.
 
 Every change commits in a transaction, and a commit waits for its WAL to reach disk; a change to an
 account also waits for that account's row lock. So instead of one statement and one commit per
-change, changes that arrive while batches are in flight are collected, and when a batch returns,
-what waits (at most ``BATCH_MAX_SIZE`` changes, whatever accounts they touch) goes to PostgreSQL as
-ONE call of ``apply_balance_changes()`` (migration 0005): one statement, one transaction, one commit.
-At most ``BATCH_MAX_IN_FLIGHT`` batches are in flight at once. Each change is a transfer between an
-account and its asset's system account; the system account's row is never locked.
+request, what arrives while batches are in flight is collected, and when a batch returns, what
+waits (at most ``BATCH_MAX_SIZE`` items, whatever accounts they touch) goes to PostgreSQL as ONE
+call: one transaction, one commit. At most ``BATCH_MAX_IN_FLIGHT`` batches are in flight at once.
+Two batchers share this machinery (:class:`Batcher`):
 
-* A lone change goes out at once, as a batch of one: no timer, no added latency without contention.
-* Per account, order is arrival order: a batch takes no change of an account that is in a batch
-  still in flight (those wait for the next), so one account's changes go out in the order they
-  came, and batches in flight never touch the same account (nor wait for each other's locks).
-* Semantics are those of applying the changes one at a time in arrival order: the SQL function
-  locks the accounts in id order and walks each account's changes in array order, accepting a
-  change iff the account is open and its running balance stays within its limits, and writes one
-  transfer per accepted change, the account's entry with its own ``balance_after``.
-* Every request is answered with its own outcome, after its batch has committed. If the batch
-  fails (connection lost, timeout), every request in it gets the error (503): the batch was one
-  statement, so nothing of it committed.
-* Batching is per process: with several workers each batches its own requests; PostgreSQL's row
-  locks, always taken in account id order, serialise batches that share an account, without deadlock.
+* :class:`BalanceChangeBatcher`: ``PATCH /api/balance``, credits and debits, as one call of
+  ``apply_balance_changes()`` (migration 0006); each change is a transfer between an account and
+  its asset's system account, whose row is never locked.
+* :class:`TransferBatcher`: ``POST /api/transfers`` (plain or a hold) and the post or void of a
+  hold, as one call of ``apply_transfer_batch()`` (migrations 0008-0009) without ``atomic``:
+  the items in order, each accepted or refused on its own, set-based when all are plain transfers
+  that pass.
 
-* Changes with an ``Idempotency-Key`` are batched too. A batch holding any is one transaction of
+``BATCHING=false`` is the same code path with batches of one (``max_batch=1``).
+
+* A lone item goes out at once, as a batch of one: no timer, no added latency without contention.
+* Items have *lanes*: a balance change its account; a transfer the two sides as named (by account
+  id, or by user and asset); a post or void its hold; a keyed item also its Idempotency-Key. Per
+  lane, order is arrival order: a batch takes an item only when it is the oldest waiting one of
+  each of its lanes and none of them is in a batch still in flight (it waits for the next batch),
+  so batches in flight never share a lane, and items that share one go out in the order they
+  came. A lane that names an account one way and a lane that names it another way (by id, by
+  user), or a hold and its accounts, may be in two batches in flight; PostgreSQL's row locks,
+  always taken in ascending account id order by every function that moves money, then apply one
+  batch after the other, without deadlock.
+* Semantics are those of applying the items one at a time in arrival order: the SQL functions lock
+  the accounts in id order and walk the items in array order, accepting an item iff it passes the
+  same checks as on its own; every request is answered with its own outcome, after its batch has
+  committed. If the batch fails (connection lost, timeout), every request in it gets the error
+  (503): the batch was one transaction, so nothing of it committed.
+* Batching is per process: with several workers each batches its own requests; row locks in
+  account id order serialise batches that share an account, without deadlock.
+* Items with an ``Idempotency-Key`` are batched too. A batch holding any is one transaction of
   four statements: claim the keys (in key order), read the stored outcomes of keys already used
-  (a replay, or 422 ``idempotency_key_reused``), apply the changes of the claimed keys and the
-  unkeyed ones in one ``apply_balance_changes()`` call, store the outcomes of the claimed keys;
-  then commit, then answer. Changes with the same key go out in arrival order, one per batch (a
-  key is like an account here), so a repeated key finds the first one's stored outcome. Deadlocks and serialization failures retry the
-  whole batch (:func:`server.ledger.idempotency.retry_transaction`).
+  (a replay, or 422 ``idempotency_key_reused``), apply the items of the claimed keys and the
+  unkeyed ones in one call, store the outcomes of the claimed keys; then commit, then answer. A key
+  is a lane that takes at most one item per batch, so a repeated key finds the first one's stored
+  outcome. Deadlocks and serialization failures retry the whole batch
+  (:func:`server.ledger.idempotency.retry_transaction`).
 """
 
 from __future__ import annotations
@@ -36,9 +48,10 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
-from collections import deque
-from collections.abc import Callable
+from collections import OrderedDict, deque
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 import asyncpg
 
@@ -52,32 +65,59 @@ from server.ledger.idempotency import (
     retry_transaction,
     stored_outcome,
 )
-from server.ledger.store import AccountRef, AppliedChange, BalanceChange, apply_balance_changes
+from server.ledger.store import (
+    AccountRef,
+    AppliedChange,
+    BalanceChange,
+    ResolvePending,
+    Transfer,
+    TransferOrder,
+    apply_balance_changes,
+    apply_transfer_batch,
+)
 from server.problems import DATABASE_UNAVAILABLE_ERRORS, DatabaseUnavailable, Problem
 from server.running.database import Database
 
+
 log = logging.getLogger(__name__)
 
-# How a keyed change's result (the applied change, or its refusal) becomes the response stored
-# under its key.
-Render = Callable[[AppliedChange | Problem], Outcome]
+Order = TypeVar("Order")  # what an item asks for: a BalanceChange on an account, a TransferOrder...
+Result = TypeVar("Result")  # what applying it gives: an AppliedChange, a Transfer
+
+# How a keyed item's result (what it made, or its refusal) becomes the response stored under its key.
+Render = Callable[[object], Outcome]
+
+
+@dataclass(frozen=True, slots=True)
+class _KeyLane:
+    """An Idempotency-Key as a lane: at most one item per batch."""
+
+    key: str
+
+
+@dataclass(frozen=True, slots=True)
+class _HoldLane:
+    """A pending transfer as a lane: its post or void."""
+
+    transfer_id: int
 
 
 @dataclass(slots=True)
-class _Change:
-    account: AccountRef
-    change: BalanceChange
-    answer: asyncio.Future  # AppliedChange; for a keyed change (Outcome, replayed)
+class _Item:
+    order: object
+    lanes: tuple[Hashable, ...]  # distinct; a keyed item's _KeyLane last
+    answer: asyncio.Future  # the result; for a keyed item (Outcome, replayed)
     keyed: KeyedRequest | None = None
     render: Render | None = None
 
 
-class BalanceChangeBatcher:
-    """Collects concurrent changes, whatever their accounts, and applies each collection in one statement.
+class Batcher(Generic[Order, Result]):
+    """Collects concurrent items, whatever their accounts, and applies each collection in one call
+    (module docstring). Subclasses say how a batch is applied (:meth:`_apply`).
 
-    ``max_batch`` bounds how many changes one statement carries, ``max_in_flight`` how many batches
-    are in flight at once (each holds a pool connection). Changes waiting here count as pending
-    requests of ``database`` (``DB_MAX_PENDING``), like requests waiting for a connection.
+    ``max_batch`` bounds how many items one call carries, ``max_in_flight`` how many batches are in
+    flight at once (each holds a pool connection). Items waiting here count as pending requests of
+    ``database`` (``DB_MAX_PENDING``), like requests waiting for a connection.
     """
 
     def __init__(self, database: Database, max_batch: int,
@@ -91,61 +131,37 @@ class BalanceChangeBatcher:
         self._max_in_flight = max_in_flight
         self._on_batch = on_batch
         self.batches_sent = 0
-        # account -> its changes not yet sent, in arrival order; accounts in the order their first
-        # waiting change arrived
-        self._waiting: dict[AccountRef, deque[_Change]] = {}
-        self._busy: set[AccountRef] = set()  # accounts in a batch in flight
-        # idempotency key -> its changes not yet sent, in arrival order; and the keys in flight
-        self._waiting_keys: dict[str, deque[_Change]] = {}
-        self._busy_keys: set[str] = set()
+        # lane -> its items not yet sent, in arrival order; lanes in the order their first waiting
+        # item arrived
+        self._waiting: dict[Hashable, deque[_Item]] = {}
+        self._busy: set[Hashable] = set()  # lanes in a batch in flight
         self._in_flight: set[asyncio.Task] = set()
         self._closed = False
 
-    async def apply(self, ref: AccountRef, change: BalanceChange) -> AppliedChange:
-        """Apply ``change`` to the account ``ref``.
-
-        Returns the :class:`AppliedChange`; raises its refusal, :class:`ServiceOverloaded` or
-        :class:`DatabaseUnavailable` (503) -- exactly as :func:`server.ledger.store.apply_balance_change`.
-        """
-        return await self._submit(_Change(ref, change, self._future()))
-
-    async def apply_keyed(self, ref: AccountRef, change: BalanceChange, keyed: KeyedRequest,
-                          render: Render) -> tuple[Outcome, bool]:
-        """Apply a change sent with an Idempotency-Key: returns ``(outcome, replayed)``, the outcome
-        being ``render(result)`` stored under the key with the change, or the one stored before
-        (``replayed``). Raises :class:`~server.problems.IdempotencyKeyReused` (422) when the key was
-        used for another request, and the 503 problems as :meth:`apply`."""
-        change = change._replace(idempotency_key=keyed.key)
-        return await self._submit(_Change(ref, change, self._future(), keyed, render))
-
-    @staticmethod
-    def _future() -> asyncio.Future:
-        return asyncio.get_running_loop().create_future()
-
-    async def _submit(self, change: _Change):
+    async def _submit(self, order: Order, lanes: tuple[Hashable, ...], keyed: KeyedRequest | None = None,
+                      render: Render | None = None):
+        """Queue ``order`` on its ``lanes`` (an Idempotency-Key's added) and return its answer."""
         with self._database.admission():
             if self._closed:
                 raise DatabaseUnavailable("The service is shutting down; retry.")
-            self._enqueue(self._waiting, change.account, change)
-            if change.keyed is not None:
-                self._enqueue(self._waiting_keys, change.keyed.key, change)
-            # Whenever nothing can go (every slot taken, or all that waits is held back by what is in
-            # flight), a change of a busy account changes nothing: its batch sends it when it returns.
-            if change.account not in self._busy and len(self._in_flight) < self._max_in_flight:
+            if keyed is not None:
+                lanes = (*lanes, _KeyLane(keyed.key))
+            item = _Item(order, lanes, asyncio.get_running_loop().create_future(), keyed, render)
+            for lane in lanes:
+                queue = self._waiting.get(lane)
+                if queue is None:
+                    self._waiting[lane] = deque((item,))
+                else:
+                    queue.append(item)
+            # Whenever nothing can go (every slot taken, or all that waits is held back by what is
+            # in flight), an item on a busy lane changes nothing: its batch sends it when it returns.
+            if len(self._in_flight) < self._max_in_flight and self._busy.isdisjoint(lanes):
                 self._send_what_can_go()
-            return await change.answer
-
-    @staticmethod
-    def _enqueue(queues: dict, name, change: _Change) -> None:
-        queue = queues.get(name)
-        if queue is None:
-            queues[name] = deque((change,))
-        else:
-            queue.append(change)
+            return await item.answer
 
     def _send_what_can_go(self) -> None:
         """Start batches, each from a task of its own, while fewer than ``max_in_flight`` are in
-        flight and changes of accounts not in flight wait."""
+        flight and items whose lanes are all free wait."""
         while len(self._in_flight) < self._max_in_flight:
             batch = self._next_batch()
             if not batch:
@@ -153,124 +169,209 @@ class BalanceChangeBatcher:
             task = asyncio.create_task(self._run(batch))
             self._in_flight.add(task)
 
-    def _next_batch(self) -> list[_Change]:
-        """Take up to ``max_batch`` waiting changes, oldest account first, and mark their accounts
-        and keys busy.
+    def _next_batch(self) -> list[_Item]:
+        """Take up to ``max_batch`` waiting items, lanes with the oldest waiting item first, and
+        mark their lanes busy.
 
-        An account's changes are taken from the front of its queue, and only while its account is
-        not in flight; a keyed change only when it is the oldest waiting change with its key and
-        no change with that key is in flight (else its account's queue stops there). So changes
-        that share an account or a key go out in arrival order, each key at most once per batch,
-        and the oldest waiting change can always go once what it waits for has returned.
+        From each free lane, items are taken from the front while the front item is also the front
+        of each of its other lanes and none of them is busy or done for this batch (a key takes
+        one item per batch); a lane stops at the first item it cannot give. So items sharing a
+        lane go out in arrival order, and the oldest waiting item can always go once what it
+        waits for has returned.
         """
-        batch: list[_Change] = []
+        batch: list[_Item] = []
         room = self._max_batch
-        for account in [account for account in self._waiting if account not in self._busy]:
-            waiting = self._waiting[account]
-            before = room
+        done: set[Hashable] = set()  # lanes that give nothing more to this batch
+        taken: set[Hashable] = set()
+        for lane in list(self._waiting):
+            if lane in self._busy or lane in done or lane not in self._waiting:
+                continue
+            waiting = self._waiting[lane]
             while waiting and room:
-                change = waiting[0]
-                if change.keyed is not None:
-                    key = change.keyed.key
-                    same_key = self._waiting_keys[key]
-                    if key in self._busy_keys or same_key[0] is not change:
+                item = waiting[0]
+                if len(item.lanes) == 1:  # this lane's alone (a balance change without a key)
+                    waiting.popleft()
+                    taken.add(lane)
+                else:
+                    if any(other in self._busy or other in done or self._waiting[other][0] is not item
+                           for other in item.lanes):
                         break
-                    same_key.popleft()
-                    if not same_key:
-                        del self._waiting_keys[key]
-                    self._busy_keys.add(key)
-                batch.append(waiting.popleft())
+                    for other in item.lanes:
+                        queue = self._waiting[other]
+                        queue.popleft()
+                        if other != lane and not queue:
+                            del self._waiting[other]
+                        taken.add(other)
+                        if isinstance(other, _KeyLane):
+                            done.add(other)
+                batch.append(item)
                 room -= 1
             if not waiting:
-                del self._waiting[account]
-            if room < before:
-                self._busy.add(account)
+                del self._waiting[lane]
+            done.add(lane)
             if not room:
                 break
+        self._busy |= taken
         return batch
 
-    async def _run(self, batch: list[_Change]) -> None:
+    async def _run(self, batch: list[_Item]) -> None:
         try:
             await self._send(batch)
         except BaseException:  # cancelled (shutdown): nobody must wait forever
             self._closed = True
-            for change in [*batch, *(change for waiting in self._waiting.values() for change in waiting)]:
-                if not change.answer.done():
-                    change.answer.set_exception(DatabaseUnavailable("The service is shutting down; retry."))
+            waiting = {id(item): item for queue in self._waiting.values() for item in queue}
+            for item in [*batch, *waiting.values()]:
+                if not item.answer.done():
+                    item.answer.set_exception(DatabaseUnavailable("The service is shutting down; retry."))
             self._waiting.clear()
-            self._waiting_keys.clear()
             raise
         finally:
             self._in_flight.discard(asyncio.current_task())
-            self._busy.difference_update({change.account for change in batch})
-            self._busy_keys.difference_update([change.keyed.key for change in batch if change.keyed is not None])
+            self._busy.difference_update([lane for item in batch for lane in item.lanes])
         if not self._closed:
             self._send_what_can_go()
 
-    async def _send(self, batch: list[_Change]) -> None:
-        """Apply ``batch`` (one statement, or one transaction when it holds keys) and settle every
-        change's ``answer`` after the commit; never raises (except on cancellation)."""
+    async def _send(self, batch: list[_Item]) -> None:
+        """Apply ``batch`` (one call, or one transaction when it holds keys) and settle every item's
+        ``answer`` after the commit; never raises (except on cancellation)."""
         self.batches_sent += 1
         if self._on_batch is not None:
             self._on_batch(len(batch))
         try:
-            if any(change.keyed for change in batch):
+            if any(item.keyed for item in batch):
                 settled = await retry_transaction(lambda: self._apply_keyed_batch(batch))
             else:
                 async with self._database.pooled_connection() as conn:
-                    settled = list(zip(batch, await self._apply(conn, batch)))
+                    settled = list(zip(batch, await self._apply(conn, [item.order for item in batch])))
         except Exception as error:
             if not isinstance(error, (Problem, *DATABASE_UNAVAILABLE_ERRORS)):
-                log.exception("batch of %d changes failed", len(batch))
+                log.exception("batch of %d items failed", len(batch))
             if isinstance(error, DATABASE_UNAVAILABLE_ERRORS):
                 error = DatabaseUnavailable()
-            for change in batch:  # one transaction: none of it committed
-                if not change.answer.done():
-                    change.answer.set_exception(error)
+            for item in batch:  # one transaction: none of it committed
+                if not item.answer.done():
+                    item.answer.set_exception(error)
             return
-        for change, result in settled:
+        for item, result in settled:
             if isinstance(result, BaseException):
-                change.answer.set_exception(result)
+                item.answer.set_exception(result)
             else:
-                change.answer.set_result(result)
+                item.answer.set_result(result)
 
-    @staticmethod
-    async def _apply(conn: asyncpg.Connection, changes: list[_Change]) -> list[AppliedChange | Problem]:
-        """One ``apply_balance_changes()`` call: each change's applied result or refusal, in order."""
-        return await apply_balance_changes(conn, [(change.account, change.change) for change in changes])
+    async def _apply(self, conn: asyncpg.Connection, orders: list[Order]) -> Sequence[Result | Problem]:
+        """Apply ``orders`` in order in one call on ``conn``: each one's result or refusal, in order."""
+        raise NotImplementedError
 
-    async def _apply_keyed_batch(self, batch: list[_Change]) -> list[tuple[_Change, object]]:
-        """The transaction of a batch holding keyed changes (module docstring); returns what each
-        change is to be answered, to be settled once it has committed."""
-        keyed = [change for change in batch if change.keyed is not None]  # no key twice (_next_batch)
-        settled: list[tuple[_Change, object]] = []
+    async def _apply_keyed_batch(self, batch: list[_Item]) -> list[tuple[_Item, object]]:
+        """The transaction of a batch holding keyed items (module docstring); returns what each
+        item is to be answered, to be settled once it has committed."""
+        keyed = [item for item in batch if item.keyed is not None]  # no key twice (_next_batch)
+        settled: list[tuple[_Item, object]] = []
         async with self._database.pooled_connection() as conn, conn.transaction():
-            keys = [change.keyed.key for change in keyed]
+            keys = [item.keyed.key for item in keyed]
             claimed = {row["key"] for row in await conn.fetch(
-                CLAIM_KEYS, keys, [change.keyed.fingerprint for change in keyed], self._key_retention)}
+                CLAIM_KEYS, keys, [item.keyed.fingerprint for item in keyed], self._key_retention)}
             stored = {row["key"]: row for row in await conn.fetch(
                 READ_STORED_MANY, [key for key in keys if key not in claimed])} if len(claimed) < len(keys) else {}
             applying = []
-            for change in batch:
-                if change.keyed is None or change.keyed.key in claimed:
-                    applying.append(change)
-                elif change.keyed.key not in stored:
+            for item in batch:
+                if item.keyed is None or item.keyed.key in claimed:
+                    applying.append(item)
+                elif item.keyed.key not in stored:
                     raise KeyVanished()  # expired and purged between claim and read: retry
                 else:
                     try:
-                        settled.append((change, (stored_outcome(stored[change.keyed.key], change.keyed.fingerprint,
-                                                                change.keyed.key), True)))
+                        settled.append((item, (stored_outcome(stored[item.keyed.key], item.keyed.fingerprint,
+                                                              item.keyed.key), True)))
                     except Problem as reused:
-                        settled.append((change, reused))
+                        settled.append((item, reused))
             outcomes = []
-            for change, result in zip(applying, await self._apply(conn, applying)):
-                if change.keyed is None:
-                    settled.append((change, result))
+            for item, result in zip(applying, await self._apply(conn, [item.order for item in applying])):
+                if item.keyed is None:
+                    settled.append((item, result))
                 else:
-                    outcome = change.render(result)
-                    outcomes.append((change.keyed.key, outcome))
-                    settled.append((change, (outcome, False)))
+                    outcome = item.render(result)
+                    outcomes.append((item.keyed.key, outcome))
+                    settled.append((item, (outcome, False)))
             if outcomes:
                 await conn.execute(STORE_OUTCOMES, *map(list, zip(*(
                     (key, o.status, o.body, o.content_type, o.location) for key, o in outcomes))))
         return settled
+
+
+class BalanceChangeBatcher(Batcher[tuple[AccountRef, BalanceChange], AppliedChange]):
+    """Balance changes (``PATCH /api/balance``, credits, debits), a batch per call of
+    ``apply_balance_changes()``; an item's lane is its account."""
+
+    async def apply(self, ref: AccountRef, change: BalanceChange) -> AppliedChange:
+        """Apply ``change`` to the account ``ref``.
+
+        Returns the :class:`AppliedChange`; raises its refusal, :class:`ServiceOverloaded` or
+        :class:`DatabaseUnavailable` (503) -- exactly as :func:`server.ledger.store.apply_balance_change`.
+        """
+        return await self._submit((ref, change), (ref,))
+
+    async def apply_keyed(self, ref: AccountRef, change: BalanceChange, keyed: KeyedRequest,
+                          render: Render) -> tuple[Outcome, bool]:
+        """Apply a change sent with an Idempotency-Key: returns ``(outcome, replayed)``, the outcome
+        being ``render(result)`` stored under the key with the change, or the one stored before
+        (``replayed``). Raises :class:`~server.problems.IdempotencyKeyReused` (422) when the key was
+        used for another request, and the 503 problems as :meth:`apply`."""
+        return await self._submit((ref, change._replace(idempotency_key=keyed.key)), (ref,), keyed, render)
+
+    async def _apply(self, conn, orders):
+        """One ``apply_balance_changes()`` call."""
+        return await apply_balance_changes(conn, orders)
+
+
+class TransferBatcher(Batcher[tuple[TransferOrder | ResolvePending, str | None], Transfer]):
+    """Single transfers, holds, posts and voids, a batch per call of ``apply_transfer_batch()``
+    without ``atomic``.
+
+    Lanes: a transfer's two sides as named (``("account", id)``, or ``("user", user_id,
+    asset_id)``) and its reference, if any (two transfers with one reference keep their order); a
+    post or void its hold and, when this batcher made the hold (remembered for the last
+    ``remembered_holds``), the hold's two accounts, so that it keeps its place among the transfers
+    of those accounts.
+    """
+
+    def __init__(self, *args, remembered_holds: int = 100_000, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._hold_accounts: OrderedDict[int, tuple[int, int]] = OrderedDict()  # hold id -> its accounts
+        self._remembered_holds = remembered_holds
+
+    async def apply(self, order: TransferOrder | ResolvePending) -> Transfer:
+        """Make the transfer or hold ``order``, or post or void the hold it names. Returns the
+        :class:`Transfer` (made, found by its reference, or the hold as it now is); raises the
+        refusal :func:`server.ledger.store.transfer_funds` or
+        :func:`server.ledger.store.resolve_pending_transfer` would, and the 503 problems as
+        :meth:`BalanceChangeBatcher.apply`."""
+        return await self._submit((order, None), self._lanes(order))
+
+    async def apply_keyed(self, order: TransferOrder | ResolvePending, keyed: KeyedRequest,
+                          render: Render) -> tuple[Outcome, bool]:
+        """As :meth:`BalanceChangeBatcher.apply_keyed`, for ``order``; a transfer made records the
+        key on its ledger entries."""
+        return await self._submit((order, keyed.key), self._lanes(order), keyed, render)
+
+    def _lanes(self, order: TransferOrder | ResolvePending) -> tuple[Hashable, ...]:
+        if isinstance(order, ResolvePending):
+            accounts = self._hold_accounts.get(order.transfer_id, ())
+            return (_HoldLane(order.transfer_id), *(("account", account) for account in accounts))
+        lanes = dict.fromkeys(("account", side.account_id) if side.account_id is not None
+                              else ("user", side.user_id, side.asset_id) for side in (order.source, order.destination))
+        if order.reference is not None:
+            lanes["reference", order.reference] = None
+        return tuple(lanes)
+
+    async def _apply(self, conn, orders):
+        """One ``apply_transfer_batch()`` call, not atomic: each order on its own; the accounts of
+        the holds it makes are remembered."""
+        _, results = await apply_transfer_batch(conn, [order for order, _ in orders], atomic=False,
+                                                idempotency_keys=[key for _, key in orders])
+        for result in results:
+            if isinstance(result, Transfer) and result.status == "pending" and not result.replayed:
+                self._hold_accounts[result.transfer_id] = (result.from_account_id, result.to_account_id)
+                if len(self._hold_accounts) > self._remembered_holds:
+                    self._hold_accounts.popitem(last=False)
+        return results

@@ -373,8 +373,17 @@ class _AtomicBatchFailed(Exception):
         self.index, self.refusal = index, refusal
 
 
+# The Idempotency-Key each new transfer's entries were made under ($1 transfer ids, $2 keys).
+RECORD_ENTRY_KEYS = """
+UPDATE ledger_entries e SET idempotency_key = k.key
+  FROM unnest($1::bigint[], $2::text[]) AS k (transfer_id, key)
+ WHERE e.transfer_id = k.transfer_id
+"""
+
+
 async def apply_transfer_batch(conn: asyncpg.Connection, orders: Sequence[TransferOrder | ResolvePending | Problem],
-                               atomic: bool) -> tuple[bool, list[Transfer | Problem]]:
+                               atomic: bool, idempotency_keys: Sequence[str | None] | None = None
+                               ) -> tuple[bool, list[Transfer | Problem]]:
     """Apply ``orders`` in order in ONE transaction on ``conn`` (a savepoint inside a caller's
     transaction), each seeing the effects of those before it: one call of ``apply_transfer_batch()``
     (migration 0008) and one read of the transfers it names, whatever the number of orders. An order
@@ -385,6 +394,8 @@ async def apply_transfer_batch(conn: asyncpg.Connection, orders: Sequence[Transf
     ``atomic`` (TigerBeetle's linked events): the first refusal rolls everything back; it is that
     item's result and every other item's is :class:`LinkedTransferFailed`; ``committed`` is False.
     Otherwise each order succeeds or fails on its own (a refusal writes nothing) and the rest commit.
+    ``idempotency_keys`` (one per order, or None): the key each transfer made now records on its
+    ledger entries, as :func:`transfer_funds` records it (one more statement when any is given).
     Database errors propagate (nothing committed).
     """
     results: list[Transfer | Problem] = []
@@ -405,6 +416,11 @@ async def apply_transfer_batch(conn: asyncpg.Connection, orders: Sequence[Transf
                     if atomic:
                         raise _AtomicBatchFailed(index, refusal) from None
                     results.append(refusal)
+            keyed = [(result.transfer_id, key) for order, result, key in zip(orders, results, idempotency_keys or ())
+                     if key is not None and isinstance(order, TransferOrder) and isinstance(result, Transfer)
+                     and not result.replayed]
+            if keyed:
+                await conn.execute(RECORD_ENTRY_KEYS, *map(list, zip(*keyed)))
     except _AtomicBatchFailed as failed:
         return False, [failed.refusal if index == failed.index else LinkedTransferFailed(failed.index)
                        for index in range(len(orders))]

@@ -82,8 +82,7 @@ class Settings(BaseSettings):
     db_statement_cache_size: Annotated[int, Field(ge=0, le=100_000)] = 100
     # requests per worker that may hold or wait for a database connection at once; beyond it, 503
     db_max_pending: Annotated[int, Field(ge=1, le=1_000_000)] = 10_000
-    # batching of concurrent balance changes across accounts (server/ledger/batching.py); off = one
-    # statement each
+    # batching of concurrent money movements across accounts (server/ledger/batching.py); off = batches of one
     batching: bool = True
     batch_max_size: Annotated[int, Field(ge=1, le=10_000)] = 500
     # batches in flight at once per worker, each on a pool connection of its own

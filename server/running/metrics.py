@@ -53,10 +53,12 @@ BALANCE_CHANGES = Counter(
     "not_found, balance_overflow, idempotent_replay.",
     ["outcome"],
 )
+_BATCH_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000)
 BATCH_SIZE = Histogram(
-    "balance_change_batch_size", "Changes per statement sent by the batcher (BATCHING).",
-    buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000),
-)
+    "balance_change_batch_size", "Changes per statement sent by the batcher (BATCHING).", buckets=_BATCH_BUCKETS)
+TRANSFER_BATCH_SIZE = Histogram(
+    "transfer_batch_size", "Transfers, holds, posts and voids per call sent by the transfer batcher (BATCHING).",
+    buckets=_BATCH_BUCKETS)
 POOL_CONNECTIONS = Gauge("db_pool_connections", "Open connections in the asyncpg pools of all workers.",
                          multiprocess_mode="livesum")
 POOL_IN_USE = Gauge("db_pool_connections_in_use", "Pool connections lent out to requests, all workers.",

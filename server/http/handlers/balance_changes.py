@@ -11,7 +11,7 @@ from aiohttp import web
 from server.http.app_keys import ASSETS, BATCHER, DATABASE
 from server.http.handlers.documents import change_json, entry_applied_json
 from server.http.handlers.paths import id_from_path
-from server.http.idempotent_requests import IDEMPOTENCY_KEY_HEADER, keyed_request, outcome_response, respond
+from server.http.idempotent_requests import IDEMPOTENCY_KEY_HEADER, keyed_request, outcome_response
 from server.http.request_bodies import AccountCreditOrDebit, BalanceChange, CreditOrDebit, StrictBody, read_json_body
 from server.ledger import store as ledger
 from server.ledger.idempotency import Outcome
@@ -47,27 +47,15 @@ def _count_replay() -> None:
 
 async def _apply_unkeyed(request: web.Request, ref: ledger.AccountRef,
                          change: ledger.BalanceChange) -> ledger.AppliedChange:
-    """A change without an Idempotency-Key: through the batcher when ``BATCHING`` is
-    on, else a batch of its own; counted in ``balance_changes_total`` either way."""
-    batcher = request.app.get(BATCHER)
-    if batcher is not None:
-        return await _counted(batcher.apply(ref, change))
-    async with request.app[DATABASE].connection() as db:
-        return await _counted(ledger.apply_balance_change(db, ref, change))
+    """A change without an Idempotency-Key, through the batcher (``BATCHING=false``: a batch of
+    one); counted in ``balance_changes_total``."""
+    return await _counted(request.app[BATCHER].apply(ref, change))
 
 
 async def _apply_keyed(request: web.Request, body: StrictBody, ref: ledger.AccountRef, change: ledger.BalanceChange,
                        render: Callable[[ledger.AppliedChange], dict]) -> web.Response:
-    """A change sent with an Idempotency-Key. With ``BATCHING`` on it goes through the batcher
-    (key claim, change and stored outcome in its batch's transaction); else through
-    :func:`server.http.idempotent_requests.respond`. ``render`` makes the 200 body of an applied change."""
-    batcher = request.app.get(BATCHER)
-    if batcher is None:
-        async def operation(db, key):
-            keyed_change = change._replace(idempotency_key=key)
-            return Outcome.of(200, render(await _counted(ledger.apply_balance_change(db, ref, keyed_change))))
-
-        return await respond(request, body, operation, on_replay=_count_replay)
+    """A change sent with an Idempotency-Key, through the batcher: key claim, change and stored
+    outcome in its batch's transaction. ``render`` makes the 200 body of an applied change."""
     keyed = keyed_request(request, body)
 
     def outcome_of(result: ledger.AppliedChange | Problem) -> Outcome:
@@ -76,7 +64,7 @@ async def _apply_keyed(request: web.Request, body: StrictBody, ref: ledger.Accou
             return Outcome.of_problem(result, keyed.instance)
         return Outcome.of(200, render(result))
 
-    outcome, replayed = await batcher.apply_keyed(ref, change, keyed, outcome_of)
+    outcome, replayed = await request.app[BATCHER].apply_keyed(ref, change, keyed, outcome_of)
     if replayed:
         _count_replay()
     return outcome_response(outcome, replayed)
@@ -106,8 +94,8 @@ async def change_balance(request: web.Request) -> web.Response:
     """``PATCH /api/balance`` ``{"userId", "amount", "asset"?}`` → 200 ``{"userId", "balance",
     "accountId", "transferId"}``: a transfer between the asset's system account and the user's account.
 
-    Without an Idempotency-Key this is the proof's hot path: straight to the batcher (or one
-    statement), no retry wrapper (a one-account change cannot deadlock) and no outcome to store.
+    Without an Idempotency-Key this is the proof's hot path: straight to the batcher, no retry
+    wrapper (a one-account change cannot deadlock) and no outcome to store.
     """
     body = await read_json_body(request, BalanceChange)
     default = request.app[ASSETS].default

@@ -3,13 +3,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from aiohttp import web
 
-from server.http.app_keys import SETTINGS
+from server.http.app_keys import SETTINGS, TRANSFER_BATCHER
 from server.http.handlers.balance_changes import asset_id_of, asset_of
 from server.http.handlers.documents import transfer_json
 from server.http.handlers.paths import FILTERS, id_from_path, page_query, split_page
-from server.http.idempotent_requests import respond
+from server.http.idempotent_requests import keyed_request, outcome_response, respond
 from server.http.reads import read_only, reading
 from server.http.request_bodies import (MAX_BIGINT, EmptyBody, PostItem, PostPendingTransfer, ReverseTransfer,
                                        TransferBatch, TransferRequest, read_json_body)
@@ -32,11 +34,26 @@ async def create_transfer(request: web.Request) -> web.Response:
         body.amount, body.code or "transfer", body.description, body.metadata, body.pending, body.timeout_seconds,
         body.reference,
     )
+    return await _batched(request, body, order, _made)
 
-    async def operation(db, key):
-        return _made(await ledger.transfer_funds(db, order, key))
 
-    return await respond(request, body, operation)
+async def _batched(request: web.Request, body, order: ledger.TransferOrder | ledger.ResolvePending,
+                   made: Callable[[ledger.Transfer], Outcome]) -> web.Response:
+    """Apply ``order`` through the transfer batcher (with its Idempotency-Key, if sent: claimed,
+    applied and stored in its batch's transaction) and answer ``made(transfer)`` or the refusal."""
+    batcher = request.app[TRANSFER_BATCHER]
+    keyed = keyed_request(request, body)
+    if keyed is None:
+        return outcome_response(made(await batcher.apply(order)))
+
+    def outcome_of(result: ledger.Transfer | Problem) -> Outcome:
+        return Outcome.of_problem(result, keyed.instance) if isinstance(result, Problem) else made(result)
+
+    return outcome_response(*await batcher.apply_keyed(order, keyed, outcome_of))
+
+
+def _resolved(transfer: ledger.Transfer) -> Outcome:
+    return Outcome.of(200, transfer_json(transfer))
 
 
 def _made(transfer: ledger.Transfer) -> Outcome:
@@ -113,22 +130,14 @@ async def post_pending_transfer(request: web.Request) -> web.Response:
     with ``postedAmount``; the rest of the hold is released."""
     transfer_id = id_from_path(request)
     body = await read_json_body(request, PostPendingTransfer) if request.body_exists else PostPendingTransfer()
-
-    async def operation(db, key):
-        return Outcome.of(200, transfer_json(await ledger.resolve_pending_transfer(db, transfer_id, True, body.amount)))
-
-    return await respond(request, body, operation)
+    return await _batched(request, body, ledger.ResolvePending(transfer_id, True, body.amount), _resolved)
 
 
 async def void_pending_transfer(request: web.Request) -> web.Response:
     """``POST /api/transfers/{id}/void`` → 200 the transfer, ``"status": "voided"``: the hold released."""
     transfer_id = id_from_path(request)
     body = await read_json_body(request, EmptyBody) if request.body_exists else EmptyBody()
-
-    async def operation(db, key):
-        return Outcome.of(200, transfer_json(await ledger.resolve_pending_transfer(db, transfer_id, False)))
-
-    return await respond(request, body, operation)
+    return await _batched(request, body, ledger.ResolvePending(transfer_id, False), _resolved)
 
 
 @read_only

@@ -1,0 +1,150 @@
+"""The transfer batcher (server.ledger.batching.TransferBatcher): transfers, holds, posts and voids
+submitted all at once, with references, give exactly the results and balances of applying them one
+at a time in arrival order (tests/ledger_model.py), whatever the batch size and the number of
+batches in flight (property-based, hypothesis, against the real PostgreSQL); concurrent requests
+through the service give exact outcomes."""
+
+import asyncio
+import collections
+import uuid
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from server.ledger import store as ledger
+from server.ledger.batching import TransferBatcher
+from server.problems import Problem
+from server.running.database import Database
+from tests.ledger_api import balance, credit, new_account, new_asset, send
+from tests.ledger_model import ACCOUNTS, SYSTEM, Model
+
+sides = st.sampled_from([*ACCOUNTS, SYSTEM])
+amounts = st.integers(1, 120)
+references = st.one_of(st.none(), st.sampled_from(["r1", "r2"]))
+streams = st.lists(st.one_of(
+    st.tuples(st.just("transfer"), sides, sides, amounts, references),
+    st.tuples(st.just("hold"), sides, sides, amounts, st.none()),
+    st.tuples(st.just("post"), st.integers(0, 3), st.one_of(st.none(), st.integers(1, 60))),
+    st.tuples(st.just("void"), st.integers(0, 3)),
+), min_size=1, max_size=30)
+first_holds = st.lists(st.tuples(st.sampled_from(ACCOUNTS), sides, st.integers(1, 25)).filter(lambda h: h[0] != h[1]),
+                       min_size=4, max_size=4)
+
+
+def _code(result) -> str:
+    if isinstance(result, Problem):
+        return result.code
+    return "replayed" if result.replayed else "ok"
+
+
+async def _run(pool, holds, stream, max_batch, max_in_flight):
+    async with pool.acquire() as db:
+        asset = await ledger.create_asset(db, f"b{uuid.uuid4().hex[:20]}", 0, None)
+        ids = {name: (await ledger.create_account(db, ledger.NewAccount(asset))).account_id for name in ACCOUNTS}
+        ids[SYSTEM] = asset.system_account_id
+    batcher = TransferBatcher(Database(pool, max_pending=10_000, acquire_timeout=30), max_batch,
+                              max_in_flight=max_in_flight)
+    model = Model()
+    prefix = f"{asset.asset_id}-"  # references are global: one namespace per example
+
+    def order(step):
+        kind, *rest = step
+        if kind in ("transfer", "hold"):
+            source, destination, amount, reference = rest
+            return ledger.TransferOrder(ledger.AccountRef(ids[source]), ledger.AccountRef(ids[destination]), amount,
+                                        pending=kind == "hold",
+                                        reference=None if reference is None else prefix + reference)
+        return ledger.ResolvePending(hold_ids[rest[0]], kind == "post", rest[1] if kind == "post" else None)
+
+    # each account funded with 100, then the holds the stream posts and voids (at most 4 x 25 from
+    # one account: all accepted), one at a time, through the batcher, which so knows their accounts
+    for name in ACCOUNTS:
+        await batcher.apply(ledger.TransferOrder(ledger.AccountRef(ids[SYSTEM]), ledger.AccountRef(ids[name]), 100))
+        assert model.transfer(SYSTEM, name, 100) == "ok"
+    hold_ids = []
+    for source, destination, amount in holds:
+        made = await batcher.apply(ledger.TransferOrder(ledger.AccountRef(ids[source]),
+                                                        ledger.AccountRef(ids[destination]), amount, pending=True))
+        hold_ids.append(made.transfer_id)
+        assert model.transfer(source, destination, amount, pending=True) == "ok"
+    results = await asyncio.gather(*(asyncio.create_task(batcher.apply(order(step))) for step in stream),
+                                   return_exceptions=True)
+    expected = []
+    for step in stream:
+        kind, *rest = step
+        if kind in ("transfer", "hold"):
+            source, destination, amount, reference = rest
+            expected.append(model.transfer(source, destination, amount, pending=kind == "hold", reference=reference))
+        else:
+            expected.append(model.resolve(rest[0], kind == "post", rest[1] if kind == "post" else None))
+    assert [_code(result) for result in results] == expected
+    stored = {name: await ledger.read_account(pool, ids[name]) for name in ACCOUNTS}
+    assert {name: account.balance for name, account in stored.items()} == model.balance
+    assert {name: account.pending_debits for name, account in stored.items()} == {
+        name: model.pending(name, "from") for name in ACCOUNTS}
+    return batcher.batches_sent
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(holds=first_holds, stream=streams, max_batch=st.sampled_from([1, 2, 5, 50]),
+       max_in_flight=st.sampled_from([1, 2, 8]))
+def test_a_stream_through_the_batcher_gives_the_outcomes_of_one_at_a_time_in_arrival_order(
+        loop_and_pool, holds, stream, max_batch, max_in_flight):
+    loop, pool = loop_and_pool
+    loop.run_until_complete(_run(pool, holds, stream, max_batch, max_in_flight))
+
+
+def test_transfers_that_arrive_together_go_out_in_one_batch(loop_and_pool):
+    loop, pool = loop_and_pool
+    stream = [("transfer", SYSTEM, ACCOUNTS[n % 3], 1, None) for n in range(60)]
+    holds = [(0, 1, 1)] * 4
+    batches = loop.run_until_complete(_run(pool, holds, stream, max_batch=500, max_in_flight=1))
+    assert batches == 3 + 4 + 2  # fundings and holds one by one; the first transfer alone, the 59 that came meanwhile together
+
+
+async def test_200_concurrent_transfers_from_one_account_of_100_give_exactly_100_successes(http, database_url):
+    code = await new_asset(http)
+    source, destination = [(await new_account(http, code))["accountId"] for _ in range(2)]
+    await credit(http, source, 100)
+    body = {"fromAccountId": source, "toAccountId": destination, "amount": 1}
+    answers = await asyncio.gather(*(send(http, "POST", "/api/transfers", body) for _ in range(200)))
+    statuses = collections.Counter(status for status, _ in answers)
+    assert statuses == {201: 100, 409: 100}
+    assert {answer["code"] for status, answer in answers if status == 409} == {"insufficient_funds"}
+    assert sorted(answer["fromBalance"] for status, answer in answers if status == 201) == list(range(100))
+    assert (await balance(http, source), await balance(http, destination)) == (0, 100)
+
+
+async def test_concurrent_holds_then_their_posts_move_exactly_what_was_held(http):
+    code = await new_asset(http)
+    source, destination = [(await new_account(http, code))["accountId"] for _ in range(2)]
+    await credit(http, source, 50)
+    hold = {"fromAccountId": source, "toAccountId": destination, "amount": 1, "pending": True}
+    made = await asyncio.gather(*(send(http, "POST", "/api/transfers", hold) for _ in range(80)))
+    assert collections.Counter(status for status, _ in made) == {201: 50, 409: 30}
+    posts = await asyncio.gather(*(send(http, "POST", f"/api/transfers/{answer['transferId']}/post", {})
+                                   for status, answer in made if status == 201))
+    assert {status for status, _ in posts} == {200}
+    assert (await balance(http, source), await balance(http, destination)) == (0, 50)
+
+
+def test_a_void_waits_behind_a_transfer_of_its_holds_account_and_goes_out_with_it(loop_and_pool):
+    loop, pool = loop_and_pool
+
+    async def scenario():
+        async with pool.acquire() as db:
+            asset = await ledger.create_asset(db, f"v{uuid.uuid4().hex[:20]}", 0, None)
+            a, b, c = [(await ledger.create_account(db, ledger.NewAccount(asset))).account_id for _ in range(3)]
+        batcher = TransferBatcher(Database(pool, max_pending=100, acquire_timeout=30), 10, max_in_flight=2)
+        move = lambda source, destination, amount, **more: ledger.TransferOrder(  # noqa: E731
+            ledger.AccountRef(source), ledger.AccountRef(destination), amount, **more)
+        await batcher.apply(move(asset.system_account_id, a, 10))
+        held = await batcher.apply(move(a, b, 10, pending=True))  # a's available: 0
+        before = batcher.batches_sent
+        results = await asyncio.gather(  # in this order: the first goes at once, the second waits for a
+            batcher.apply(move(a, c, 1)), batcher.apply(move(a, c, 5)),
+            batcher.apply(ledger.ResolvePending(held.transfer_id, False)), return_exceptions=True)
+        return [_code(result) for result in results], batcher.batches_sent - before
+
+    # the void came last: the 5 found nothing available; it did not take the free slot before it
+    assert loop.run_until_complete(scenario()) == (["insufficient_funds", "insufficient_funds", "ok"], 2)
