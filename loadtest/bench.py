@@ -341,8 +341,9 @@ def run(workers: int, work: Path, progress: RunProgress,
                     measurement = Measurement(workload.name, server, used, wall, rate, p50, p99, statuses,
                                               server_cpu, postgres_cpu, per_request=workload.per_request)
                     results.append(measurement)
+                    moved = rate * (1 if server == "ceiling" else workload.per_request)
                     progress.done(f"  {server:<13} {workload.name:<24} {wall:7.2f} s "
-                                  f"{rate * workload.per_request:9,.0f}/s p50 {p50:8.1f} ms p99 {p99:8.1f} ms  "
+                                  f"{moved:9,.0f}/s p50 {p50:8.1f} ms p99 {p99:8.1f} ms  "
                                   f"CPU/request service {measurement.cpu_us_per_request(server_cpu):7.0f} us "
                                   f"postgres {measurement.cpu_us_per_request(postgres_cpu):7.0f} us  {statuses}")
     ceilings = {m.workload: m for m in results if m.server == "ceiling"}

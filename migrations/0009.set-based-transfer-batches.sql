@@ -111,8 +111,8 @@ DECLARE
     transfer_ids regclass := pg_get_serial_sequence('transfers', 'id');
     v_from bigint[];
     v_to bigint[];
-    v_from_after bigint[];
-    v_to_after bigint[];
+    v_from_after numeric[];  -- numeric: when an item is refused, the later running balances may not fit bigint
+    v_to_after numeric[];
     v_ids bigint[];
     v_all_accepted boolean;
 BEGIN
@@ -158,8 +158,7 @@ BEGIN
              GROUP BY r.i
         )
         SELECT coalesce(bool_and(p.accepted), false) AND count(*) = n,
-               array_agg(CASE WHEN p.accepted THEN p.from_after END::bigint ORDER BY p.i),  -- a refused item's
-               array_agg(CASE WHEN p.accepted THEN p.to_after END::bigint ORDER BY p.i)      -- may not fit
+               array_agg(p.from_after ORDER BY p.i), array_agg(p.to_after ORDER BY p.i)
           INTO v_all_accepted, v_from_after, v_to_after
           FROM per_item p;
 
@@ -170,7 +169,7 @@ BEGIN
                                        metadata, from_balance, to_balance)
                 OVERRIDING SYSTEM VALUE
                 SELECT x.id, src.asset_id, x.from_id, x.to_id, x.amount, x.code, x.description, x.metadata,
-                       x.from_after, x.to_after
+                       x.from_after::bigint, x.to_after::bigint
                   FROM unnest(v_ids, v_from, v_to, p_amounts, p_codes, p_descriptions, p_metadata, v_from_after,
                               v_to_after)
                        AS x (id, from_id, to_id, amount, code, description, metadata, from_after, to_after)
@@ -184,7 +183,7 @@ BEGIN
                  WHERE a.id = d.account_id AND NOT a.is_system
             )
             INSERT INTO ledger_entries (account_id, transfer_id, amount, balance_after, kind, description)
-            SELECT s.account_id, x.id, s.amount, s.balance_after, s.kind, x.description
+            SELECT s.account_id, x.id, s.amount, s.balance_after::bigint, s.kind, x.description
               FROM unnest(v_ids, v_from, v_to, p_amounts, p_descriptions, v_from_after, v_to_after) WITH ORDINALITY
                    AS x (id, from_id, to_id, amount, description, from_after, to_after, i)
              CROSS JOIN LATERAL (VALUES (0, x.from_id, -x.amount, x.from_after, 'transfer_out'),

@@ -81,3 +81,9 @@ def test_request_lines_below_the_log_level_are_not_written(database_url, tmp_pat
         call(f"{url}/api/users/1", headers={"X-Request-ID": "quiet"})
         assert request_lines(log_path, "quiet", wait=1) == []
     assert any(line["event"].startswith("listening on") for line in log_lines(log_path))
+
+
+def test_generated_request_ids_differ_from_request_to_request(logged_service):
+    url, _ = logged_service
+    ids = {call(f"{url}/api/users/1")[1]["X-Request-ID"] for _ in range(20)}
+    assert len(ids) == 20 and all(re.fullmatch(r"[0-9a-f]{32}", request_id) for request_id in ids)

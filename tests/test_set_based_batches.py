@@ -120,3 +120,12 @@ def test_the_set_based_path_counts_the_running_balance_in_item_order(conn):
     assert conn.execute("SELECT account_id, balance_after FROM ledger_entries WHERE account_id = ANY (%s) "
                         "AND kind LIKE 'transfer_%%' ORDER BY id", (ids,)).fetchall()[-6:] == [
         (a, 5), (b, 15), (b, 0), (c, 25), (c, 0), (a, 30)]
+
+
+def test_a_refused_item_whose_running_balances_would_not_fit_bigint_is_refused_not_an_error(conn):
+    # found by the HTTP state machine: assuming the 2^63-1 accepted, b's running balance overflows
+    asset, ids = funded_accounts(conn, 2, 10)
+    a, b = ids
+    rows = conn.execute(CALL.format(function="apply_transfer_batch"),
+                        {"froms": [a, a, b], "tos": [b, b, a], "amounts": [1, 2**63 - 1, 1], "asset": asset}).fetchall()
+    assert [row[1] for row in rows] == ["transferred", "insufficient_funds", "transferred"]
