@@ -6,6 +6,7 @@ DROP FUNCTION apply_transfer_batch(boolean, text[], bigint[], bigint[], bigint[]
 DROP FUNCTION apply_transfer_batch_in_order(boolean, text[], bigint[], bigint[], bigint[], bigint[], integer[], bigint[],
                                             text[], text[], jsonb[], boolean[], integer[], text[], bigint[]);
 DROP FUNCTION lock_transfer_batch_accounts(bigint[], bigint[], bigint[], bigint[], integer[], bigint[]);
+DROP VIEW transfer_details;
 
 CREATE FUNCTION apply_transfer_batch(
     p_atomic boolean, p_kinds text[], p_from_accounts bigint[], p_from_users bigint[], p_to_accounts bigint[],

@@ -8,10 +8,27 @@
 -- one). It is replaced by three functions: lock_transfer_batch_accounts() (the locks, through the
 -- indexes), apply_transfer_batch_in_order() (0008's loop: the items one at a time, in order; the
 -- definition of what a batch does) and apply_transfer_batch() (same signature and result as 0008's:
--- the locks, then the set-based path, or the loop).
+-- the locks, then the set-based path, or the loop), which returns with each item the transfer it
+-- made, found or resolved as transfer_details shows it after the batch: one round trip per batch.
 
 DROP FUNCTION apply_transfer_batch(boolean, text[], bigint[], bigint[], bigint[], bigint[], integer[], bigint[],
                                    text[], text[], jsonb[], boolean[], integer[], text[], bigint[]);
+
+-- A transfer as the API shows it (server/ledger/store.py reads these columns): the asset's code, both
+-- sides' users, the balances its entries recorded, a pending hold past its expires_at as 'expired',
+-- what a posted hold moved.
+CREATE VIEW transfer_details AS
+SELECT t.id, s.code AS asset, t.from_account_id, t.to_account_id, fa.user_id AS from_user_id,
+       ta.user_id AS to_user_id, t.amount, t.code, t.description, t.metadata, t.created_at, t.from_balance,
+       t.to_balance,
+       CASE WHEN t.status = 'pending' AND t.expires_at <= now() THEN 'expired' ELSE t.status END AS status,
+       t.expires_at,
+       CASE WHEN t.status = 'posted' THEN coalesce(t.posted_amount, t.amount) ELSE 0 END AS posted_amount,
+       t.reference, t.reverses, t.reversed_amount, t.status <> 'posted' OR t.resolved_at IS NOT NULL AS made_pending
+  FROM transfers t
+  JOIN assets s ON s.id = t.asset_id
+  JOIN accounts fa ON fa.id = t.from_account_id
+  JOIN accounts ta ON ta.id = t.to_account_id;
 
 -- Lock every non-system account a batch names (by id, by user and asset, or as a side of a hold
 -- to post or void) with SELECT ... ORDER BY id FOR NO KEY UPDATE: in ascending id order, the order
@@ -104,7 +121,7 @@ CREATE FUNCTION apply_transfer_batch(
     p_to_users bigint[], p_asset_ids integer[], p_amounts bigint[], p_codes text[], p_descriptions text[],
     p_metadata jsonb[], p_pending boolean[], p_timeouts integer[], p_references text[], p_holds bigint[]
 ) RETURNS TABLE (item integer, outcome text, role text, transfer_id bigint, from_account_id bigint,
-                 to_account_id bigint)
+                 to_account_id bigint, transfer transfer_details)
 LANGUAGE plpgsql AS $$
 DECLARE
     n integer := coalesce(array_length(p_kinds, 1), 0);
@@ -115,6 +132,8 @@ DECLARE
     v_to_after numeric[];
     v_ids bigint[];
     v_all_accepted boolean;
+    r_outcomes text[];
+    r_roles text[];
 BEGIN
     PERFORM lock_transfer_batch_accounts(p_from_accounts, p_from_users, p_to_accounts, p_to_users, p_asset_ids,
                                          p_holds);
@@ -191,15 +210,24 @@ BEGIN
                    AS s (side, account_id, amount, balance_after, kind)
              WHERE s.balance_after IS NOT NULL  -- a system account has no entries
              ORDER BY x.i, s.side;
-            RETURN QUERY
-            SELECT x.i::integer, 'transferred'::text, NULL::text, x.id, x.from_id, x.to_id
-              FROM unnest(v_ids, v_from, v_to) WITH ORDINALITY AS x (id, from_id, to_id, i)
-             ORDER BY x.i;
-            RETURN;
+            r_outcomes := array_fill('transferred'::text, ARRAY[n]);
+            r_roles := array_fill(NULL::text, ARRAY[n]);
         END IF;
     END IF;
-    RETURN QUERY SELECT * FROM apply_transfer_batch_in_order(
-        p_atomic, p_kinds, p_from_accounts, p_from_users, p_to_accounts, p_to_users, p_asset_ids, p_amounts, p_codes,
-        p_descriptions, p_metadata, p_pending, p_timeouts, p_references, p_holds);
+    IF NOT coalesce(v_all_accepted, false) THEN
+        SELECT array_agg(b.outcome ORDER BY b.item), array_agg(b.role ORDER BY b.item),
+               array_agg(b.transfer_id ORDER BY b.item), array_agg(b.from_account_id ORDER BY b.item),
+               array_agg(b.to_account_id ORDER BY b.item)
+          INTO r_outcomes, r_roles, v_ids, v_from, v_to
+          FROM apply_transfer_batch_in_order(
+                   p_atomic, p_kinds, p_from_accounts, p_from_users, p_to_accounts, p_to_users, p_asset_ids, p_amounts,
+                   p_codes, p_descriptions, p_metadata, p_pending, p_timeouts, p_references, p_holds) b;
+    END IF;
+    -- a statement of its own, so that it sees what the batch wrote
+    RETURN QUERY
+    SELECT x.i::integer, x.outcome, x.role, x.id, x.from_id, x.to_id, d
+      FROM unnest(r_outcomes, r_roles, v_ids, v_from, v_to) WITH ORDINALITY AS x (outcome, role, id, from_id, to_id, i)
+      LEFT JOIN transfer_details d ON d.id = x.id
+     ORDER BY x.i;
 END
 $$;

@@ -12,6 +12,7 @@ function here takes ``db``: an asyncpg pool, or a connection (inside a caller's 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import json
@@ -358,11 +359,11 @@ async def reverse_transfer(db: Db, transfer_id: int, amount: int | None = None, 
     return await read_transfer(db, row["transfer_id"])
 
 
-# Every item of a batch in one call (migration 0008, which says why it is safe under concurrency):
+# Every item of a batch in one call (migrations 0008-0009, which say why it is safe under concurrency):
 # $1 atomic, then one array per item field (kind, both sides, asset, amount, code, description,
 # metadata, pending, timeout, reference, and the hold a post or void names).
 APPLY_TRANSFER_BATCH = """
-SELECT item, outcome, role, transfer_id, from_account_id, to_account_id
+SELECT item, outcome, role, transfer_id, from_account_id, to_account_id, transfer
   FROM apply_transfer_batch($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
 """
 
@@ -385,8 +386,9 @@ async def apply_transfer_batch(conn: asyncpg.Connection, orders: Sequence[Transf
                                atomic: bool, idempotency_keys: Sequence[str | None] | None = None
                                ) -> tuple[bool, list[Transfer | Problem]]:
     """Apply ``orders`` in order in ONE transaction on ``conn`` (a savepoint inside a caller's
-    transaction), each seeing the effects of those before it: one call of ``apply_transfer_batch()``
-    (migration 0008) and one read of the transfers it names, whatever the number of orders. An order
+    transaction), each seeing the effects of those before it: ONE call of ``apply_transfer_batch()``
+    (migration 0009: set-based when all are plain transfers that pass), which also returns the
+    transfers as they are after it, whatever the number of orders: one round trip. An order
     given as a :class:`Problem` failed before reaching the database (e.g. an unknown asset). Returns
     ``(committed, results)``, one :class:`Transfer` or refusal per order, as :func:`transfer_funds`
     and :func:`resolve_pending_transfer` would return or raise it.
@@ -399,28 +401,30 @@ async def apply_transfer_batch(conn: asyncpg.Connection, orders: Sequence[Transf
     Database errors propagate (nothing committed).
     """
     results: list[Transfer | Problem] = []
+    # one statement: its own transaction, unless an atomic batch may have to be rolled back or the
+    # keys need a second statement
+    keyed = idempotency_keys is not None and any(key is not None for key in idempotency_keys)
     try:
-        async with conn.transaction():
+        async with conn.transaction() if atomic or keyed else contextlib.nullcontext():
             rows = await conn.fetch(APPLY_TRANSFER_BATCH, atomic, *_batch_columns(orders))
-            ids = [row["transfer_id"] for row in rows if row["transfer_id"] is not None]
-            made = {row["id"]: _transfer(row) for row in await conn.fetch(READ_TRANSFERS, ids)} if ids else {}
             for index, (order, row) in enumerate(zip(orders, rows)):
+                made = None if row["transfer"] is None else _transfer(row["transfer"])
                 try:
                     if isinstance(order, Problem):
                         raise order
                     if isinstance(order, ResolvePending):
-                        results.append(_resolved(order, row, made.get(row["transfer_id"])))
+                        results.append(_resolved(order, row, made))
                     else:
-                        results.append(_transferred(order, row, made.get(row["transfer_id"])))
+                        results.append(_transferred(order, row, made))
                 except Problem as refusal:
                     if atomic:
                         raise _AtomicBatchFailed(index, refusal) from None
                     results.append(refusal)
-            keyed = [(result.transfer_id, key) for order, result, key in zip(orders, results, idempotency_keys or ())
-                     if key is not None and isinstance(order, TransferOrder) and isinstance(result, Transfer)
-                     and not result.replayed]
-            if keyed:
-                await conn.execute(RECORD_ENTRY_KEYS, *map(list, zip(*keyed)))
+            made_keyed = [(result.transfer_id, key) for order, result, key in zip(orders, results, idempotency_keys or ())
+                          if key is not None and isinstance(order, TransferOrder) and isinstance(result, Transfer)
+                          and not result.replayed]
+            if made_keyed:
+                await conn.execute(RECORD_ENTRY_KEYS, *map(list, zip(*made_keyed)))
     except _AtomicBatchFailed as failed:
         return False, [failed.refusal if index == failed.index else LinkedTransferFailed(failed.index)
                        for index in range(len(orders))]
@@ -449,22 +453,10 @@ def _batch_columns(orders: Sequence[TransferOrder | ResolvePending | Problem]) -
 # Transfers: reading
 # ---------------------------------------------------------------------------------------------
 
-# A transfer with the balances its two ledger entries recorded (stored on the transfer too).
-_TRANSFER_COLUMNS = """
-SELECT t.id, s.code AS asset, t.from_account_id, t.to_account_id, fa.user_id AS from_user_id,
-       ta.user_id AS to_user_id, t.amount, t.code, t.description, t.metadata, t.created_at, t.from_balance,
-       t.to_balance,
-       CASE WHEN t.status = 'pending' AND t.expires_at <= now() THEN 'expired' ELSE t.status END AS status,
-       t.expires_at,
-       CASE WHEN t.status = 'posted' THEN coalesce(t.posted_amount, t.amount) ELSE 0 END AS posted_amount,
-       t.reference, t.reverses, t.reversed_amount, t.status <> 'posted' OR t.resolved_at IS NOT NULL AS made_pending
-  FROM transfers t
-  JOIN assets s ON s.id = t.asset_id
-  JOIN accounts fa ON fa.id = t.from_account_id
-  JOIN accounts ta ON ta.id = t.to_account_id
-"""
+# A transfer with the balances its two ledger entries recorded (stored on the transfer too): the
+# view transfer_details (migration 0009), which apply_transfer_batch() returns too.
+_TRANSFER_COLUMNS = "SELECT t.* FROM transfer_details t"
 READ_TRANSFER = _TRANSFER_COLUMNS + " WHERE t.id = $1"
-READ_TRANSFERS = _TRANSFER_COLUMNS + " WHERE t.id = ANY ($1::bigint[])"
 READ_TRANSFER_BY_REFERENCE = _TRANSFER_COLUMNS + " WHERE t.reference = $1"  # the unique index transfers_reference
 
 # All transfers, newest first, keyset-paged by transfer id ($1: below this id), with optional
@@ -478,7 +470,7 @@ LIST_TRANSFERS = _TRANSFER_COLUMNS + """
 
 # An account's transfers, newest first, keyset-paged by the account's ledger entry id ($2: below it),
 # through the index ledger_entries (account_id, id); filters as in LIST_TRANSFERS.
-LIST_ACCOUNT_TRANSFERS = _TRANSFER_COLUMNS.replace("SELECT t.id,", "SELECT x.id AS entry_id, t.id,", 1) + """
+LIST_ACCOUNT_TRANSFERS = _TRANSFER_COLUMNS.replace("SELECT t.*", "SELECT x.id AS entry_id, t.*", 1) + """
   JOIN ledger_entries x ON x.transfer_id = t.id
  WHERE x.account_id = $1 AND x.id < $2 AND ($3::text IS NULL OR t.code = $3)
    AND ($4::timestamptz IS NULL OR t.created_at >= $4) AND ($5::timestamptz IS NULL OR t.created_at < $5)
@@ -487,7 +479,7 @@ LIST_ACCOUNT_TRANSFERS = _TRANSFER_COLUMNS.replace("SELECT t.id,", "SELECT x.id 
 
 
 # A system account's transfers (it has no entries), keyset-paged by transfer id.
-LIST_SYSTEM_TRANSFERS = _TRANSFER_COLUMNS.replace("SELECT t.id,", "SELECT t.id AS entry_id, t.id,", 1) + """
+LIST_SYSTEM_TRANSFERS = _TRANSFER_COLUMNS.replace("SELECT t.*", "SELECT t.id AS entry_id, t.*", 1) + """
  WHERE (t.from_account_id = $1 OR t.to_account_id = $1) AND t.id < $2 AND ($3::text IS NULL OR t.code = $3)
    AND ($4::timestamptz IS NULL OR t.created_at >= $4) AND ($5::timestamptz IS NULL OR t.created_at < $5)
  ORDER BY t.id DESC LIMIT $6
