@@ -16,7 +16,7 @@ amounts = st.one_of(st.integers(1, 200), st.sampled_from([MAX_BIGINT, MAX_BIGINT
 sides = st.sampled_from([*ACCOUNTS, SYSTEM])
 steps = st.lists(st.one_of(
     st.tuples(st.just("transfer"), sides, sides, amounts),
-    st.tuples(st.just("batch"), st.lists(st.tuples(sides, sides, amounts), min_size=1, max_size=8)),
+    st.tuples(st.just("batch"), st.lists(st.tuples(sides, sides, amounts), min_size=1, max_size=12)),
     st.tuples(st.just("hold"), sides, sides, amounts),
     st.tuples(st.just("post"), st.integers(0, 9), st.one_of(st.none(), st.integers(1, 250))),
     st.tuples(st.just("void"), st.integers(0, 9)),

@@ -1,5 +1,5 @@
-"""apply_transfer_batch() (migration 0009): a batch of plain transfers that are all accepted is
-written set-based, without one transfer_funds() call per item, and writes exactly what applying
+"""apply_transfer_batch() (migration 0009): a batch of 6 or more plain transfers that are all
+accepted is written set-based, without one transfer_funds() call per item, and writes exactly what applying
 the items one at a time (apply_transfer_batch_in_order(), 0008's function) writes; any other batch
 is applied item by item. Each test runs in a transaction it rolls back."""
 
@@ -39,7 +39,8 @@ def conn(database_url, service_url):
 
 
 def funded_accounts(conn, count: int, balance: int) -> tuple[int, list[int]]:
-    """A new asset with ``count`` accounts holding ``balance`` each (opening transfers from its system account)."""
+    """A new asset with ``count`` accounts holding ``balance`` each (opening transfers from its system
+    account); the function calls it took are not counted (:func:`calls`)."""
     asset = conn.execute("INSERT INTO assets (code, scale) VALUES (upper('S' || left(md5(random()::text), 10)), 0) RETURNING id"
                          ).fetchone()[0]
     system = conn.execute("INSERT INTO accounts (asset_id, name, is_system) VALUES (%s, 'System', true) RETURNING id",
@@ -49,12 +50,21 @@ def funded_accounts(conn, count: int, balance: int) -> tuple[int, list[int]]:
         (asset, count)).fetchall()]
     conn.execute(CALL.format(function="apply_transfer_batch"),
                  {"froms": [system] * count, "tos": ids, "amounts": [balance] * count, "asset": asset})
+    _funding_calls[id(conn)] = {name: _calls(conn, name) for name in ("transfer_funds", "apply_transfer_batch_in_order")}
     return asset, ids
 
 
-def calls(conn, function: str) -> int:
+_funding_calls: dict[int, dict[str, int]] = {}  # connection -> calls made funding its accounts
+
+
+def _calls(conn, function: str) -> int:
     row = conn.execute("SELECT calls FROM pg_stat_xact_user_functions WHERE funcname = %s", (function,)).fetchone()
     return row[0] if row else 0
+
+
+def calls(conn, function: str) -> int:
+    """Calls of ``function`` in this transaction since the accounts were funded."""
+    return _calls(conn, function) - _funding_calls.get(id(conn), {}).get(function, 0)
 
 
 def written(conn, ids: list[int]) -> tuple:
@@ -96,36 +106,50 @@ def test_the_set_based_path_writes_exactly_what_item_by_item_writes(conn):
     assert written(conn, ids) == expected
 
 
+# six transfers of 1 between two other accounts, to make a batch long enough for the set-based path
+def padded(asset: int, ids: list[int], froms: list[int], tos: list[int], amounts: list[int]) -> dict:
+    x, y = ids[-2:]
+    return {"froms": froms + [x] * 6, "tos": tos + [y] * 6, "amounts": amounts + [1] * 6, "asset": asset}
+
+
 def test_a_batch_with_one_refusal_is_applied_item_by_item(conn):
-    asset, ids = funded_accounts(conn, 3, 10)
-    a, b, c = ids
+    asset, ids = funded_accounts(conn, 5, 10)
+    a, b, c = ids[:3]
     rows = conn.execute(CALL.format(function="apply_transfer_batch"),
-                        {"froms": [a, b, a], "tos": [b, c, c], "amounts": [5, 16, 1], "asset": asset}).fetchall()
-    assert [row[1] for row in rows] == ["transferred", "insufficient_funds", "transferred"]
-    assert calls(conn, "transfer_funds") == 3
+                        padded(asset, ids, [a, b, a], [b, c, a], [5, 16, 1])).fetchall()
+    assert [row[1] for row in rows] == ["transferred", "insufficient_funds", "same_account"] + ["transferred"] * 6
+    assert calls(conn, "transfer_funds") == 9
     assert conn.execute("SELECT balance FROM accounts WHERE id = ANY (%s) ORDER BY id", (ids,)).fetchall() == [
-        (4,), (15,), (11,)]
+        (5,), (15,), (10,), (4,), (16,)]
+
+
+def test_a_batch_of_fewer_than_6_items_is_applied_item_by_item(conn):
+    asset, ids = funded_accounts(conn, 2, 10)
+    rows = conn.execute(CALL.format(function="apply_transfer_batch"),
+                        {"froms": ids[:1] * 5, "tos": ids[1:] * 5, "amounts": [1] * 5, "asset": asset}).fetchall()
+    assert [row[1] for row in rows] == ["transferred"] * 5
+    assert calls(conn, "transfer_funds") == 5
 
 
 def test_the_set_based_path_counts_the_running_balance_in_item_order(conn):
-    asset, ids = funded_accounts(conn, 3, 10)
-    a, b, c = ids
+    asset, ids = funded_accounts(conn, 5, 10)
+    a, b, c = ids[:3]
     # b can pay 15 only after a's 5 arrived: accepted in this order, whatever the accounts' id order
     rows = conn.execute(CALL.format(function="apply_transfer_batch"),
-                        {"froms": [a, b, c], "tos": [b, c, a], "amounts": [5, 15, 25], "asset": asset}).fetchall()
-    assert [row[1] for row in rows] == ["transferred"] * 3
+                        padded(asset, ids, [a, b, c], [b, c, a], [5, 15, 25])).fetchall()
+    assert [row[1] for row in rows] == ["transferred"] * 9
     assert calls(conn, "transfer_funds") == 0
-    assert conn.execute("SELECT balance FROM accounts WHERE id = ANY (%s) ORDER BY id", (ids,)).fetchall() == [
+    assert conn.execute("SELECT balance FROM accounts WHERE id = ANY (%s) ORDER BY id", (ids[:3],)).fetchall() == [
         (30,), (0,), (0,)]
     assert conn.execute("SELECT account_id, balance_after FROM ledger_entries WHERE account_id = ANY (%s) "
-                        "AND kind LIKE 'transfer_%%' ORDER BY id", (ids,)).fetchall()[-6:] == [
+                        "AND kind LIKE 'transfer_%%' ORDER BY id", (ids[:3],)).fetchall()[-6:] == [
         (a, 5), (b, 15), (b, 0), (c, 25), (c, 0), (a, 30)]
 
 
 def test_a_refused_item_whose_running_balances_would_not_fit_bigint_is_refused_not_an_error(conn):
     # found by the HTTP state machine: assuming the 2^63-1 accepted, b's running balance overflows
-    asset, ids = funded_accounts(conn, 2, 10)
-    a, b = ids
+    asset, ids = funded_accounts(conn, 4, 10)
+    a, b = ids[:2]
     rows = conn.execute(CALL.format(function="apply_transfer_batch"),
-                        {"froms": [a, a, b], "tos": [b, b, a], "amounts": [1, 2**63 - 1, 1], "asset": asset}).fetchall()
-    assert [row[1] for row in rows] == ["transferred", "insufficient_funds", "transferred"]
+                        padded(asset, ids, [a, a, b], [b, b, a], [1, 2**63 - 1, 1])).fetchall()
+    assert [row[1] for row in rows] == ["transferred", "insufficient_funds"] + ["transferred"] * 7
