@@ -395,37 +395,47 @@ def format_table(results: list[Measurement]) -> str:
 
 
 def plot(results: list[Measurement], path: Path) -> None:
-    """Draw the run as a chart at ``path`` (PNG): per workload, the throughput of batch size 1 and of
-    batching as a fraction of the no-op ceiling's (all at once: the ceiling's wall time over ours),
-    the goals marked. Needs matplotlib (the ``plot`` extra)."""
+    """Draw the run as a chart at ``path`` (PNG), batch size 1 against batching, goals in red: on the
+    left the request workloads as a fraction of the no-op ceiling (throughput; all at once: its
+    wall time over ours), on the right the transfer workloads in transfers per second (log scale).
+    Needs matplotlib (the ``plot`` extra)."""
     import matplotlib
 
     matplotlib.use("Agg")
     from matplotlib import pyplot
 
-    names = list(dict.fromkeys(m.workload for m in results))
-    goals = {"hot, all at once": 1 / 1.2, "hot, keep-alive": 0.5, "spread": 0.5}
-    figure, axes = pyplot.subplots(figsize=(9, 0.6 * len(names) + 1.5))
+    ratio_goals = {"hot, all at once": 1 / 1.2, "hot, keep-alive": 0.5, "spread": 0.5}
+    rate_goals = {"transfers, 10k accounts": 8_000, "bulk batches of 1,000": 50_000}
+    names = list(dict.fromkeys(m.workload for m in results if m.server != "ceiling"))
+    panels = [("fraction of the no-op HTTP ceiling", [n for n in names if n in ratio_goals], ratio_goals,
+               lambda m: m.ratio, "{:.2f}"),
+              ("transfers per second (log scale)", [n for n in names if n not in ratio_goals], rate_goals,
+               lambda m: m.requests_per_s * m.per_request, "{:,.0f}")]
+    panels = [panel for panel in panels if panel[1]]
+    figure, axes_list = pyplot.subplots(1, len(panels), figsize=(6 * len(panels), 3.6), squeeze=False)
     height = 0.38
-    for offset, server, colour in ((-height / 2, "batching off", "#b0b0b0"), (height / 2, "batching on", "#2b6cb0")):
-        found = {m.workload: m for m in results if m.server == server}
-        rows = [i for i, name in enumerate(names) if name in found]
-        values = [found[names[i]].ratio for i in rows]
-        bars = axes.barh([i + offset for i in rows], values, height, color=colour,
-                         label="batch size 1" if server == "batching off" else "batching")
-        for bar, i in zip(bars, rows):
-            m = found[names[i]]
-            axes.text(bar.get_width() + 0.01, bar.get_y() + bar.get_height() / 2,
-                      f"{m.requests_per_s * m.per_request:,.0f}/s", va="center", fontsize=8)
-    for i, name in enumerate(names):
-        if name in goals:
-            axes.plot([goals[name]] * 2, [i - 0.45, i + 0.45], color="#c53030", linewidth=2)
-    axes.plot([], [], color="#c53030", linewidth=2, label="goal")
-    axes.set_yticks(range(len(names)), names)
-    axes.invert_yaxis()
-    axes.set_xlabel("fraction of the no-op HTTP ceiling (throughput; all at once: its wall time over ours)")
-    axes.set_title("balance-api bench: one worker, ratios within one run (labels: transfers or changes per second)")
-    axes.legend(loc="lower right")
+    for axes, (label, rows, goals, value, text) in zip(axes_list[0], panels):
+        for offset, server, colour, legend in ((-height / 2, "batching off", "#b0b0b0", "batch size 1"),
+                                               (height / 2, "batching on", "#2b6cb0", "batching")):
+            found = {m.workload: m for m in results if m.server == server}
+            shown = [i for i, name in enumerate(rows) if name in found]
+            values = [value(found[rows[i]]) for i in shown]
+            bars = axes.barh([i + offset for i in shown], values, height, color=colour, label=legend)
+            for bar, number in zip(bars, values):
+                axes.annotate(text.format(number), (bar.get_width(), bar.get_y() + bar.get_height() / 2),
+                              xytext=(3, 0), textcoords="offset points", va="center", fontsize=8)
+        for i, name in enumerate(rows):
+            if name in goals:
+                axes.plot([goals[name]] * 2, [i - 0.45, i + 0.45], color="#c53030", linewidth=2)
+        axes.plot([], [], color="#c53030", linewidth=2, label="goal")
+        if "log" in label:
+            axes.set_xscale("log")
+        axes.set_yticks(range(len(rows)), rows)
+        axes.invert_yaxis()
+        axes.set_xlabel(label)
+        axes.margins(x=0.15)
+    axes_list[0][0].legend(loc="lower right", fontsize=8)
+    figure.suptitle("balance-api bench: one worker, one run on one machine", fontsize=10)
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     pyplot.close(figure)
