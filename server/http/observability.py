@@ -33,16 +33,17 @@ request_log = logging.getLogger("balance_api.request")
 
 
 class _RequestIds:
-    """New request ids: this process's random prefix and a counter (drawn again after a fork)."""
+    """New request ids: this process's random prefix and a counter, drawn again in a forked child
+    (``os.register_at_fork``; checking ``os.getpid()`` per request is a system call)."""
 
     def __init__(self) -> None:
-        self._pid = 0
-        self._prefix = ""
-        self._counter = itertools.count()
+        self._draw()
+        os.register_at_fork(after_in_child=self._draw)
+
+    def _draw(self) -> None:
+        self._prefix, self._counter = os.urandom(8).hex(), itertools.count()
 
     def new(self) -> str:
-        if self._pid != os.getpid():  # first use in this process (workers are forked)
-            self._pid, self._prefix, self._counter = os.getpid(), os.urandom(8).hex(), itertools.count()
         return f"{self._prefix}{next(self._counter):016x}"
 
 

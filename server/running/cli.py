@@ -26,7 +26,7 @@ def serve(settings: Settings) -> int:
     from server.running.metrics_directory import multiprocess_directory
     from server.running.migrations import apply_migrations
 
-    with multiprocess_directory(), database_url(settings) as url:
+    with multiprocess_directory(settings.workers), database_url(settings) as url:
         if settings.migrate_on_start:
             apply_migrations(url, settings.migrations_dir, settings.default_asset_code)
         settings = settings.model_copy(update={"database_url": url, "migrate_on_start": False})

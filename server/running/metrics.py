@@ -1,14 +1,17 @@
 """Prometheus metrics (``prometheus-client``), correct across several worker processes.
 
-The service always runs prometheus-client in multiprocess mode: each worker writes its samples to
-memory-mapped files in ``PROMETHEUS_MULTIPROC_DIR`` and ``GET /metrics`` on any worker adds up all
-of them (prometheus-client docs, "Multiprocess Mode"). That directory must be set before
-``prometheus_client`` is imported, so ``balance-api serve`` sets it up (:func:`server.running.metrics_directory.multiprocess_directory`)
-before it imports the application.
+With several workers (``WORKERS`` > 1) prometheus-client runs in multiprocess mode: each worker
+writes its samples to memory-mapped files in ``PROMETHEUS_MULTIPROC_DIR`` and ``GET /metrics`` on
+any worker adds up all of them (prometheus-client docs, "Multiprocess Mode"). That directory must
+be set before ``prometheus_client`` is imported, so ``balance-api serve`` sets it up
+(:func:`server.running.metrics_directory.multiprocess_directory`) before it imports the application.
+With one worker, and no ``PROMETHEUS_MULTIPROC_DIR`` given, the plain in-memory values are used:
+a multiprocess value checks the process id and writes a memory-mapped file on every update, which
+py-spy found to be 8% of a worker's CPU on single transfers.
 
 Process metrics: prometheus-client's process collector does not work in multiprocess mode, so each
-worker copies its own readings into gauges labelled with its pid (``multiprocess_mode="liveall"``)
-every ``METRICS_SAMPLE_INTERVAL`` seconds, together with its pool gauges.
+worker copies its own readings into gauges labelled with its pid every ``METRICS_SAMPLE_INTERVAL``
+seconds, together with its pool gauges; one worker does the same, so the series are the same.
 """
 
 from __future__ import annotations
@@ -23,12 +26,12 @@ if TYPE_CHECKING:
 
     from server.running.database import Database
 
-if not os.environ.get(MULTIPROC_ENV):  # checked before prometheus_client is imported: see above
-    raise RuntimeError(f"server.running.metrics needs {MULTIPROC_ENV}; import it inside "
-                       "server.running.metrics_directory.multiprocess_directory()")
+# decided before prometheus_client is imported: see above
+MULTIPROCESS = bool(os.environ.get(MULTIPROC_ENV))
 
 from prometheus_client import (  # noqa: E402
     CONTENT_TYPE_LATEST,
+    REGISTRY,
     CollectorRegistry,
     Counter,
     Gauge,
@@ -37,6 +40,11 @@ from prometheus_client import (  # noqa: E402
     multiprocess,
 )
 from prometheus_client.process_collector import ProcessCollector  # noqa: E402
+
+if not MULTIPROCESS:  # the pid-labelled gauges below replace the default process collector's series
+    from prometheus_client import PROCESS_COLLECTOR  # noqa: E402
+
+    REGISTRY.unregister(PROCESS_COLLECTOR)
 
 REQUESTS = Counter(
     "http_requests_total", "HTTP requests answered, by method, route template and status.",
@@ -72,8 +80,11 @@ _PROCESS_GAUGES: dict[str, Gauge] = {}
 
 def _process_gauge(name: str, documentation: str) -> Gauge:
     if name not in _PROCESS_GAUGES:
-        _PROCESS_GAUGES[name] = Gauge(name, documentation, multiprocess_mode="liveall",
-                                      registry=None)  # not the default registry: its process collector has these names
+        if MULTIPROCESS:  # the multiprocess collector labels a "liveall" gauge with its pid
+            _PROCESS_GAUGES[name] = Gauge(name, documentation, multiprocess_mode="liveall",
+                                          registry=None)  # not the default registry: its process collector has these names
+        else:
+            _PROCESS_GAUGES[name] = Gauge(name, documentation, ["pid"])
     return _PROCESS_GAUGES[name]
 
 
@@ -81,7 +92,8 @@ def sample_process_metrics() -> None:
     """Copy this process's CPU, memory, file-descriptor and start-time readings into its gauges."""
     for family in ProcessCollector(registry=None).collect():
         for sample in family.samples:
-            _process_gauge(sample.name, family.documentation).set(sample.value)
+            gauge = _process_gauge(sample.name, family.documentation)
+            (gauge if MULTIPROCESS else gauge.labels(str(os.getpid()))).set(sample.value)
 
 
 def sample_worker_metrics(pool: asyncpg.Pool, database: Database) -> None:
@@ -102,6 +114,8 @@ def mark_process_dead(pid: int) -> None:
 
 def exposition() -> tuple[bytes, str]:
     """The metrics of all workers in Prometheus text format, and its content type."""
+    if not MULTIPROCESS:
+        return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
     registry = CollectorRegistry()
     multiprocess.MultiProcessCollector(registry)
     return generate_latest(registry), CONTENT_TYPE_LATEST

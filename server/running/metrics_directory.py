@@ -12,8 +12,10 @@ MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
 @contextlib.contextmanager
-def multiprocess_directory() -> Iterator[str]:
-    """Yield the multiprocess metrics directory, exported as ``PROMETHEUS_MULTIPROC_DIR``.
+def multiprocess_directory(workers: int = 2) -> Iterator[str | None]:
+    """Yield the multiprocess metrics directory, exported as ``PROMETHEUS_MULTIPROC_DIR``, or None
+    for one worker (``workers`` == 1) without one given: then the metrics stay in memory
+    (:mod:`server.running.metrics`).
 
     It must be set before ``prometheus_client`` is first imported (the library picks its value
     class at import). A directory given in the environment is used as it is (whoever set it wipes
@@ -22,6 +24,9 @@ def multiprocess_directory() -> Iterator[str]:
     """
     if given := os.environ.get(MULTIPROC_ENV):
         yield given
+        return
+    if workers == 1:
+        yield None
         return
     directory = tempfile.mkdtemp(prefix="balance-api-metrics-")
     os.environ[MULTIPROC_ENV] = directory
