@@ -293,10 +293,14 @@ def _burst_tool(url: str, workload: Workload, work: Path) -> tuple[float, float,
             report["counts"])
 
 
-def run(workers: int, work: Path, progress: RunProgress,
-        workloads: tuple[Workload, ...] = WORKLOADS) -> list[Measurement]:
+def run(workers: int, work: Path, progress: RunProgress, workloads: tuple[Workload, ...] = WORKLOADS,
+        verdicts: dict[str, str] | None = None) -> list[Measurement]:
     """Start each server in turn and measure every workload against it, reporting each run to
-    ``progress`` (one step per server and workload)."""
+    ``progress`` (one step per server and workload); then run ``balance-api check`` on each
+    service's database, its verdict in ``verdicts[server]``."""
+    from server.ledger.check import check_ledger
+
+    verdicts = {} if verdicts is None else verdicts
     client = "h2load" if shutil.which("h2load") else "burst tool"
     results: list[Measurement] = []
     base_env = {key: value for key, value in os.environ.items()
@@ -346,6 +350,10 @@ def run(workers: int, work: Path, progress: RunProgress,
                                   f"{moved:9,.0f}/s p50 {p50:8.1f} ms p99 {p99:8.1f} ms  "
                                   f"CPU/request service {measurement.cpu_us_per_request(server_cpu):7.0f} us "
                                   f"postgres {measurement.cpu_us_per_request(postgres_cpu):7.0f} us  {statuses}")
+            if server != "ceiling":  # correctness is not negotiable: the ledger after every workload
+                failed = [result.name for result in check_ledger(databases[server]) if not result.passed]
+                verdicts[server] = "passed" if not failed else f"FAILED: {', '.join(failed)}"
+                progress.print(f"  {server}: balance-api check {verdicts[server]}")
     ceilings = {m.workload: m for m in results if m.server == "ceiling"}
     for measurement in results:
         ceiling = ceilings.get(measurement.workload)
@@ -374,8 +382,9 @@ def _versus_ceiling(m: Measurement) -> str:
     return f"{m.ratio:.2f} x throughput"
 
 
-def format_table(results: list[Measurement]) -> str:
-    """The results as a Markdown table, then the goals (batching on vs the ceiling)."""
+def format_table(results: list[Measurement], verdicts: dict[str, str] | None = None) -> str:
+    """The results as a Markdown table, then the goals (batching on vs the ceiling), then the
+    ``balance-api check`` verdict on each service's database after its runs."""
     lines = ["| workload | server | wall | requests/s | transfers/s | p50 | p99 | vs ceiling "
              "| CPU/request: service + PostgreSQL | statuses |",
              "|---|---|---|---|---|---|---|---|---|---|"]
@@ -391,6 +400,8 @@ def format_table(results: list[Measurement]) -> str:
         found = [m for m in results if m.workload == workload and m.server == "batching on"]
         if found:
             lines.append(f"- {workload}: {goal}: {'MET' if met(found[0]) else 'NOT MET'}")
+    for server, verdict in (verdicts or {}).items():
+        lines.append(f"- balance-api check after the {server} runs: {verdict}")
     return "\n".join(lines)
 
 
@@ -454,9 +465,10 @@ def main(argv: list[str] | None = None) -> int:
     raise_open_file_limit()
     with tempfile.TemporaryDirectory(prefix="balance-api-bench-") as work, \
             RunProgress(len(SERVERS) * len(workloads)) as progress:
-        results = run(args.workers, Path(work), progress, workloads)
+        verdicts: dict[str, str] = {}
+        results = run(args.workers, Path(work), progress, workloads, verdicts)
     print()
-    print(format_table(results))
+    print(format_table(results, verdicts))
     if args.json:
         Path(args.json).write_text(json.dumps([asdict(m) for m in results], indent=2))
     if args.plot:

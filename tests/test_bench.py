@@ -41,3 +41,9 @@ def test_the_table_counts_the_transfers_of_a_bulk_batch_and_the_cpu_per_request(
 def test_the_plot_is_a_png_of_every_workload(tmp_path):
     plot(RESULTS, tmp_path / "bench.png")
     assert (tmp_path / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_table_ends_with_the_ledger_check_of_each_service_database():
+    table = format_table(RESULTS, {"batching off": "passed", "batching on": "FAILED: conservation"})
+    assert table.endswith("- balance-api check after the batching off runs: passed\n"
+                          "- balance-api check after the batching on runs: FAILED: conservation")
