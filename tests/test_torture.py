@@ -4,7 +4,6 @@ client's choices."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 
 import aiohttp
