@@ -137,6 +137,7 @@ class Batcher(Generic[Order, Result]):
         self._busy: set[Hashable] = set()  # lanes in a batch in flight
         self._in_flight: set[asyncio.Task] = set()
         self._closed = False
+        self._loop: asyncio.AbstractEventLoop | None = None  # the loop it serves, from the first request
 
     async def _submit(self, order: Order, lanes: tuple[Hashable, ...], keyed: KeyedRequest | None = None,
                       render: Render | None = None):
@@ -146,7 +147,9 @@ class Batcher(Generic[Order, Result]):
                 raise DatabaseUnavailable("The service is shutting down; retry.")
             if keyed is not None:
                 lanes = (*lanes, _KeyLane(keyed.key))
-            item = _Item(order, lanes, asyncio.get_running_loop().create_future(), keyed, render)
+            if self._loop is None:  # Python 3.11's get_running_loop() makes a getpid() system call
+                self._loop = asyncio.get_running_loop()
+            item = _Item(order, lanes, self._loop.create_future(), keyed, render)
             for lane in lanes:
                 queue = self._waiting.get(lane)
                 if queue is None:
