@@ -2,9 +2,9 @@
 -- so nothing stored can be lost.
 
 DROP FUNCTION apply_transfer_batch(boolean, text[], bigint[], bigint[], bigint[], bigint[], integer[], bigint[], text[],
-                                   text[], jsonb[], boolean[], integer[], text[], bigint[]);
+                                   text[], jsonb[], boolean[], integer[], text[], bigint[], text[]);
 DROP FUNCTION apply_transfer_batch_in_order(boolean, text[], bigint[], bigint[], bigint[], bigint[], integer[], bigint[],
-                                            text[], text[], jsonb[], boolean[], integer[], text[], bigint[]);
+                                            text[], text[], jsonb[], boolean[], integer[], text[], bigint[], text[]);
 DROP FUNCTION lock_transfer_batch_accounts(bigint[], bigint[], bigint[], bigint[], integer[], bigint[]);
 DROP VIEW transfer_details;
 

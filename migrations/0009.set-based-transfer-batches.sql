@@ -64,11 +64,13 @@ $$;
 -- order; with p_atomic it stops after the first item neither made nor found by its reference (the
 -- caller rolls back). Each item takes its own locks, in id order; a caller applying several items
 -- takes them all first (lock_transfer_batch_accounts()), so that each item sees exactly the effects
--- of the items before it and of what committed before the batch.
+-- of the items before it and of what committed before the batch. A transfer's entries record
+-- p_idempotency_keys[i] (the key of the request that made it, or NULL), as transfer_funds() does.
 CREATE FUNCTION apply_transfer_batch_in_order(
     p_atomic boolean, p_kinds text[], p_from_accounts bigint[], p_from_users bigint[], p_to_accounts bigint[],
     p_to_users bigint[], p_asset_ids integer[], p_amounts bigint[], p_codes text[], p_descriptions text[],
-    p_metadata jsonb[], p_pending boolean[], p_timeouts integer[], p_references text[], p_holds bigint[]
+    p_metadata jsonb[], p_pending boolean[], p_timeouts integer[], p_references text[], p_holds bigint[],
+    p_idempotency_keys text[]
 ) RETURNS TABLE (item integer, outcome text, role text, transfer_id bigint, from_account_id bigint,
                  to_account_id bigint)
 LANGUAGE plpgsql AS $$
@@ -85,7 +87,8 @@ BEGIN
             SELECT f.outcome, f.role, f.transfer_id, f.from_account_id, f.to_account_id
               INTO outcome, role, transfer_id, from_account_id, to_account_id
               FROM transfer_funds(p_from_accounts[i], p_from_users[i], p_to_accounts[i], p_to_users[i], p_asset_ids[i],
-                                  p_amounts[i], p_codes[i], p_descriptions[i], p_metadata[i], NULL, p_pending[i],
+                                  p_amounts[i], p_codes[i], p_descriptions[i], p_metadata[i], p_idempotency_keys[i],
+                                  p_pending[i],
                                   p_timeouts[i], p_references[i]) f;
         ELSE
             SELECT r.outcome, r.role INTO outcome, role
@@ -125,7 +128,8 @@ $$;
 CREATE FUNCTION apply_transfer_batch(
     p_atomic boolean, p_kinds text[], p_from_accounts bigint[], p_from_users bigint[], p_to_accounts bigint[],
     p_to_users bigint[], p_asset_ids integer[], p_amounts bigint[], p_codes text[], p_descriptions text[],
-    p_metadata jsonb[], p_pending boolean[], p_timeouts integer[], p_references text[], p_holds bigint[]
+    p_metadata jsonb[], p_pending boolean[], p_timeouts integer[], p_references text[], p_holds bigint[],
+    p_idempotency_keys text[]
 ) RETURNS TABLE (item integer, outcome text, role text, transfer_id bigint, from_account_id bigint,
                  to_account_id bigint, transfer transfer_details)
 LANGUAGE plpgsql
@@ -212,10 +216,12 @@ BEGIN
                          GROUP BY s.account_id) d
                  WHERE a.id = d.account_id AND NOT a.is_system
             )
-            INSERT INTO ledger_entries (account_id, transfer_id, amount, balance_after, kind, description)
-            SELECT s.account_id, x.id, s.amount, s.balance_after::bigint, s.kind, x.description
-              FROM unnest(v_ids, v_from, v_to, p_amounts, p_descriptions, v_from_after, v_to_after) WITH ORDINALITY
-                   AS x (id, from_id, to_id, amount, description, from_after, to_after, i)
+            INSERT INTO ledger_entries (account_id, transfer_id, amount, balance_after, kind, description,
+                                        idempotency_key)
+            SELECT s.account_id, x.id, s.amount, s.balance_after::bigint, s.kind, x.description, x.idempotency_key
+              FROM unnest(v_ids, v_from, v_to, p_amounts, p_descriptions, v_from_after, v_to_after,
+                          p_idempotency_keys) WITH ORDINALITY
+                   AS x (id, from_id, to_id, amount, description, from_after, to_after, idempotency_key, i)
              CROSS JOIN LATERAL (VALUES (0, x.from_id, -x.amount, x.from_after, 'transfer_out'),
                                         (1, x.to_id, x.amount, x.to_after, 'transfer_in'))
                    AS s (side, account_id, amount, balance_after, kind)
@@ -232,7 +238,8 @@ BEGIN
           INTO r_outcomes, r_roles, v_ids, v_from, v_to
           FROM apply_transfer_batch_in_order(
                    p_atomic, p_kinds, p_from_accounts, p_from_users, p_to_accounts, p_to_users, p_asset_ids, p_amounts,
-                   p_codes, p_descriptions, p_metadata, p_pending, p_timeouts, p_references, p_holds) b;
+                   p_codes, p_descriptions, p_metadata, p_pending, p_timeouts, p_references, p_holds,
+                   p_idempotency_keys) b;
     END IF;
     -- a statement of its own, so that it sees what the batch wrote
     RETURN QUERY

@@ -23,7 +23,8 @@ SELECT item, outcome, transfer_id, from_account_id, to_account_id
                   array_fill(false, ARRAY[cardinality(%(froms)s::bigint[])]),
                   array_fill(NULL::integer, ARRAY[cardinality(%(froms)s::bigint[])]),
                   array_fill(NULL::text, ARRAY[cardinality(%(froms)s::bigint[])]),
-                  array_fill(NULL::bigint, ARRAY[cardinality(%(froms)s::bigint[])]))
+                  array_fill(NULL::bigint, ARRAY[cardinality(%(froms)s::bigint[])]),
+                  array_fill(NULL::text, ARRAY[cardinality(%(froms)s::bigint[])]))
  ORDER BY item
 """
 

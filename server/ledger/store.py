@@ -361,10 +361,11 @@ async def reverse_transfer(db: Db, transfer_id: int, amount: int | None = None, 
 
 # Every item of a batch in one call (migrations 0008-0009, which say why it is safe under concurrency):
 # $1 atomic, then one array per item field (kind, both sides, asset, amount, code, description,
-# metadata, pending, timeout, reference, and the hold a post or void names).
+# metadata, pending, timeout, reference, the hold a post or void names, and the Idempotency-Key
+# a transfer's entries record).
 APPLY_TRANSFER_BATCH = """
 SELECT item, outcome, role, transfer_id, from_account_id, to_account_id, transfer
-  FROM apply_transfer_batch($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
+  FROM apply_transfer_batch($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)
 """
 
 
@@ -372,14 +373,6 @@ class _AtomicBatchFailed(Exception):
     def __init__(self, index: int, refusal: Problem):
         super().__init__(index)
         self.index, self.refusal = index, refusal
-
-
-# The Idempotency-Key each new transfer's entries were made under ($1 transfer ids, $2 keys).
-RECORD_ENTRY_KEYS = """
-UPDATE ledger_entries e SET idempotency_key = k.key
-  FROM unnest($1::bigint[], $2::text[]) AS k (transfer_id, key)
- WHERE e.transfer_id = k.transfer_id
-"""
 
 
 async def apply_transfer_batch(conn: asyncpg.Connection, orders: Sequence[TransferOrder | ResolvePending | Problem],
@@ -397,16 +390,14 @@ async def apply_transfer_batch(conn: asyncpg.Connection, orders: Sequence[Transf
     item's result and every other item's is :class:`LinkedTransferFailed`; ``committed`` is False.
     Otherwise each order succeeds or fails on its own (a refusal writes nothing) and the rest commit.
     ``idempotency_keys`` (one per order, or None): the key each transfer made now records on its
-    ledger entries, as :func:`transfer_funds` records it (one more statement when any is given).
-    Database errors propagate (nothing committed).
+    ledger entries, as :func:`transfer_funds` records it. Database errors propagate (nothing committed).
     """
     results: list[Transfer | Problem] = []
-    # one statement: its own transaction, unless an atomic batch may have to be rolled back or the
-    # keys need a second statement
-    keyed = idempotency_keys is not None and any(key is not None for key in idempotency_keys)
     try:
-        async with conn.transaction() if atomic or keyed else contextlib.nullcontext():
-            rows = await conn.fetch(APPLY_TRANSFER_BATCH, atomic, *_batch_columns(orders))
+        # one statement is its own transaction; an atomic batch may have to be rolled back after it
+        async with conn.transaction() if atomic else contextlib.nullcontext():
+            rows = await conn.fetch(APPLY_TRANSFER_BATCH, atomic, *_batch_columns(orders),
+                                    list(idempotency_keys) if idempotency_keys is not None else [None] * len(orders))
             for index, (order, row) in enumerate(zip(orders, rows)):
                 made = None if row["transfer"] is None else _transfer(row["transfer"])
                 try:
@@ -420,11 +411,6 @@ async def apply_transfer_batch(conn: asyncpg.Connection, orders: Sequence[Transf
                     if atomic:
                         raise _AtomicBatchFailed(index, refusal) from None
                     results.append(refusal)
-            made_keyed = [(result.transfer_id, key) for order, result, key in zip(orders, results, idempotency_keys or ())
-                          if key is not None and isinstance(order, TransferOrder) and isinstance(result, Transfer)
-                          and not result.replayed]
-            if made_keyed:
-                await conn.execute(RECORD_ENTRY_KEYS, *map(list, zip(*made_keyed)))
     except _AtomicBatchFailed as failed:
         return False, [failed.refusal if index == failed.index else LinkedTransferFailed(failed.index)
                        for index in range(len(orders))]
@@ -432,7 +418,8 @@ async def apply_transfer_batch(conn: asyncpg.Connection, orders: Sequence[Transf
 
 
 def _batch_columns(orders: Sequence[TransferOrder | ResolvePending | Problem]) -> list[list]:
-    """The 14 per-item arrays of ``apply_transfer_batch()``, in its parameter order."""
+    """The 14 per-item arrays of ``apply_transfer_batch()`` after ``atomic``, in its parameter order
+    (the 15th, the idempotency keys, comes from the caller)."""
     columns: list[list] = [[] for _ in range(14)]
     for order in orders:
         if isinstance(order, TransferOrder):
