@@ -5,8 +5,9 @@ by transfers between two accounts of one asset, through SQL functions whose comm
 is safe under concurrency: ``apply_balance_changes()`` (migration 0006: changes between accounts
 and their asset's system account: PATCH, credits, debits; batched across accounts, or a batch of
 one), ``transfer_funds()`` (migration 0007: between any two accounts, plain or a hold),
-``resolve_pending_transfer()`` (0006: post or void a hold), ``reverse_transfer()`` (0008) and
-``apply_transfer_batch()`` (0008: the items of ``POST /api/transfers/batch`` in one call). Every
+``resolve_pending_transfer()`` (0006: post or void a hold), ``reverse_transfer()`` (0008),
+``apply_transfer_batch()`` (0008: the items of ``POST /api/transfers/batch`` in one call) and
+``apply_ledger_batch()`` (0010: a batcher's batch mixing balance changes with transfers). Every
 function here takes ``db``: an asyncpg pool, or a connection (inside a caller's transaction).
 """
 
@@ -399,14 +400,8 @@ async def apply_transfer_batch(conn: asyncpg.Connection, orders: Sequence[Transf
             rows = await conn.fetch(APPLY_TRANSFER_BATCH, atomic, *_batch_columns(orders),
                                     list(idempotency_keys) if idempotency_keys is not None else [None] * len(orders))
             for index, (order, row) in enumerate(zip(orders, rows)):
-                made = None if row["transfer"] is None else _transfer(row["transfer"])
                 try:
-                    if isinstance(order, Problem):
-                        raise order
-                    if isinstance(order, ResolvePending):
-                        results.append(_resolved(order, row, made))
-                    else:
-                        results.append(_transferred(order, row, made))
+                    results.append(_batch_item_result(order, row))
                 except Problem as refusal:
                     if atomic:
                         raise _AtomicBatchFailed(index, refusal) from None
@@ -417,21 +412,88 @@ async def apply_transfer_batch(conn: asyncpg.Connection, orders: Sequence[Transf
     return True, results
 
 
+def _batch_item_result(order: TransferOrder | ResolvePending | Problem, row) -> Transfer:
+    """What ``apply_transfer_batch()``'s (or ``apply_ledger_batch()``'s) ``row`` means for the
+    transfer item ``order``: its :class:`Transfer`, or raises its refusal."""
+    if isinstance(order, Problem):
+        raise order
+    made = None if row["transfer"] is None else _transfer(row["transfer"])
+    if isinstance(order, ResolvePending):
+        return _resolved(order, row, made)
+    return _transferred(order, row, made)
+
+
+# A batcher's batch that mixes balance changes with transfers, in one call (migration 0010, which
+# says why it is safe under concurrency): the arrays of apply_transfer_batch() without atomic; a
+# change's kind is its entry kind, its account the from side, its amount signed.
+APPLY_LEDGER_BATCH = """
+SELECT item, outcome, role, transfer_id, from_account_id, to_account_id, transfer, user_id, balance_after, entry_id
+  FROM apply_ledger_batch($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
+"""
+
+LedgerItem = tuple[AccountRef, BalanceChange] | TransferOrder | ResolvePending
+
+
+async def apply_ledger_batch(db: Db, items: Sequence[LedgerItem], idempotency_keys: Sequence[str | None]
+                             ) -> list[AppliedChange | Transfer | Problem]:
+    """Apply ``items`` in order in ONE statement, each accepted or refused on its own as if applied
+    one at a time: balance changes ``(account, change)`` as :func:`apply_balance_changes` applies
+    them, transfers, holds, posts and voids as :func:`apply_transfer_batch` without ``atomic``
+    (one call of ``apply_ledger_batch()``, migration 0010, which runs each run of one kind through
+    that kind's function). Returns each item's result or refusal (a :class:`Problem`, not raised),
+    in order. ``idempotency_keys``: per item, the key its ledger entries record (a change's own
+    ``idempotency_key`` when its entry here is None). Database errors propagate (nothing committed).
+    """
+    columns: list[list] = [[] for _ in range(14)]
+    keys = []
+    for item, key in zip(items, idempotency_keys, strict=True):
+        if isinstance(item, tuple):
+            ref, change = item
+            values = (change.kind, ref.account_id, ref.user_id, None, None, ref.asset_id, change.amount, change.code,
+                      change.description, *(None,) * 5)
+            key = key or change.idempotency_key
+        else:
+            values = _batch_item_columns(item)
+        keys.append(key)
+        for column, value in zip(columns, values, strict=True):
+            column.append(value)
+    rows = await db.fetch(APPLY_LEDGER_BATCH, *columns, keys)
+    results: list[AppliedChange | Transfer | Problem] = []
+    for item, row in zip(items, rows, strict=True):
+        if isinstance(item, tuple):
+            ref, change = item
+            if row["outcome"] == "applied":
+                results.append(AppliedChange(row["from_account_id"], row["user_id"], row["balance_after"],
+                                             row["transfer_id"], row["entry_id"]))
+            else:
+                results.append(balance_change_refusal(row["outcome"], ref, row["from_account_id"], change.amount))
+        else:
+            try:
+                results.append(_batch_item_result(item, row))
+            except Problem as refusal:
+                results.append(refusal)
+    return results
+
+
+def _batch_item_columns(order: TransferOrder | ResolvePending | Problem) -> tuple:
+    """An item's 14 fields of ``apply_transfer_batch()``'s per-item arrays, after ``atomic`` and
+    before the idempotency key, in its parameter order."""
+    if isinstance(order, TransferOrder):
+        src, dst = order.source, order.destination
+        return ("transfer", src.account_id, src.user_id, dst.account_id, dst.user_id, src.asset_id,
+                order.amount, order.code, order.description, _metadata_json(order.metadata), order.pending,
+                order.timeout_seconds, order.reference, None)
+    if isinstance(order, ResolvePending):
+        return ("post" if order.post else "void", *(None,) * 5, order.amount, *(None,) * 6, order.transfer_id)
+    return ("refused", *(None,) * 13)
+
+
 def _batch_columns(orders: Sequence[TransferOrder | ResolvePending | Problem]) -> list[list]:
     """The 14 per-item arrays of ``apply_transfer_batch()`` after ``atomic``, in its parameter order
     (the 15th, the idempotency keys, comes from the caller)."""
     columns: list[list] = [[] for _ in range(14)]
     for order in orders:
-        if isinstance(order, TransferOrder):
-            src, dst = order.source, order.destination
-            values = ("transfer", src.account_id, src.user_id, dst.account_id, dst.user_id, src.asset_id,
-                      order.amount, order.code, order.description, _metadata_json(order.metadata), order.pending,
-                      order.timeout_seconds, order.reference, None)
-        elif isinstance(order, ResolvePending):
-            values = ("post" if order.post else "void", *(None,) * 5, order.amount, *(None,) * 6, order.transfer_id)
-        else:
-            values = ("refused", *(None,) * 13)
-        for column, value in zip(columns, values, strict=True):
+        for column, value in zip(columns, _batch_item_columns(order), strict=True):
             column.append(value)
     return columns
 
