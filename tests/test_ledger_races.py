@@ -127,3 +127,21 @@ async def test_credits_to_other_accounts_do_not_wait_for_a_locked_account_nor_fo
     system = (await send(http, "GET", f"/api/assets/{code}"))[1]["systemAccountId"]
     assert await balance(http, system) == -55
     assert_ledger_consistent(database_url)
+
+
+async def test_300_simultaneous_debits_and_transfers_of_one_account_of_100_give_exactly_100_successes_in_one_chain(
+        http, database_url):
+    # the batcher mixes the two kinds in one call (apply_ledger_batch(), migration 0010)
+    code = await new_asset(http)
+    source, sink = [(await new_account(http, code))["accountId"] for _ in range(2)]
+    await credit(http, source, 100)
+    requests = [send(http, "POST", f"/api/accounts/{source}/debit", {"amount": 1}) if n % 2 else
+                transfer(http, source, sink, 1) for n in range(300)]
+    results = await asyncio.gather(*requests)
+    assert outcomes(results) == {200: sum(status == 200 for status, _ in results),
+                                 201: sum(status == 201 for status, _ in results), "insufficient_funds": 200}
+    left = [body["balance"] if status == 200 else body["fromBalance"] for status, body in results if status < 400]
+    assert sorted(left) == list(range(100))  # every unit went once, by one kind or the other
+    transferred = sum(status == 201 for status, _ in results)
+    assert (await balance(http, source), await balance(http, sink)) == (0, transferred)
+    assert_ledger_consistent(database_url)

@@ -1,6 +1,6 @@
-"""The transfer batcher (server.ledger.batching.TransferBatcher): transfers, holds, posts and voids
-submitted all at once, with references, give exactly the results and balances of applying them one
-at a time in arrival order (tests/ledger_model.py), whatever the batch size and the number of
+"""The batcher (server.ledger.batching.LedgerBatcher): balance changes, transfers, holds, posts and
+voids submitted all at once, mixed, with references, give exactly the results and balances of
+applying them one at a time in arrival order (tests/ledger_model.py), whatever the batch size and the number of
 batches in flight (property-based, hypothesis, against the real PostgreSQL); concurrent requests
 through the service give exact outcomes."""
 
@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from server.ledger import store as ledger
-from server.ledger.batching import TransferBatcher
+from server.ledger.batching import LedgerBatcher
 from server.problems import Problem
 from server.running.database import Database
 from tests.ledger_api import balance, credit, new_account, new_asset, send
@@ -26,6 +26,7 @@ streams = st.lists(st.one_of(
     st.tuples(st.just("hold"), sides, sides, amounts, st.none()),
     st.tuples(st.just("post"), st.integers(0, 3), st.one_of(st.none(), st.integers(1, 60))),
     st.tuples(st.just("void"), st.integers(0, 3)),
+    st.tuples(st.just("change"), st.sampled_from(ACCOUNTS), st.integers(-120, 120).filter(bool)),
 ), min_size=1, max_size=30)
 first_holds = st.lists(st.tuples(st.sampled_from(ACCOUNTS), sides, st.integers(1, 25)).filter(lambda h: h[0] != h[1]),
                        min_size=4, max_size=4)
@@ -34,7 +35,7 @@ first_holds = st.lists(st.tuples(st.sampled_from(ACCOUNTS), sides, st.integers(1
 def _code(result) -> str:
     if isinstance(result, Problem):
         return result.code
-    return "replayed" if result.replayed else "ok"
+    return "replayed" if getattr(result, "replayed", False) else "ok"
 
 
 async def _run(pool, holds, stream, max_batch, max_in_flight):
@@ -42,10 +43,16 @@ async def _run(pool, holds, stream, max_batch, max_in_flight):
         asset = await ledger.create_asset(db, f"b{uuid.uuid4().hex[:20]}", 0, None)
         ids = {name: (await ledger.create_account(db, ledger.NewAccount(asset))).account_id for name in ACCOUNTS}
         ids[SYSTEM] = asset.system_account_id
-    batcher = TransferBatcher(Database(pool, max_pending=10_000, acquire_timeout=30), max_batch,
+    batcher = LedgerBatcher(Database(pool, max_pending=10_000, acquire_timeout=30), max_batch,
                               max_in_flight=max_in_flight)
     model = Model()
     prefix = f"{asset.asset_id}-"  # references are global: one namespace per example
+
+    def submit(step):
+        kind, *rest = step
+        if kind == "change":  # a credit or debit: between the account and the asset's system account
+            return batcher.apply_change(ledger.AccountRef(ids[rest[0]]), ledger.BalanceChange(rest[1]))
+        return batcher.apply_transfer(order(step))
 
     def order(step):
         kind, *rest = step
@@ -59,20 +66,22 @@ async def _run(pool, holds, stream, max_batch, max_in_flight):
     # each account funded with 100, then the holds the stream posts and voids (at most 4 x 25 from
     # one account: all accepted), one at a time, through the batcher, which so knows their accounts
     for name in ACCOUNTS:
-        await batcher.apply(ledger.TransferOrder(ledger.AccountRef(ids[SYSTEM]), ledger.AccountRef(ids[name]), 100))
+        await batcher.apply_transfer(ledger.TransferOrder(ledger.AccountRef(ids[SYSTEM]), ledger.AccountRef(ids[name]), 100))
         assert model.transfer(SYSTEM, name, 100) == "ok"
     hold_ids = []
     for source, destination, amount in holds:
-        made = await batcher.apply(ledger.TransferOrder(ledger.AccountRef(ids[source]),
+        made = await batcher.apply_transfer(ledger.TransferOrder(ledger.AccountRef(ids[source]),
                                                         ledger.AccountRef(ids[destination]), amount, pending=True))
         hold_ids.append(made.transfer_id)
         assert model.transfer(source, destination, amount, pending=True) == "ok"
-    results = await asyncio.gather(*(asyncio.create_task(batcher.apply(order(step))) for step in stream),
-                                   return_exceptions=True)
+    results = await asyncio.gather(*(asyncio.create_task(submit(step)) for step in stream), return_exceptions=True)
     expected = []
     for step in stream:
         kind, *rest = step
-        if kind in ("transfer", "hold"):
+        if kind == "change":
+            name, amount = rest
+            expected.append(model.transfer(SYSTEM, name, amount) if amount > 0 else model.transfer(name, SYSTEM, -amount))
+        elif kind in ("transfer", "hold"):
             source, destination, amount, reference = rest
             expected.append(model.transfer(source, destination, amount, pending=kind == "hold", reference=reference))
         else:
@@ -92,6 +101,21 @@ def test_a_stream_through_the_batcher_gives_the_outcomes_of_one_at_a_time_in_arr
         loop_and_pool, holds, stream, max_batch, max_in_flight):
     loop, pool = loop_and_pool
     loop.run_until_complete(_run(pool, holds, stream, max_batch, max_in_flight))
+
+
+mixed_streams = st.lists(st.one_of(
+    st.tuples(st.just("transfer"), sides, sides, amounts, st.none()),
+    st.tuples(st.just("change"), st.sampled_from(ACCOUNTS), st.integers(-120, 120).filter(bool)),
+), min_size=2, max_size=30)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(holds=first_holds, stream=mixed_streams)
+def test_a_batch_mixing_changes_and_transfers_gives_the_outcomes_of_one_at_a_time_in_arrival_order(
+        loop_and_pool, holds, stream):
+    # one batch in flight: the first item goes alone, all the others wait for it and go as one batch
+    loop, pool = loop_and_pool
+    loop.run_until_complete(_run(pool, holds, stream, max_batch=50, max_in_flight=1))
 
 
 def test_transfers_that_arrive_together_go_out_in_one_batch(loop_and_pool):
@@ -135,16 +159,69 @@ def test_a_void_waits_behind_a_transfer_of_its_holds_account_and_goes_out_with_i
         async with pool.acquire() as db:
             asset = await ledger.create_asset(db, f"v{uuid.uuid4().hex[:20]}", 0, None)
             a, b, c = [(await ledger.create_account(db, ledger.NewAccount(asset))).account_id for _ in range(3)]
-        batcher = TransferBatcher(Database(pool, max_pending=100, acquire_timeout=30), 10, max_in_flight=2)
+        batcher = LedgerBatcher(Database(pool, max_pending=100, acquire_timeout=30), 10, max_in_flight=2)
         move = lambda source, destination, amount, **more: ledger.TransferOrder(  # noqa: E731
             ledger.AccountRef(source), ledger.AccountRef(destination), amount, **more)
-        await batcher.apply(move(asset.system_account_id, a, 10))
-        held = await batcher.apply(move(a, b, 10, pending=True))  # a's available: 0
+        await batcher.apply_transfer(move(asset.system_account_id, a, 10))
+        held = await batcher.apply_transfer(move(a, b, 10, pending=True))  # a's available: 0
         before = batcher.batches_sent
         results = await asyncio.gather(  # in this order: the first goes at once, the second waits for a
-            batcher.apply(move(a, c, 1)), batcher.apply(move(a, c, 5)),
-            batcher.apply(ledger.ResolvePending(held.transfer_id, False)), return_exceptions=True)
+            batcher.apply_transfer(move(a, c, 1)), batcher.apply_transfer(move(a, c, 5)),
+            batcher.apply_transfer(ledger.ResolvePending(held.transfer_id, False)), return_exceptions=True)
         return [_code(result) for result in results], batcher.batches_sent - before
 
     # the void came last: the 5 found nothing available; it did not take the free slot before it
     assert loop.run_until_complete(scenario()) == (["insufficient_funds", "insufficient_funds", "ok"], 2)
+
+
+def _three_accounts(loop, pool):
+    async def make():
+        async with pool.acquire() as db:
+            asset = await ledger.create_asset(db, f"m{uuid.uuid4().hex[:20]}", 0, None)
+            return asset, [(await ledger.create_account(db, ledger.NewAccount(asset))).account_id for _ in range(3)]
+    return loop.run_until_complete(make())
+
+
+def test_changes_and_transfers_of_one_account_go_out_together_in_arrival_order(loop_and_pool):
+    loop, pool = loop_and_pool
+    asset, (a, b, _) = _three_accounts(loop, pool)
+
+    async def scenario():
+        batcher = LedgerBatcher(Database(pool, max_pending=100, acquire_timeout=30), 10, max_in_flight=1)
+        move = lambda source, destination, amount: batcher.apply_transfer(ledger.TransferOrder(  # noqa: E731
+            ledger.AccountRef(source), ledger.AccountRef(destination), amount))
+        change = lambda account, amount: batcher.apply_change(  # noqa: E731
+            ledger.AccountRef(account), ledger.BalanceChange(amount, "credit" if amount > 0 else "debit"))
+        results = await asyncio.gather(  # the first goes at once; the other five wait for it, then go as one
+            change(a, 10), move(a, b, 4), change(a, -7), change(a, -2), move(a, b, 4), change(b, -8),
+            return_exceptions=True)
+        return results, batcher.batches_sent
+
+    results, batches = loop.run_until_complete(scenario())
+    assert batches == 2
+    assert [_code(result) for result in results] == ["ok", "ok", "insufficient_funds", "ok", "ok", "ok"]
+    assert [results[1].from_balance, results[3].balance, results[4].from_balance, results[4].to_balance,
+            results[5].balance] == [6, 4, 0, 8, 0]
+
+
+def test_an_account_named_by_user_shares_its_lane_with_the_account_named_by_id_once_a_batch_showed_it(loop_and_pool):
+    loop, pool = loop_and_pool
+
+    async def scenario():
+        async with pool.acquire() as db:
+            user_id, account_id = await db.fetchrow(ledger.SEED_USER, 0)
+            asset_id = await db.fetchval("SELECT asset_id FROM accounts WHERE id = $1", account_id)
+            other = (await ledger.create_account(db, ledger.NewAccount(await ledger.read_default_asset(db)))).account_id
+        batcher = LedgerBatcher(Database(pool, max_pending=100, acquire_timeout=30), 10, max_in_flight=2)
+        by_user = ledger.AccountRef(None, user_id, asset_id)
+        await batcher.apply_change(by_user, ledger.BalanceChange(10))  # shows the batcher which account it is
+        before = batcher.batches_sent
+        results = await asyncio.gather(  # the first goes at once; the transfer waits behind it, with the last
+            batcher.apply_change(by_user, ledger.BalanceChange(-3)),
+            batcher.apply_transfer(ledger.TransferOrder(ledger.AccountRef(account_id, None, asset_id),
+                                                        ledger.AccountRef(other, None, asset_id), 8)),
+            batcher.apply_change(by_user, ledger.BalanceChange(-5)), return_exceptions=True)
+        return [_code(result) for result in results], batcher.batches_sent - before
+
+    # one lane: the transfer did not take the free slot beside the first change (that would make three batches)
+    assert loop.run_until_complete(scenario()) == (["ok", "insufficient_funds", "ok"], 2)

@@ -11,12 +11,12 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from aiohttp import web
 from swagger_ui import aiohttp_api_doc
 
-from server.http.app_keys import ASSETS, BATCHER, DATABASE, DB_POOL, READS, SETTINGS, TRANSFER_BATCHER
+from server.http.app_keys import ASSETS, BATCHER, DATABASE, DB_POOL, READS, SETTINGS
 from server.http.bearer_auth import DOCS_PATH, bearer_auth_middleware
 from server.http.handlers import accounts, assets, balance_changes, operations, transfers, users
 from server.http.observability import observability_middleware
 from server.ledger import store as ledger
-from server.ledger.batching import BalanceChangeBatcher, TransferBatcher
+from server.ledger.batching import LedgerBatcher
 from server.ledger.idempotency import purge_expired_keys_forever
 from server.problems import problem_middleware
 from server.running import metrics
@@ -48,9 +48,7 @@ async def _database(app: web.Application) -> AsyncIterator[None]:
     max_batch, in_flight = ((settings.batch_max_size, settings.batch_max_in_flight) if settings.batching
                             else (1, settings.db_pool_max_size))
     retention = dt.timedelta(seconds=settings.idempotency_key_retention)
-    app[BATCHER] = BalanceChangeBatcher(app[DATABASE], max_batch, metrics.BATCH_SIZE.observe, retention, in_flight)
-    app[TRANSFER_BATCHER] = TransferBatcher(app[DATABASE], max_batch, metrics.TRANSFER_BATCH_SIZE.observe, retention,
-                                            in_flight)
+    app[BATCHER] = LedgerBatcher(app[DATABASE], max_batch, metrics.observe_batch, retention, in_flight)
     async with _background(app[READS].watch()) if replica else contextlib.nullcontext():
         yield
     for each in (pool, replica_pool) if replica_pool else (pool,):

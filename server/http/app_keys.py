@@ -12,14 +12,14 @@ from server.running.database import Database
 from server.running.replica import ReplicaRouting
 
 if TYPE_CHECKING:  # server.ledger.batching imports modules that import this one
-    from server.ledger.batching import BalanceChangeBatcher, TransferBatcher
+    from server.ledger.batching import LedgerBatcher
     from server.ledger.store import AssetDirectory
 
 SETTINGS = web.AppKey("settings", Settings)
 DB_POOL = web.AppKey("db_pool", asyncpg.Pool)  # health checks and background jobs
 DATABASE = web.AppKey("database", Database)  # request handlers: bounded, with an acquire deadline
 READS = web.AppKey("reads", ReplicaRouting)  # where read-only routes read (server.http.reads)
-# every single money movement goes through one of these (server.ledger.batching); BATCHING=false: batches of one
-BATCHER: web.AppKey[BalanceChangeBatcher] = web.AppKey("batcher")  # PATCH /api/balance, credits, debits
-TRANSFER_BATCHER: web.AppKey[TransferBatcher] = web.AppKey("transfer_batcher")  # transfers, holds, posts, voids
+# every single money movement (PATCH /api/balance, credits, debits, transfers, holds, posts, voids) goes
+# through it (server.ledger.batching); BATCHING=false: batches of one
+BATCHER: web.AppKey[LedgerBatcher] = web.AppKey("batcher")
 ASSETS: web.AppKey[AssetDirectory] = web.AppKey("assets")  # the default asset, and assets looked up

@@ -1,32 +1,35 @@
-"""Batching of concurrent money movements across accounts: one batcher per kind of statement.
+"""Batching of concurrent money movements across accounts: one batcher per worker, for every kind.
 
 Every change commits in a transaction, and a commit waits for its WAL to reach disk; a change to an
 account also waits for that account's row lock. So instead of one statement and one commit per
 request, what arrives while batches are in flight is collected, and when a batch returns, what
 waits (at most ``BATCH_MAX_SIZE`` items, whatever accounts they touch) goes to PostgreSQL as ONE
 call: one transaction, one commit. At most ``BATCH_MAX_IN_FLIGHT`` batches are in flight at once.
-Two batchers share this machinery (:class:`Batcher`):
-
-* :class:`BalanceChangeBatcher`: ``PATCH /api/balance``, credits and debits, as one call of
-  ``apply_balance_changes()`` (migration 0006); each change is a transfer between an account and
-  its asset's system account, whose row is never locked.
-* :class:`TransferBatcher`: ``POST /api/transfers`` (plain or a hold) and the post or void of a
-  hold, as one call of ``apply_transfer_batch()`` (migrations 0008-0009) without ``atomic``:
-  the items in order, each accepted or refused on its own, set-based when all are plain transfers
-  that pass.
+The machinery is :class:`Batcher`; the worker's one batcher, :class:`LedgerBatcher`, takes every
+single money movement: ``PATCH /api/balance``, credits and debits (balance changes: transfers
+between an account and its asset's system account, whose row is never locked), ``POST
+/api/transfers`` (plain or a hold) and the post or void of a hold. A batch is one call of
+``apply_balance_changes()`` (migration 0006) when it holds only balance changes, of
+``apply_transfer_batch()`` (0009, not atomic: each item accepted or refused on its own,
+set-based when all are plain transfers that pass) when it holds no balance change, and of
+``apply_ledger_batch()`` (0010) when it mixes them: the items in arrival order, each run of one
+kind through that kind's function, after every account of the batch is locked.
 
 ``BATCHING=false`` is the same code path with batches of one (``max_batch=1``).
 
 * A lone item goes out at once, as a batch of one: no timer, no added latency without contention.
-* Items have *lanes*: a balance change its account; a transfer the two sides as named (by account
-  id, or by user and asset); a post or void its hold; a keyed item also its Idempotency-Key. Per
+* Items have *lanes*: a balance change its account; a transfer its two sides and its reference;
+  a post or void its hold (and the hold's accounts, when known); a keyed item also its
+  Idempotency-Key (:class:`LedgerBatcher` says which). Per
   lane, order is arrival order: a batch takes an item only when it is the oldest waiting one of
   each of its lanes and none of them is in a batch still in flight (it waits for the next batch),
   so batches in flight never share a lane, and items that share one go out in the order they
-  came. A lane that names an account one way and a lane that names it another way (by id, by
-  user), or a hold and its accounts, may be in two batches in flight; PostgreSQL's row locks,
-  always taken in ascending account id order by every function that moves money, then apply one
-  batch after the other, without deadlock.
+  came, whatever their kind. An account named by user before a batch has shown which account it
+  is, and the accounts of a hold this batcher did not make, are lanes the batcher cannot know
+  yet: such items may be in a batch in flight beside one on the same account; PostgreSQL's row
+  locks, always taken in ascending account id order by every function that moves money, then
+  apply one batch after the other, without deadlock (linearizable: each request takes effect at
+  one point between its arrival and its answer).
 * Semantics are those of applying the items one at a time in arrival order: the SQL functions lock
   the accounts in id order and walk the items in array order, accepting an item iff it passes the
   same checks as on its own; every request is answered with its own outcome, after its batch has
@@ -73,6 +76,7 @@ from server.ledger.store import (
     Transfer,
     TransferOrder,
     apply_balance_changes,
+    apply_ledger_batch,
     apply_transfer_batch,
 )
 from server.problems import DATABASE_UNAVAILABLE_ERRORS, DatabaseUnavailable, Problem
@@ -232,14 +236,14 @@ class Batcher(Generic[Order, Result]):
             self._in_flight.discard(asyncio.current_task())
             self._busy.difference_update([lane for item in batch for lane in item.lanes])
         if not self._closed:
+            self._returned()
             self._send_what_can_go()
 
     async def _send(self, batch: list[_Item]) -> None:
         """Apply ``batch`` (one call, or one transaction when it holds keys) and settle every item's
         ``answer`` after the commit; never raises (except on cancellation)."""
         self.batches_sent += 1
-        if self._on_batch is not None:
-            self._on_batch(len(batch))
+        self._counted(batch)
         try:
             if any(item.keyed for item in batch):
                 settled = await retry_transaction(lambda: self._apply_keyed_batch(batch))
@@ -264,6 +268,14 @@ class Batcher(Generic[Order, Result]):
     async def _apply(self, conn: asyncpg.Connection, orders: list[Order]) -> Sequence[Result | Problem]:
         """Apply ``orders`` in order in one call on ``conn``: each one's result or refusal, in order."""
         raise NotImplementedError
+
+    def _counted(self, batch: list[_Item]) -> None:
+        """Called for every batch sent: ``on_batch(len(batch))``."""
+        if self._on_batch is not None:
+            self._on_batch(len(batch))
+
+    def _returned(self) -> None:
+        """Called after a batch has returned and its lanes are free, before the next batches go."""
 
     async def _apply_keyed_batch(self, batch: list[_Item]) -> list[tuple[_Item, object]]:
         """The transaction of a batch holding keyed items (module docstring); returns what each
@@ -302,79 +314,127 @@ class Batcher(Generic[Order, Result]):
         return settled
 
 
-class BalanceChangeBatcher(Batcher[tuple[AccountRef, BalanceChange], AppliedChange]):
-    """Balance changes (``PATCH /api/balance``, credits, debits), a batch per call of
-    ``apply_balance_changes()``; an item's lane is its account."""
+def _is_change(order) -> bool:
+    """Whether a :class:`LedgerBatcher` item is a balance change ``(AccountRef, BalanceChange)``
+    (else ``(TransferOrder | ResolvePending, idempotency key)``)."""
+    return type(order[1]) is BalanceChange
 
-    async def apply(self, ref: AccountRef, change: BalanceChange) -> AppliedChange:
+
+class LedgerBatcher(Batcher[tuple, AppliedChange | Transfer]):
+    """The one batcher of a worker: every single money movement, balance changes (``PATCH
+    /api/balance``, credits, debits) and transfers (plain or a hold), posts and voids, in batches
+    of any mix, each batch ONE call: ``apply_balance_changes()`` (migration 0006) when it holds only
+    changes, ``apply_transfer_batch()`` (0009, not atomic) when it holds only transfers, else
+    ``apply_ledger_batch()`` (0010), which applies the runs of each kind, in order, with those two.
+
+    Lanes: an account, as :class:`AccountRef` (``AccountRef(id)`` when named by id); a change's
+    account, a transfer's two sides and its reference (two transfers with one reference keep their
+    order); a post or void its hold and, when this batcher made the hold (remembered for the last
+    ``remembered`` holds), the hold's two accounts, so that it keeps its place among the changes
+    and transfers of those accounts. An account named by user (``AccountRef(None, user, asset)``)
+    is a lane of its own until a batch has shown which account it is; from then on (once nothing
+    waits or is in flight on the user's lane, so that its items keep their order) it is its
+    account's lane (the last ``remembered`` users' accounts are kept).
+    """
+
+    def __init__(self, database: Database, max_batch: int,
+                 on_batch: Callable[[int, int], object] | None = None,
+                 key_retention: dt.timedelta = dt.timedelta(days=1), max_in_flight: int = 8,
+                 remembered: int = 100_000):
+        """``on_batch(changes, transfers)`` is called for every batch sent, with how many balance
+        changes and how many transfers, posts and voids it holds (e.g. metrics histograms)."""
+        super().__init__(database, max_batch, None, key_retention, max_in_flight)
+        self._count_batch = on_batch
+        self._hold_accounts: OrderedDict[int, tuple[int, int]] = OrderedDict()  # hold id -> its accounts
+        self._user_accounts: dict[AccountRef, AccountRef] = {}  # AccountRef(None, user, asset) -> AccountRef(id)
+        self._seen_user_accounts: dict[AccountRef, int] = {}  # shown by batches, not yet in _user_accounts
+        self._remembered = remembered
+
+    def _account_lane(self, ref: AccountRef) -> AccountRef:
+        if ref.account_id is None:
+            return self._user_accounts.get(ref, ref)
+        return ref if ref.user_id is None and ref.asset_id is None else AccountRef(ref.account_id)
+
+    async def apply_change(self, ref: AccountRef, change: BalanceChange) -> AppliedChange:
         """Apply ``change`` to the account ``ref``.
 
         Returns the :class:`AppliedChange`; raises its refusal, :class:`ServiceOverloaded` or
         :class:`DatabaseUnavailable` (503) -- exactly as :func:`server.ledger.store.apply_balance_change`.
         """
-        return await self._submit((ref, change), (ref,))
+        return await self._submit((ref, change), (self._account_lane(ref),))
 
-    async def apply_keyed(self, ref: AccountRef, change: BalanceChange, keyed: KeyedRequest,
-                          render: Render) -> tuple[Outcome, bool]:
+    async def apply_change_keyed(self, ref: AccountRef, change: BalanceChange, keyed: KeyedRequest,
+                                 render: Render) -> tuple[Outcome, bool]:
         """Apply a change sent with an Idempotency-Key: returns ``(outcome, replayed)``, the outcome
         being ``render(result)`` stored under the key with the change, or the one stored before
         (``replayed``). Raises :class:`~server.problems.IdempotencyKeyReused` (422) when the key was
-        used for another request, and the 503 problems as :meth:`apply`."""
-        return await self._submit((ref, change._replace(idempotency_key=keyed.key)), (ref,), keyed, render)
+        used for another request, and the 503 problems as :meth:`apply_change`."""
+        return await self._submit((ref, change._replace(idempotency_key=keyed.key)), (self._account_lane(ref),),
+                                  keyed, render)
 
-    async def _apply(self, conn, orders):
-        """One ``apply_balance_changes()`` call."""
-        return await apply_balance_changes(conn, orders)
-
-
-class TransferBatcher(Batcher[tuple[TransferOrder | ResolvePending, str | None], Transfer]):
-    """Single transfers, holds, posts and voids, a batch per call of ``apply_transfer_batch()``
-    without ``atomic``.
-
-    Lanes: a transfer's two sides as named (``("account", id)``, or ``("user", user_id,
-    asset_id)``) and its reference, if any (two transfers with one reference keep their order); a
-    post or void its hold and, when this batcher made the hold (remembered for the last
-    ``remembered_holds``), the hold's two accounts, so that it keeps its place among the transfers
-    of those accounts.
-    """
-
-    def __init__(self, *args, remembered_holds: int = 100_000, **kwargs):
-        super().__init__(*args, **kwargs)
-        self._hold_accounts: OrderedDict[int, tuple[int, int]] = OrderedDict()  # hold id -> its accounts
-        self._remembered_holds = remembered_holds
-
-    async def apply(self, order: TransferOrder | ResolvePending) -> Transfer:
+    async def apply_transfer(self, order: TransferOrder | ResolvePending) -> Transfer:
         """Make the transfer or hold ``order``, or post or void the hold it names. Returns the
         :class:`Transfer` (made, found by its reference, or the hold as it now is); raises the
         refusal :func:`server.ledger.store.transfer_funds` or
         :func:`server.ledger.store.resolve_pending_transfer` would, and the 503 problems as
-        :meth:`BalanceChangeBatcher.apply`."""
-        return await self._submit((order, None), self._lanes(order))
+        :meth:`apply_change`."""
+        return await self._submit((order, None), self._transfer_lanes(order))
 
-    async def apply_keyed(self, order: TransferOrder | ResolvePending, keyed: KeyedRequest,
-                          render: Render) -> tuple[Outcome, bool]:
-        """As :meth:`BalanceChangeBatcher.apply_keyed`, for ``order``; a transfer made records the
-        key on its ledger entries."""
-        return await self._submit((order, keyed.key), self._lanes(order), keyed, render)
+    async def apply_transfer_keyed(self, order: TransferOrder | ResolvePending, keyed: KeyedRequest,
+                                   render: Render) -> tuple[Outcome, bool]:
+        """As :meth:`apply_change_keyed`, for ``order``; a transfer made records the key on its
+        ledger entries."""
+        return await self._submit((order, keyed.key), self._transfer_lanes(order), keyed, render)
 
-    def _lanes(self, order: TransferOrder | ResolvePending) -> tuple[Hashable, ...]:
+    def _transfer_lanes(self, order: TransferOrder | ResolvePending) -> tuple[Hashable, ...]:
         if isinstance(order, ResolvePending):
             accounts = self._hold_accounts.get(order.transfer_id, ())
-            return (_HoldLane(order.transfer_id), *(("account", account) for account in accounts))
-        lanes = dict.fromkeys(("account", side.account_id) if side.account_id is not None
-                              else ("user", side.user_id, side.asset_id) for side in (order.source, order.destination))
+            return (_HoldLane(order.transfer_id), *(AccountRef(account) for account in accounts))
+        lanes = dict.fromkeys((self._account_lane(order.source), self._account_lane(order.destination)))
         if order.reference is not None:
             lanes["reference", order.reference] = None
         return tuple(lanes)
 
+    def _counted(self, batch: list[_Item]) -> None:
+        if self._count_batch is not None:
+            changes = sum(1 for item in batch if _is_change(item.order))
+            self._count_batch(changes, len(batch) - changes)
+
     async def _apply(self, conn, orders):
-        """One ``apply_transfer_batch()`` call, not atomic: each order on its own; the accounts of
-        the holds it makes are remembered."""
-        _, results = await apply_transfer_batch(conn, [order for order, _ in orders], atomic=False,
-                                                idempotency_keys=[key for _, key in orders])
-        for result in results:
-            if isinstance(result, Transfer) and result.status == "pending" and not result.replayed:
-                self._hold_accounts[result.transfer_id] = (result.from_account_id, result.to_account_id)
-                if len(self._hold_accounts) > self._remembered_holds:
-                    self._hold_accounts.popitem(last=False)
+        """One call (class docstring); remembers the accounts of the holds made and of the users
+        named."""
+        changes = sum(1 for order in orders if _is_change(order))
+        if changes == len(orders):
+            results = await apply_balance_changes(conn, orders)
+        elif not changes:
+            _, results = await apply_transfer_batch(conn, [order for order, _ in orders], atomic=False,
+                                                    idempotency_keys=[key for _, key in orders])
+        else:
+            results = await apply_ledger_batch(conn, [order if _is_change(order) else order[0] for order in orders],
+                                               [None if _is_change(order) else order[1] for order in orders])
+        seen = self._seen_user_accounts
+        for (order, _), result in zip(orders, results):
+            if isinstance(result, AppliedChange):
+                if order.account_id is None and order not in self._user_accounts:
+                    seen[order] = result.account_id
+            elif isinstance(result, Transfer):
+                if result.status == "pending" and not result.replayed:
+                    self._hold_accounts[result.transfer_id] = (result.from_account_id, result.to_account_id)
+                    if len(self._hold_accounts) > self._remembered:
+                        self._hold_accounts.popitem(last=False)
+                if isinstance(order, TransferOrder):
+                    for side, account_id in ((order.source, result.from_account_id),
+                                             (order.destination, result.to_account_id)):
+                        if side.account_id is None and side not in self._user_accounts:
+                            seen[side] = account_id
         return results
+
+    def _returned(self) -> None:
+        """After a batch's lanes are free: a user named is its account's lane from now on, if
+        nothing waits or is in flight on the user's lane (else a later batch shows it again)."""
+        for ref, account_id in self._seen_user_accounts.items():
+            if ref not in self._busy and ref not in self._waiting:
+                self._user_accounts[ref] = AccountRef(account_id)
+                if len(self._user_accounts) > self._remembered:
+                    del self._user_accounts[next(iter(self._user_accounts))]
+        self._seen_user_accounts.clear()

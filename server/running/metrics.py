@@ -63,10 +63,22 @@ BALANCE_CHANGES = Counter(
 )
 _BATCH_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000)
 BATCH_SIZE = Histogram(
-    "balance_change_batch_size", "Changes per statement sent by the batcher (BATCHING).", buckets=_BATCH_BUCKETS)
-TRANSFER_BATCH_SIZE = Histogram(
-    "transfer_batch_size", "Transfers, holds, posts and voids per call sent by the transfer batcher (BATCHING).",
+    "balance_change_batch_size", "Balance changes per call sent by the batcher (BATCHING), in calls holding any.",
     buckets=_BATCH_BUCKETS)
+TRANSFER_BATCH_SIZE = Histogram(
+    "transfer_batch_size",
+    "Transfers, holds, posts and voids per call sent by the batcher (BATCHING), in calls holding any.",
+    buckets=_BATCH_BUCKETS)
+
+
+def observe_batch(changes: int, transfers: int) -> None:
+    """Count a batch the batcher sent (``server.ledger.batching.LedgerBatcher``): how many balance
+    changes and how many transfers, posts and voids it holds; a batch that mixes them counts in
+    both histograms."""
+    if changes:
+        BATCH_SIZE.observe(changes)
+    if transfers:
+        TRANSFER_BATCH_SIZE.observe(transfers)
 POOL_CONNECTIONS = Gauge("db_pool_connections", "Open connections in the asyncpg pools of all workers.",
                          multiprocess_mode="livesum")
 POOL_IN_USE = Gauge("db_pool_connections_in_use", "Pool connections lent out to requests, all workers.",

@@ -49,7 +49,7 @@ async def _apply_unkeyed(request: web.Request, ref: ledger.AccountRef,
                          change: ledger.BalanceChange) -> ledger.AppliedChange:
     """A change without an Idempotency-Key, through the batcher (``BATCHING=false``: a batch of
     one); counted in ``balance_changes_total``."""
-    return await _counted(request.app[BATCHER].apply(ref, change))
+    return await _counted(request.app[BATCHER].apply_change(ref, change))
 
 
 async def _apply_keyed(request: web.Request, body: StrictBody, ref: ledger.AccountRef, change: ledger.BalanceChange,
@@ -64,7 +64,7 @@ async def _apply_keyed(request: web.Request, body: StrictBody, ref: ledger.Accou
             return Outcome.of_problem(result, keyed.instance)
         return Outcome.of(200, render(result))
 
-    outcome, replayed = await request.app[BATCHER].apply_keyed(ref, change, keyed, outcome_of)
+    outcome, replayed = await request.app[BATCHER].apply_change_keyed(ref, change, keyed, outcome_of)
     if replayed:
         _count_replay()
     return outcome_response(outcome, replayed)

@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 from aiohttp import web
 
-from server.http.app_keys import SETTINGS, TRANSFER_BATCHER
+from server.http.app_keys import BATCHER, SETTINGS
 from server.http.handlers.balance_changes import asset_id_of, asset_of
 from server.http.handlers.documents import transfer_json
 from server.http.handlers.paths import FILTERS, id_from_path, page_query, split_page
@@ -39,17 +39,17 @@ async def create_transfer(request: web.Request) -> web.Response:
 
 async def _batched(request: web.Request, body, order: ledger.TransferOrder | ledger.ResolvePending,
                    made: Callable[[ledger.Transfer], Outcome]) -> web.Response:
-    """Apply ``order`` through the transfer batcher (with its Idempotency-Key, if sent: claimed,
+    """Apply ``order`` through the batcher (with its Idempotency-Key, if sent: claimed,
     applied and stored in its batch's transaction) and answer ``made(transfer)`` or the refusal."""
-    batcher = request.app[TRANSFER_BATCHER]
+    batcher = request.app[BATCHER]
     keyed = keyed_request(request, body)
     if keyed is None:
-        return outcome_response(made(await batcher.apply(order)))
+        return outcome_response(made(await batcher.apply_transfer(order)))
 
     def outcome_of(result: ledger.Transfer | Problem) -> Outcome:
         return Outcome.of_problem(result, keyed.instance) if isinstance(result, Problem) else made(result)
 
-    return outcome_response(*await batcher.apply_keyed(order, keyed, outcome_of))
+    return outcome_response(*await batcher.apply_transfer_keyed(order, keyed, outcome_of))
 
 
 def _resolved(transfer: ledger.Transfer) -> Outcome:
