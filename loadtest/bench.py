@@ -8,17 +8,17 @@ Workloads:
   1. ``hot, all at once``: 10,000 ``PATCH {"userId": 1, "amount": -2}``, one connection each, all
      at once, account 1 at 10000 (so 5,000 succeed and 5,000 are refused);
   2. ``hot, keep-alive``: the same 10,000 over 200 keep-alive connections;
-  3. ``spread``: 100,000 ``POST /api/users/{id}/credit {"amount": 1}`` over 200 connections, the
-     ids cycling uniformly over 10,000 accounts;
+  3. ``spread``: ``POST /api/users/{id}/credit {"amount": 1}`` over 200 connections for
+     WRK_SECONDS, each request to a random one of 10,000 users (wrk: h2load's ``-i`` would walk every
+     connection through one list of ids from its start, all in step, so over a few hundred accounts);
   4. ``transfers, 50 accounts`` / 5. ``transfers, 10k accounts``: ``POST /api/transfers`` of 1 unit
      between two random accounts among 50 / 10,000, over 200 connections for WRK_SECONDS;
   6. ``holds then posts``: each of 200 connections makes a hold between two random accounts among
      10,000, then posts it, and again;
   7. ``bulk batches of 1,000``: ``POST /api/transfers/batch`` of 1,000 random transfers among 10,000
      accounts over 4 connections (throughput counts transfers).
-Workloads 1-3 are fired by h2load (Debian package ``nghttp2-client``; else the burst tool, 1 and 2
-only), 4-7 by wrk (Debian package ``wrk``) with ``loadtest/transfers.lua``, which varies the
-bodies. For each run it prints the wall time, throughput, p50/p99 latency (from h2load's
+Workloads 1-2 are fired by h2load (Debian package ``nghttp2-client``; else the burst tool), 3-7 by
+wrk (Debian package ``wrk``) with ``loadtest/transfers.lua``, which varies the paths and bodies. For each run it prints the wall time, throughput, p50/p99 latency (from h2load's
 per-request log through HdrHistogram, or wrk's own), the CPU time per request of the service and
 of PostgreSQL, and the ratio to the ceiling in the same run; then the goals of issues 5 and 11
 (ratios, same run) and whether each is met. ``batching off`` is every change a batch of one: the
@@ -70,7 +70,7 @@ class Workload:
     name: str
     requests: int  # h2load's request count (wrk runs for WRK_SECONDS instead)
     connections: int
-    kind: str  # hot: PATCH account 1; spread: credits over ACCOUNTS users; else loadtest/transfers.lua's WORKLOAD
+    kind: str  # hot: PATCH account 1 (h2load); else loadtest/transfers.lua's WORKLOAD (wrk)
     accounts: int = ACCOUNTS  # wrk workloads: how many accounts the transfers pick from
     per_request: int = 1  # transfers per request (a bulk batch's size)
 
@@ -78,7 +78,7 @@ class Workload:
 WORKLOADS = (
     Workload("hot, all at once", 10_000, 10_000, "hot"),
     Workload("hot, keep-alive", 10_000, 200, "hot"),
-    Workload("spread", 100_000, 200, "spread"),
+    Workload("spread", 0, 200, "credits"),
     Workload("transfers, 50 accounts", 0, 200, "transfers", 50),
     Workload("transfers, 10k accounts", 0, 200, "transfers"),
     Workload("holds then posts", 0, 200, "holds"),
@@ -220,16 +220,9 @@ def _percentiles(latencies_us: list[int]) -> tuple[float, float]:
 def _h2load(url: str, workload: Workload, work: Path) -> tuple[float, float, float, float, dict[str, int]]:
     log = work / "h2load.log"
     log.unlink(missing_ok=True)
-    if workload.kind == "hot":
-        body = work / "patch.json"
-        body.write_text(json.dumps({"userId": 1, "amount": -2}))
-        target = ["-H", ":method: PATCH", f"{url}/api/balance"]
-    else:
-        body = work / "credit.json"
-        body.write_text(json.dumps({"amount": 1}))
-        uris = work / "uris.txt"
-        uris.write_text("".join(f"{url}/api/users/{1 + i % ACCOUNTS}/credit\n" for i in range(ACCOUNTS)))
-        target = ["-i", str(uris)]
+    body = work / "patch.json"
+    body.write_text(json.dumps({"userId": 1, "amount": -2}))
+    target = ["-H", ":method: PATCH", f"{url}/api/balance"]
     command = ["h2load", "--h1", "-n", str(workload.requests), "-c", str(workload.connections),
                "-T", "120", "-H", "content-type: application/json", "-d", str(body),
                f"--log-file={log}", *target]
@@ -262,7 +255,7 @@ def _wrk(url: str, workload: Workload, work: Path, first_account: int
     """Run ``loadtest/transfers.lua`` for WRK_SECONDS (2 threads); wall, requests/s, p50/p99 (ms), statuses."""
     report_path = work / "wrk.json"
     report_path.unlink(missing_ok=True)
-    env = {**os.environ, "WORKLOAD": workload.kind, "FIRST_ACCOUNT": str(first_account),
+    env = {**os.environ, "WORKLOAD": workload.kind, "FIRST_ACCOUNT": str(first_account), "FIRST_USER": "2",
            "ACCOUNTS": str(min(workload.accounts, ACCOUNTS - 1)), "BATCH_SIZE": str(workload.per_request),
            "REPORT": str(report_path)}
     command = ["wrk", "-t", "2", "-c", str(workload.connections), "-d", f"{WRK_SECONDS}s", "--timeout", "30s",
@@ -326,22 +319,21 @@ def run(workers: int, work: Path, progress: RunProgress, workloads: tuple[Worklo
                 url, server_processes = started[0][0], [process for _, process in started]
                 for workload in workloads:
                     progress.start(f"{server}: {workload.name}")
-                    if workload.kind == "spread" and client != "h2load" or (
-                            workload.kind not in ("hot", "spread") and not shutil.which("wrk")):
+                    if workload.kind != "hot" and not shutil.which("wrk"):
                         progress.done(f"  {workload.name}: needs h2load and wrk (apt install nghttp2-client wrk);"
                                       " skipped")
                         continue
                     if workload.kind == "hot" and server != "ceiling":
                         _reset_hot_account(url)
                     cpu_before = _cpu_seconds(server_processes), _cpu_seconds([postmaster])
-                    if workload.kind in ("hot", "spread"):
+                    if workload.kind == "hot":
                         measured = (_h2load if client == "h2load" else _burst_tool)(url, workload, work)
                     else:
                         measured = _wrk(url, workload, work, first_account)
                     wall, rate, p50, p99, statuses = measured
                     server_cpu = _cpu_seconds(server_processes) - cpu_before[0]
                     postgres_cpu = _cpu_seconds([postmaster]) - cpu_before[1]
-                    used = client if workload.kind in ("hot", "spread") else "wrk"
+                    used = client if workload.kind == "hot" else "wrk"
                     measurement = Measurement(workload.name, server, used, wall, rate, p50, p99, statuses,
                                               server_cpu, postgres_cpu, per_request=workload.per_request)
                     results.append(measurement)

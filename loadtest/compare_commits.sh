@@ -3,9 +3,12 @@
 # embedded PostgreSQL (a database each), runs alternating, ROUNDS rounds. Prints wall time and the
 # service process's CPU per run. Usage (from the project root):
 #   loadtest/compare_commits.sh BEFORE [ROUNDS] [WORKLOAD]
-# WORKLOAD: burst (default), the 10,000-request proof; or spread, balance-api bench's spread
-# workload: 100,000 credits of 1 over 10,000 users (made through POST /api/users, so any version
-# seeds itself) on 200 connections with h2load (Debian package nghttp2-client).
+# WORKLOAD: burst (default), the 10,000-request proof; or balance-api bench's workloads spread,
+# transfers and bulk, fired by wrk (Debian package wrk) with loadtest/transfers.lua for WRK_SECONDS
+# (default 10) per run, over 10,000 users made through POST /api/users (so any version seeds
+# itself; h2load, Debian package nghttp2-client, makes them): spread, credits of 1 to random users
+# on 200 connections; transfers, transfers of 1 between two random accounts of those users (each
+# credited 1,000,000 first) on 200 connections; bulk, batches of 1,000 such transfers on 4.
 set -euo pipefail
 before_commit=$1 rounds=${2:-4} workload=${3:-burst}
 root=$(pwd) py=$root/.venv/bin/python work=$(mktemp -d)
@@ -33,25 +36,52 @@ url=$(cat "$work/pg.url")
 (cd "$root" && DATABASE_URL=$(printf "$url" after) PORT=8082 LOG_LEVEL=WARNING exec "$py" -m server serve) & pids+=($!)
 for port in 8081 8082; do until curl -sf "http://127.0.0.1:$port/api/health" >/dev/null; do sleep 0.3; done; done
 cpu_ms() { awk '{print ($14 + $15) * 10}' "/proc/$1/stat"; }
-if [ "$workload" = spread ]; then
+declare -A first_account
+per_request=$([ "$workload" = bulk ] && echo 1000 || echo 1)
+cat > "$work/summary.py" <<'PY'
+import json, sys
+report, per_request = json.load(open(sys.argv[1])), int(sys.argv[2])
+transfers = report["requests"] * per_request
+if sys.argv[3:] == ["count"]:
+    print(transfers)
+else:
+    print(f"{transfers / (report['duration_us'] / 1e6):,.0f} changes/s, p50 {report['p50_us'] / 1000:.1f} ms, "
+          f"statuses {report['statuses']}")
+PY
+if [ "$workload" != burst ]; then
   printf '{}' > "$work/empty.json"
-  printf '{"amount": 1}' > "$work/credit.json"
+  printf '{"amount": 1000000}' > "$work/funding.json"
   for port in 8081 8082; do  # users 2..10001
     h2load --h1 -n 10000 -c 20 -d "$work/empty.json" -H 'Content-Type: application/json' \
       "http://127.0.0.1:$port/api/users" | grep -E "^status codes"
-    for i in $(seq 2 10001); do echo "http://127.0.0.1:$port/api/users/$i/credit"; done > "$work/uris.$port"
+    first_account[$port]=$(curl -sf "http://127.0.0.1:$port/api/users/2" |
+                           "$py" -c 'import json, sys; print(json.load(sys.stdin)["accounts"][0]["accountId"])')
+    if [ "$workload" != spread ]; then  # one connection: h2load walks each through the whole list
+      for i in $(seq 2 10001); do echo "http://127.0.0.1:$port/api/users/$i/credit"; done > "$work/uris.$port"
+      h2load --h1 -n 10000 -c 1 -d "$work/funding.json" -H 'Content-Type: application/json' \
+        -i "$work/uris.$port" | grep -E "^status codes"
+    fi
   done
 fi
 for round in $(seq "$rounds"); do
   for side in "before 8081 ${pids[0]}" "after 8082 ${pids[1]}"; do
     read -r name port pid <<< "$side"
     c0=$(cpu_ms "$pid")
-    if [ "$workload" = spread ]; then
-      line=$(timeout 300 h2load --h1 -n 100000 -c 200 -d "$work/credit.json" -H 'Content-Type: application/json' \
-               -i "$work/uris.$port" | grep -E "^finished in|^status codes" | tr -s ' ' | tr '\n' ' ')
+    if [ "$workload" != burst ]; then
+      connections=$([ "$workload" = bulk ] && echo 4 || echo 200)
+      WORKLOAD=$([ "$workload" = spread ] && echo credits || echo "$workload") FIRST_USER=2 \
+        FIRST_ACCOUNT=${first_account[$port]} ACCOUNTS=10000 BATCH_SIZE=1000 REPORT="$work/wrk.json" \
+        timeout 300 wrk -t 2 -c "$connections" -d "${WRK_SECONDS:-10}s" --timeout 30s -s "$root/loadtest/transfers.lua" \
+        "http://127.0.0.1:$port" > /dev/null
+      line=$("$py" "$work/summary.py" "$work/wrk.json" "$per_request")
     else
       line=$("$root/.venv/bin/balance-api" burst --url "http://127.0.0.1:$port" | grep -E "fire|RESULT" | tr -s ' ' | tr '\n' ' ')
     fi
-    echo "$name round $round: service CPU $(( $(cpu_ms "$pid") - c0 )) ms; $line"
+    cpu=$(( $(cpu_ms "$pid") - c0 ))
+    if [ "$workload" != burst ]; then
+      transfers=$("$py" "$work/summary.py" "$work/wrk.json" "$per_request" count)
+      line="$line, service CPU per change $(( cpu * 1000 / (transfers > 0 ? transfers : 1) )) us"
+    fi
+    echo "$name round $round: service CPU $cpu ms; $line"
   done
 done

@@ -1,18 +1,22 @@
 -- wrk script for balance-api bench's transfer workloads (wrk's Lua API: wrk.format, request,
 -- response, setup, done; https://github.com/wg/wrk/blob/master/SCRIPTING). Configured by the
 -- environment:
---   WORKLOAD       transfers: POST /api/transfers of 1 unit between two random accounts
+--   WORKLOAD       credits: POST /api/users/{id}/credit of 1 unit to a random user among ACCOUNTS
+--                         users from FIRST_USER (the bench's spread workload)
+--                  transfers: POST /api/transfers of 1 unit between two random accounts
 --                  holds: a hold of 1 unit between two random accounts, then (its answer read) its
 --                         post: each connection alternates the two
 --                  bulk: POST /api/transfers/batch of BATCH_SIZE random transfers of 1 unit
 --   FIRST_ACCOUNT  the first of ACCOUNTS consecutive account ids to pick from
 --   ACCOUNTS       how many
+--   FIRST_USER     credits only: the first of ACCOUNTS consecutive user ids to pick from
 --   BATCH_SIZE     items per bulk batch (bulk only)
 --   REPORT         where done() writes the run's JSON report
 -- Bodies are built from a seeded random generator per thread, so runs are reproducible.
 
 local workload = os.getenv("WORKLOAD") or "transfers"
 local first = tonumber(os.getenv("FIRST_ACCOUNT") or "1")
+local first_user = tonumber(os.getenv("FIRST_USER") or "1")
 local accounts = tonumber(os.getenv("ACCOUNTS") or "50")
 local batch_size = tonumber(os.getenv("BATCH_SIZE") or "1000")
 local headers = {["Content-Type"] = "application/json"}
@@ -46,7 +50,14 @@ local function transfer_json(pending)
                        pending and ', "pending": true' or "")
 end
 
+local credit_body = '{"amount": 1}'
+
 function request()
+  if workload == "credits" then  -- every request its own random user: h2load's -i would walk every
+    -- connection through one list from its start, in step with the others
+    return wrk.format("POST", "/api/users/" .. (first_user + math.random(0, accounts - 1)) .. "/credit", headers,
+                      credit_body)
+  end
   if workload == "bulk" then
     local items = {}
     for i = 1, batch_size do items[i] = transfer_json(false) end
