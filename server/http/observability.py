@@ -48,6 +48,7 @@ class _RequestIds:
 
 
 _request_ids = _RequestIds()
+_request_metrics = metrics.LabelledChildren(metrics.REQUESTS, metrics.REQUEST_DURATION)
 
 
 def request_id_of(request: web.Request) -> str:
@@ -82,8 +83,9 @@ def observability_middleware(level: str) -> web.middleware:
         response.headers[REQUEST_ID_HEADER] = request_id
         method = request.method if request.method in _METHODS else "other"
         route, status = route_of(request), str(response.status)
-        metrics.REQUESTS.labels(method, route, status).inc()
-        metrics.REQUEST_DURATION.labels(method, route, status).observe(duration)
+        requests, durations = _request_metrics.of(method, route, status)
+        requests.inc()
+        durations.observe(duration)
         if request_log.isEnabledFor(log_level):
             request_log.log(log_level, "request", extra={
                 "method": request.method, "route": route, "path": request.path, "status": response.status,

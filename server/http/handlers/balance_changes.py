@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
+import orjson
 from aiohttp import web
 
 from server.http.app_keys import ASSETS, BATCHER, DATABASE
@@ -20,14 +21,15 @@ from server.running import metrics
 
 # balance_changes_total{outcome}: the problem code of a refusal, shortened where the issue names it
 _REFUSAL_OUTCOMES = {"user_not_found": "not_found", "account_not_found": "not_found"}
+_outcomes = metrics.LabelledChildren(metrics.BALANCE_CHANGES)
 
 
 def _count(result: ledger.AppliedChange | Problem) -> None:
     """Count a balance change's result in ``balance_changes_total`` by outcome (503s are not results)."""
     if not isinstance(result, Problem):
-        metrics.BALANCE_CHANGES.labels("applied").inc()
+        _outcomes.of("applied")[0].inc()
     elif result.status != 503:
-        metrics.BALANCE_CHANGES.labels(_REFUSAL_OUTCOMES.get(result.code, result.code)).inc()
+        _outcomes.of(_REFUSAL_OUTCOMES.get(result.code, result.code))[0].inc()
 
 
 async def _counted(change: Awaitable[ledger.AppliedChange]) -> ledger.AppliedChange:
@@ -42,7 +44,7 @@ async def _counted(change: Awaitable[ledger.AppliedChange]) -> ledger.AppliedCha
 
 
 def _count_replay() -> None:
-    metrics.BALANCE_CHANGES.labels("idempotent_replay").inc()
+    _outcomes.of("idempotent_replay")[0].inc()
 
 
 async def _apply_unkeyed(request: web.Request, ref: ledger.AccountRef,
@@ -73,7 +75,8 @@ async def _apply_keyed(request: web.Request, body: StrictBody, ref: ledger.Accou
 async def _apply(request: web.Request, body: StrictBody, ref: ledger.AccountRef, change: ledger.BalanceChange,
                  render: Callable[[ledger.AppliedChange], dict]) -> web.Response:
     if IDEMPOTENCY_KEY_HEADER not in request.headers:
-        return web.json_response(render(await _apply_unkeyed(request, ref, change)))
+        return web.Response(body=orjson.dumps(render(await _apply_unkeyed(request, ref, change))),
+                            content_type="application/json")
     return await _apply_keyed(request, body, ref, change, render)
 
 
