@@ -6,6 +6,7 @@ through the service give exact outcomes."""
 
 import asyncio
 import collections
+import json
 import uuid
 
 from hypothesis import HealthCheck, given, settings
@@ -225,3 +226,79 @@ def test_an_account_named_by_user_shares_its_lane_with_the_account_named_by_id_o
 
     # one lane: the transfer did not take the free slot beside the first change (that would make three batches)
     assert loop.run_until_complete(scenario()) == (["ok", "insufficient_funds", "ok"], 2)
+
+
+keyed_mixed_streams = st.lists(st.tuples(
+    st.one_of(st.tuples(st.just("transfer"), sides, sides, amounts),
+              st.tuples(st.just("change"), st.sampled_from(ACCOUNTS), st.integers(-120, 120).filter(bool))),
+    st.one_of(st.none(), st.sampled_from("abc")),
+), min_size=1, max_size=25)
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(stream=keyed_mixed_streams, max_batch=st.sampled_from([1, 3, 50]), max_in_flight=st.sampled_from([1, 2]))
+def test_changes_and_transfers_with_idempotency_keys_give_the_outcomes_of_one_at_a_time_in_arrival_order(
+        loop_and_pool, stream, max_batch, max_in_flight):
+    # a key's first use is applied and its outcome stored; a later use for the same request is
+    # answered that outcome (replayed), for another request 422 idempotency_key_reused
+    from server.ledger.idempotency import KeyedRequest, Outcome
+
+    loop, pool = loop_and_pool
+
+    async def scenario():
+        async with pool.acquire() as db:
+            asset = await ledger.create_asset(db, f"k{uuid.uuid4().hex[:20]}", 0, None)
+            ids = {name: (await ledger.create_account(db, ledger.NewAccount(asset))).account_id for name in ACCOUNTS}
+            ids[SYSTEM] = asset.system_account_id
+        batcher = LedgerBatcher(Database(pool, max_pending=1_000, acquire_timeout=30), max_batch,
+                                max_in_flight=max_in_flight)
+        model = Model()
+        for name in ACCOUNTS:
+            await batcher.apply_transfer(ledger.TransferOrder(ledger.AccountRef(ids[SYSTEM]),
+                                                              ledger.AccountRef(ids[name]), 100))
+            model.transfer(SYSTEM, name, 100)
+        prefix = f"{asset.asset_id}-"
+
+        def render(result):
+            return Outcome.of_problem(result, "/") if isinstance(result, Problem) else Outcome.of(200, {})
+
+        def submit(step, key):
+            kind, *rest = step
+            keyed = None if key is None else KeyedRequest(prefix + key, repr(step), "/")
+            if kind == "change":
+                ref, change = ledger.AccountRef(ids[rest[0]]), ledger.BalanceChange(rest[1])
+                return (batcher.apply_change(ref, change) if keyed is None
+                        else batcher.apply_change_keyed(ref, change, keyed, render))
+            order = ledger.TransferOrder(ledger.AccountRef(ids[rest[0]]), ledger.AccountRef(ids[rest[1]]), rest[2])
+            return batcher.apply_transfer(order) if keyed is None else batcher.apply_transfer_keyed(order, keyed, render)
+
+        results = await asyncio.gather(*(asyncio.create_task(submit(step, key)) for step, key in stream),
+                                       return_exceptions=True)
+        answers = []
+        for result in results:
+            if type(result) is tuple:  # a keyed request's (outcome, replayed); AppliedChange is a NamedTuple
+                outcome, replayed = result
+                code = json.loads(outcome.body)["code"] if outcome.status >= 400 else "ok"
+                answers.append(f"replayed {code}" if replayed else code)
+            else:
+                answers.append(_code(result))
+        expected, first_use = [], {}
+        for step, key in stream:
+            if key is not None and key in first_use:
+                request, code = first_use[key]
+                expected.append(f"replayed {code}" if request == step else "idempotency_key_reused")
+                continue
+            kind, *rest = step
+            if kind == "change":
+                name, amount = rest
+                code = model.transfer(SYSTEM, name, amount) if amount > 0 else model.transfer(name, SYSTEM, -amount)
+            else:
+                code = model.transfer(*rest)
+            if key is not None:
+                first_use[key] = (step, code)
+            expected.append(code)
+        assert answers == expected
+        stored = {name: await ledger.read_account(pool, ids[name]) for name in ACCOUNTS}
+        assert {name: account.balance for name, account in stored.items()} == model.balance
+
+    loop.run_until_complete(scenario())
