@@ -39,14 +39,24 @@ def _code(result) -> str:
     return "replayed" if getattr(result, "replayed", False) else "ok"
 
 
-async def _run(pool, holds, stream, max_batch, max_in_flight):
+async def _funded_accounts(pool, max_batch, max_in_flight):
+    """A new asset with the model's accounts (``ids``: name -> account id, the system account's
+    too), each funded with 100 through a new batcher; returns ``(asset, ids, batcher, model)``."""
     async with pool.acquire() as db:
         asset = await ledger.create_asset(db, f"b{uuid.uuid4().hex[:20]}", 0, None)
         ids = {name: (await ledger.create_account(db, ledger.NewAccount(asset))).account_id for name in ACCOUNTS}
         ids[SYSTEM] = asset.system_account_id
     batcher = LedgerBatcher(Database(pool, max_pending=10_000, acquire_timeout=30), max_batch,
-                              max_in_flight=max_in_flight)
+                            max_in_flight=max_in_flight)
     model = Model()
+    for name in ACCOUNTS:
+        await batcher.apply_transfer(ledger.TransferOrder(ledger.AccountRef(ids[SYSTEM]), ledger.AccountRef(ids[name]), 100))
+        assert model.transfer(SYSTEM, name, 100) == "ok"
+    return asset, ids, batcher, model
+
+
+async def _run(pool, holds, stream, max_batch, max_in_flight):
+    asset, ids, batcher, model = await _funded_accounts(pool, max_batch, max_in_flight)
     prefix = f"{asset.asset_id}-"  # references are global: one namespace per example
 
     def submit(step):
@@ -64,11 +74,8 @@ async def _run(pool, holds, stream, max_batch, max_in_flight):
                                         reference=None if reference is None else prefix + reference)
         return ledger.ResolvePending(hold_ids[rest[0]], kind == "post", rest[1] if kind == "post" else None)
 
-    # each account funded with 100, then the holds the stream posts and voids (at most 4 x 25 from
-    # one account: all accepted), one at a time, through the batcher, which so knows their accounts
-    for name in ACCOUNTS:
-        await batcher.apply_transfer(ledger.TransferOrder(ledger.AccountRef(ids[SYSTEM]), ledger.AccountRef(ids[name]), 100))
-        assert model.transfer(SYSTEM, name, 100) == "ok"
+    # the holds the stream posts and voids (at most 4 x 25 from one account: all accepted), one at
+    # a time, through the batcher, which so knows their accounts
     hold_ids = []
     for source, destination, amount in holds:
         made = await batcher.apply_transfer(ledger.TransferOrder(ledger.AccountRef(ids[source]),
@@ -246,17 +253,7 @@ def test_changes_and_transfers_with_idempotency_keys_give_the_outcomes_of_one_at
     loop, pool = loop_and_pool
 
     async def scenario():
-        async with pool.acquire() as db:
-            asset = await ledger.create_asset(db, f"k{uuid.uuid4().hex[:20]}", 0, None)
-            ids = {name: (await ledger.create_account(db, ledger.NewAccount(asset))).account_id for name in ACCOUNTS}
-            ids[SYSTEM] = asset.system_account_id
-        batcher = LedgerBatcher(Database(pool, max_pending=1_000, acquire_timeout=30), max_batch,
-                                max_in_flight=max_in_flight)
-        model = Model()
-        for name in ACCOUNTS:
-            await batcher.apply_transfer(ledger.TransferOrder(ledger.AccountRef(ids[SYSTEM]),
-                                                              ledger.AccountRef(ids[name]), 100))
-            model.transfer(SYSTEM, name, 100)
+        asset, ids, batcher, model = await _funded_accounts(pool, max_batch, max_in_flight)
         prefix = f"{asset.asset_id}-"
 
         def render(result):
