@@ -125,15 +125,12 @@ class Batcher(Generic[Order, Result]):
     """
 
     def __init__(self, database: Database, max_batch: int,
-                 on_batch: Callable[[int], object] | None = None,
                  key_retention: dt.timedelta = dt.timedelta(days=1), max_in_flight: int = 8):
-        """``on_batch(size)`` is called for every batch sent (e.g. a metrics histogram);
-        ``key_retention`` is how long an idempotency key stays claimed (``IDEMPOTENCY_KEY_RETENTION``)."""
+        """``key_retention`` is how long an idempotency key stays claimed (``IDEMPOTENCY_KEY_RETENTION``)."""
         self._database = database
         self._key_retention = key_retention
         self._max_batch = max_batch
         self._max_in_flight = max_in_flight
-        self._on_batch = on_batch
         self.batches_sent = 0
         # lane -> its items not yet sent, in arrival order; lanes in the order their first waiting
         # item arrived
@@ -243,7 +240,6 @@ class Batcher(Generic[Order, Result]):
         """Apply ``batch`` (one call, or one transaction when it holds keys) and settle every item's
         ``answer`` after the commit; never raises (except on cancellation)."""
         self.batches_sent += 1
-        self._counted(batch)
         try:
             if any(item.keyed for item in batch):
                 settled = await retry_transaction(lambda: self._apply_keyed_batch(batch))
@@ -268,11 +264,6 @@ class Batcher(Generic[Order, Result]):
     async def _apply(self, conn: asyncpg.Connection, orders: list[Order]) -> Sequence[Result | Problem]:
         """Apply ``orders`` in order in one call on ``conn``: each one's result or refusal, in order."""
         raise NotImplementedError
-
-    def _counted(self, batch: list[_Item]) -> None:
-        """Called for every batch sent: ``on_batch(len(batch))``."""
-        if self._on_batch is not None:
-            self._on_batch(len(batch))
 
     def _returned(self) -> None:
         """Called after a batch has returned and its lanes are free, before the next batches go."""
@@ -341,10 +332,11 @@ class LedgerBatcher(Batcher[tuple, AppliedChange | Transfer]):
                  on_batch: Callable[[int, int], object] | None = None,
                  key_retention: dt.timedelta = dt.timedelta(days=1), max_in_flight: int = 8,
                  remembered: int = 100_000):
-        """``on_batch(changes, transfers)`` is called for every batch sent, with how many balance
-        changes and how many transfers, posts and voids it holds (e.g. metrics histograms)."""
-        super().__init__(database, max_batch, None, key_retention, max_in_flight)
-        self._count_batch = on_batch
+        """``on_batch(changes, transfers)`` is called for every call sent to PostgreSQL, with how
+        many balance changes and how many transfers, posts and voids it carries (e.g. metrics
+        histograms)."""
+        super().__init__(database, max_batch, key_retention, max_in_flight)
+        self._on_batch = on_batch
         self._hold_accounts: OrderedDict[int, tuple[int, int]] = OrderedDict()  # hold id -> its accounts
         self._user_accounts: dict[AccountRef, AccountRef] = {}  # AccountRef(None, user, asset) -> AccountRef(id)
         self._seen_user_accounts: dict[AccountRef, int] = {}  # shown by batches, not yet in _user_accounts
@@ -395,23 +387,22 @@ class LedgerBatcher(Batcher[tuple, AppliedChange | Transfer]):
             lanes["reference", order.reference] = None
         return tuple(lanes)
 
-    def _counted(self, batch: list[_Item]) -> None:
-        if self._count_batch is not None:
-            changes = sum(1 for item in batch if _is_change(item.order))
-            self._count_batch(changes, len(batch) - changes)
-
     async def _apply(self, conn, orders):
         """One call (class docstring); remembers the accounts of the holds made and of the users
         named."""
-        changes = sum(1 for order in orders if _is_change(order))
+        is_change = [_is_change(order) for order in orders]
+        changes = sum(is_change)
+        if self._on_batch is not None:
+            self._on_batch(changes, len(orders) - changes)
         if changes == len(orders):
             results = await apply_balance_changes(conn, orders)
         elif not changes:
             _, results = await apply_transfer_batch(conn, [order for order, _ in orders], atomic=False,
                                                     idempotency_keys=[key for _, key in orders])
         else:
-            results = await apply_ledger_batch(conn, [order if _is_change(order) else order[0] for order in orders],
-                                               [None if _is_change(order) else order[1] for order in orders])
+            results = await apply_ledger_batch(conn, [order if change else order[0]
+                                                      for order, change in zip(orders, is_change)],
+                                               [None if change else order[1] for order, change in zip(orders, is_change)])
         seen = self._seen_user_accounts
         for (order, _), result in zip(orders, results):
             if isinstance(result, AppliedChange):

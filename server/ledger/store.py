@@ -444,20 +444,9 @@ async def apply_ledger_batch(db: Db, items: Sequence[LedgerItem], idempotency_ke
     in order. ``idempotency_keys``: per item, the key its ledger entries record (a change's own
     ``idempotency_key`` when its entry here is None). Database errors propagate (nothing committed).
     """
-    columns: list[list] = [[] for _ in range(14)]
-    keys = []
-    for item, key in zip(items, idempotency_keys, strict=True):
-        if isinstance(item, tuple):
-            ref, change = item
-            values = (change.kind, ref.account_id, ref.user_id, None, None, ref.asset_id, change.amount, change.code,
-                      change.description, *(None,) * 5)
-            key = key or change.idempotency_key
-        else:
-            values = _batch_item_columns(item)
-        keys.append(key)
-        for column, value in zip(columns, values, strict=True):
-            column.append(value)
-    rows = await db.fetch(APPLY_LEDGER_BATCH, *columns, keys)
+    keys = [key or (item[1].idempotency_key if isinstance(item, tuple) else None)
+            for item, key in zip(items, idempotency_keys, strict=True)]
+    rows = await db.fetch(APPLY_LEDGER_BATCH, *_batch_columns(items), keys)
     results: list[AppliedChange | Transfer | Problem] = []
     for item, row in zip(items, rows, strict=True):
         if isinstance(item, tuple):
@@ -475,9 +464,11 @@ async def apply_ledger_batch(db: Db, items: Sequence[LedgerItem], idempotency_ke
     return results
 
 
-def _batch_item_columns(order: TransferOrder | ResolvePending | Problem) -> tuple:
+def _batch_item_columns(order: LedgerItem | Problem) -> tuple:
     """An item's 14 fields of ``apply_transfer_batch()``'s per-item arrays, after ``atomic`` and
-    before the idempotency key, in its parameter order."""
+    before the idempotency key, in its parameter order; a balance change ``(account, change)`` as
+    ``apply_ledger_batch()`` takes it (its entry kind, its account as the from side, its signed
+    amount)."""
     if isinstance(order, TransferOrder):
         src, dst = order.source, order.destination
         return ("transfer", src.account_id, src.user_id, dst.account_id, dst.user_id, src.asset_id,
@@ -485,10 +476,14 @@ def _batch_item_columns(order: TransferOrder | ResolvePending | Problem) -> tupl
                 order.timeout_seconds, order.reference, None)
     if isinstance(order, ResolvePending):
         return ("post" if order.post else "void", *(None,) * 5, order.amount, *(None,) * 6, order.transfer_id)
+    if isinstance(order, tuple):
+        ref, change = order
+        return (change.kind, ref.account_id, ref.user_id, None, None, ref.asset_id, change.amount, change.code,
+                change.description, *(None,) * 5)
     return ("refused", *(None,) * 13)
 
 
-def _batch_columns(orders: Sequence[TransferOrder | ResolvePending | Problem]) -> list[list]:
+def _batch_columns(orders: Sequence[LedgerItem | Problem]) -> list[list]:
     """The 14 per-item arrays of ``apply_transfer_batch()`` after ``atomic``, in its parameter order
     (the 15th, the idempotency keys, comes from the caller)."""
     columns: list[list] = [[] for _ in range(14)]

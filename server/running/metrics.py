@@ -92,7 +92,7 @@ TRANSFER_BATCH_SIZE = Histogram(
 
 
 def observe_batch(changes: int, transfers: int) -> None:
-    """Count a batch the batcher sent (``server.ledger.batching.LedgerBatcher``): how many balance
+    """Count a call the batcher sent (``server.ledger.batching.LedgerBatcher``): how many balance
     changes and how many transfers, posts and voids it holds; a batch that mixes them counts in
     both histograms."""
     if changes:
