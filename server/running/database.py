@@ -43,10 +43,23 @@ def create_pool(settings: Settings) -> asyncpg.Pool:
     ``DB_STATEMENT_CACHE_SIZE=0`` turns asyncpg's prepared-statement cache off, as PgBouncer in
     transaction pooling mode needs (asyncpg FAQ); ``DB_STATEMENT_TIMEOUT=0`` leaves the server's
     ``statement_timeout`` alone (PgBouncer refuses unknown start-up parameters: set it on the role).
+
+    With the statement cache on, the connections plan their top-level statements as custom plans
+    (``plan_cache_mode = force_custom_plan``, PostgreSQL docs §19.7.4 and PREPARE "Notes"). A
+    prepared statement otherwise switches to a generic plan after five runs and keeps it for the
+    connection's life: made on an empty database, that plan scans a table of one page instead of
+    using its index, and keeps scanning it as it grows (issue 27: reading a transfer or a history
+    by id). A custom plan is made for the tables as they are at each run; these statements are
+    point reads and calls of the ledger's functions, whose planning costs microseconds (measured in
+    the README, "Plans on an empty database"). The functions plan their own statements, with
+    settings of their own (migration 0011). Without the cache asyncpg sends unnamed statements,
+    which PostgreSQL always plans as custom plans: nothing to set.
     """
     server_settings = {}
     if settings.db_statement_timeout:
         server_settings["statement_timeout"] = str(round(settings.db_statement_timeout * 1000))
+    if settings.db_statement_cache_size:
+        server_settings["plan_cache_mode"] = "force_custom_plan"
     return asyncpg.create_pool(
         settings.database_url,
         min_size=settings.db_pool_min_size,
