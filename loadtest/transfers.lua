@@ -11,6 +11,7 @@
 --   ACCOUNTS       how many
 --   FIRST_USER     credits only: the first of ACCOUNTS consecutive user ids to pick from
 --   BATCH_SIZE     items per bulk batch (bulk only)
+--   AMOUNT_MAX     transfers: each moves a random amount from 1 to AMOUNT_MAX minor units (default 1)
 --   REPORT         where done() writes the run's JSON report
 -- Bodies are built from a seeded random generator per thread, so runs are reproducible.
 
@@ -19,6 +20,7 @@ local first = tonumber(os.getenv("FIRST_ACCOUNT") or "1")
 local first_user = tonumber(os.getenv("FIRST_USER") or "1")
 local accounts = tonumber(os.getenv("ACCOUNTS") or "50")
 local batch_size = tonumber(os.getenv("BATCH_SIZE") or "1000")
+local amount_max = tonumber(os.getenv("AMOUNT_MAX") or "1")
 local headers = {["Content-Type"] = "application/json"}
 
 local threads = {}
@@ -46,8 +48,8 @@ end
 
 local function transfer_json(pending)
   local from, to = pair()
-  return string.format('{"fromAccountId": %d, "toAccountId": %d, "amount": 1%s}', from, to,
-                       pending and ', "pending": true' or "")
+  return string.format('{"fromAccountId": %d, "toAccountId": %d, "amount": %d%s}', from, to,
+                       math.random(1, amount_max), pending and ', "pending": true' or "")
 end
 
 local credit_body = '{"amount": 1}'

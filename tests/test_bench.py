@@ -5,9 +5,9 @@ it measures, it does not assert times.)"""
 from loadtest.bench import Measurement, format_table, plot
 
 
-def measurement(workload, server, wall, rate, ratio=0.0, per_request=1):
+def measurement(workload, server, wall, rate, ratio=0.0, per_request=1, baseline_ratio=0.0):
     return Measurement(workload, server, "h2load", wall, rate, 1.0, 2.0, {"2xx": 10}, 0.5, 0.5, ratio,
-                       per_request)
+                       baseline_ratio, per_request)
 
 
 RESULTS = [
@@ -16,6 +16,9 @@ RESULTS = [
     measurement("hot, keep-alive", "ceiling", 0.4, 25000),
     measurement("hot, keep-alive", "batching off", 1.0, 5000, ratio=0.2),
     measurement("hot, keep-alive", "batching on", 1.0, 10000, ratio=0.4),
+    measurement("transfers, 10k accounts", "ceiling", 10.0, 20000),
+    measurement("transfers, 10k accounts", "batching on", 10.0, 6000, ratio=0.3, baseline_ratio=1.2),
+    measurement("transfers, 10k accounts", "bare SQL", 10.0, 5000),
     measurement("bulk batches of 1,000", "ceiling", 1.0, 1000),
     measurement("bulk batches of 1,000", "batching on", 1.0, 60, ratio=0.06, per_request=1000),
 ]
@@ -47,3 +50,28 @@ def test_the_table_ends_with_the_ledger_check_of_each_service_database():
     table = format_table(RESULTS, {"batching off": "passed", "batching on": "FAILED: conservation"})
     assert table.endswith("- balance-api check after the batching off runs: passed\n"
                           "- balance-api check after the batching on runs: FAILED: conservation")
+
+
+def test_the_transfers_goal_is_a_multiple_of_the_same_transfers_as_bare_sql_in_the_same_run():
+    table = format_table(RESULTS)
+    assert "| transfers, 10k accounts | bare SQL | 10.00 s | 5,000 | 5,000 |" in table
+    assert "| transfers, 10k accounts | bare SQL | 10.00 s | 5,000 | 5,000 | 1.0 ms | 2.0 ms | - |" in table
+    assert "- transfers, 10k accounts: >= 1 x the same transfers as bare SQL (pgbench, same run): MET (1.20 x)" in table
+
+
+def test_the_from_empty_table_compares_each_window_with_the_restarted_server_and_counts_seq_scans():
+    from loadtest.from_empty import FromEmptyRun, Window, format_table as from_empty_table
+
+    run = FromEmptyRun(
+        windows=[Window("from empty", 1, 4000, 40.0, 90.0, {"201": 32000}),
+                 Window("from empty", 2, 3000, 50.0, 99.0, {"201": 24000}),
+                 Window("restarted", 1, 5000, 30.0, 80.0, {"201": 40000})],
+        accounts_opened_per_s=2500, pgbench_per_s=4000, seq_scans={"transfers": 0, "ledger_entries": 0, "accounts": 2},
+        check="passed")
+    table = from_empty_table(run)
+    assert "| from empty 1 | 4,000 | 0.80x | 40.0 ms | 90.0 ms |" in table
+    assert "| from empty 2 | 3,000 | 0.60x |" in table
+    assert "- every window from empty >= 0.8x the restarted service: NOT MET (lowest 0.60x)" in table
+    assert "the service from empty: 0.88x of it, restarted 1.25x" in table
+    assert "- no sequential scan of transfers from the request paths: MET" in table
+    assert table.endswith("- balance-api check after the run: passed")

@@ -1,0 +1,216 @@
+"""``balance-api bench --from-empty``: throughput from the first transfer, as a new user starts.
+
+A user starts the service on an empty database and fills it through the API. So does this
+workload, in one run on one embedded PostgreSQL:
+
+1. the service starts on a new, empty database (it applies the migrations itself);
+2. ACCOUNTS operator accounts are opened with ``POST /api/accounts`` (each with an overdraft
+   limit, so that random transfers are never refused for funds);
+3. WINDOWS consecutive windows of WINDOW_SECONDS of ``POST /api/transfers`` between two random
+   accounts, of a random amount from 1 to AMOUNT_MAX minor units (wrk, 200 connections,
+   ``loadtest/transfers.lua``); each window's rate is printed;
+4. the same service is restarted on the same database (its connections, and the plans they
+   cached, are new) and RESTARTED_WINDOWS more windows are run: the rate the first windows are
+   compared with;
+5. with the service stopped, the same random transfers as bare SQL: the project's own
+   ``transfer_funds()`` called by pgbench, one transfer per transaction, 20 clients, for one window
+   (:func:`loadtest.bench.pgbench_transfers`); the HTTP path's ratio to it is the service's cost;
+6. ``balance-api check`` on the database.
+
+It also counts the sequential scans of ``transfers``, ``ledger_entries`` and ``accounts`` that the
+service's connections made during steps 2-3 (PostgreSQL's ``pg_stat_user_tables``, read after
+those connections have exited and so flushed their counts; autovacuum's ANALYZE counts none).
+Issue 27's goals: every window at least 0.8x the restarted service; no sequential scan.
+Everything is bounded: wrk runs for WINDOW_SECONDS, pgbench for as long, the opening is a fixed
+count of requests with a timeout each.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+import psycopg
+
+from loadtest.bench import (
+    ACCOUNTS, Workload, _cpu_seconds, _free_port, _postgres, _server, _wrk, pgbench_transfers,
+)
+from loadtest.progress import RunProgress
+
+WINDOWS = 8
+WINDOW_SECONDS = 8
+RESTARTED_WINDOWS = 2
+AMOUNT_MAX = 100
+OPENING_CONCURRENCY = 64
+OVERDRAFT_LIMIT = 10**15  # minor units: far more than any run can move out of one account
+TABLES = ("transfers", "ledger_entries", "accounts")
+GOAL_RATIO = 0.8  # every window from empty, against the restarted service (issue 27)
+TRANSFERS = Workload("transfers from empty", 0, 200, "transfers", ACCOUNTS - 1)  # wrk picks among 9,999
+
+
+@dataclass
+class Window:
+    """One window of random transfers: ``phase`` is ``from empty`` or ``restarted``; rates per second,
+    latencies in ms, CPU in microseconds per transfer."""
+
+    phase: str
+    number: int
+    transfers_per_s: float
+    p50_ms: float
+    p99_ms: float
+    statuses: dict[str, int]
+    service_cpu_us: float = 0.0
+
+
+@dataclass
+class FromEmptyRun:
+    """What :func:`run` measured: the windows, the opening of the accounts (accounts per second),
+    pgbench's rate of the same transfers as bare SQL, the sequential scans by table, the check."""
+
+    windows: list[Window] = field(default_factory=list)
+    accounts_opened_per_s: float = 0.0
+    pgbench_per_s: float = 0.0
+    seq_scans: dict[str, int] = field(default_factory=dict)
+    check: str = ""
+
+    def rate(self, phase: str) -> float:
+        """The mean rate of the windows of ``phase``."""
+        rates = [w.transfers_per_s for w in self.windows if w.phase == phase]
+        return sum(rates) / len(rates) if rates else 0.0
+
+
+async def open_accounts(url: str, count: int) -> float:
+    """Open ``count`` operator accounts of the default asset through ``POST /api/accounts``,
+    OPENING_CONCURRENCY at a time; return accounts opened per second. Raises ``RuntimeError`` on
+    any answer but 201."""
+    body = {"asset": "default", "overdraftLimit": OVERDRAFT_LIMIT}
+    pending = iter(range(count))
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+
+    async def opener(http: aiohttp.ClientSession) -> None:
+        for _ in pending:
+            async with http.post("/api/accounts", json=body) as response:
+                if response.status != 201:
+                    raise RuntimeError(f"POST /api/accounts: {response.status} {await response.text()}")
+
+    timeout = aiohttp.ClientTimeout(total=30)
+    async with aiohttp.ClientSession(base_url=url, timeout=timeout) as http:
+        await asyncio.gather(*(opener(http) for _ in range(OPENING_CONCURRENCY)))
+    return count / (loop.time() - started)
+
+
+def _seq_scans(conn: psycopg.Connection) -> dict[str, int]:
+    conn.execute("SELECT pg_stat_clear_snapshot()")
+    rows = conn.execute("SELECT relname, seq_scan FROM pg_stat_user_tables WHERE relname = ANY (%s)",
+                        (list(TABLES),)).fetchall()
+    return dict(rows)
+
+
+def _wait_for_service_connections_to_close(conn: psycopg.Connection, seconds: float = 30) -> None:
+    import time
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and conn.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
+    ).fetchone()[0]:
+        time.sleep(0.1)
+
+
+def run(workers: int, work: Path, progress: RunProgress) -> FromEmptyRun:
+    """Measure steps 1-6 of the module's docstring, reporting each step to ``progress``."""
+    from server.ledger.check import check_ledger
+
+    result = FromEmptyRun()
+    base_env = {key: value for key, value in os.environ.items()
+                if key not in ("DATABASE_URL", "PORT", "HOST", "PROMETHEUS_MULTIPROC_DIR", "API_TOKEN")}
+    with _postgres(work / "postgres") as (url_template, _postmaster, bin_path):
+        with psycopg.connect(url_template.format("postgres"), autocommit=True) as conn:
+            conn.execute('CREATE DATABASE "from_empty"')
+        url = url_template.format("from_empty")
+        port = _free_port()
+        env = {**base_env, "DATABASE_URL": url, "PORT": str(port), "LOG_LEVEL": "WARNING", "WORKERS": str(workers)}
+        command = [sys.executable, "-m", "server", "serve"]
+        for phase, windows in (("from empty", WINDOWS), ("restarted", RESTARTED_WINDOWS)):
+            with _server(command, env, port, work / f"{phase}.log") as (base_url, process):
+                if phase == "from empty":
+                    with psycopg.connect(url, autocommit=True) as db:
+                        scans_before = _seq_scans(db)
+                    progress.start(f"opening {ACCOUNTS:,} accounts through the API")
+                    result.accounts_opened_per_s = asyncio.run(open_accounts(base_url, ACCOUNTS))
+                    progress.done(f"  opened {ACCOUNTS:,} accounts: {result.accounts_opened_per_s:,.0f}/s")
+                    with psycopg.connect(url) as db:
+                        first_account = db.execute(
+                            "SELECT min(id) FROM accounts WHERE NOT is_system AND user_id IS NULL").fetchone()[0]
+                for number in range(1, windows + 1):
+                    progress.start(f"{phase}: window {number}")
+                    cpu_before = _cpu_seconds([process])
+                    _wall, rate, p50, p99, statuses = _wrk(base_url, TRANSFERS, work, first_account,
+                                                           WINDOW_SECONDS, AMOUNT_MAX)
+                    cpu = _cpu_seconds([process]) - cpu_before
+                    window = Window(phase, number, rate, p50, p99, statuses,
+                                    cpu / (rate * WINDOW_SECONDS) * 1e6 if rate else 0.0)
+                    result.windows.append(window)
+                    progress.done(f"  {phase:<10} window {number}: {rate:9,.0f} transfers/s  p50 {p50:6.1f} ms  "
+                                  f"p99 {p99:7.1f} ms  service CPU {window.service_cpu_us:5.0f} us/transfer  "
+                                  f"{statuses}")
+            with psycopg.connect(url, autocommit=True) as db:
+                _wait_for_service_connections_to_close(db)  # each flushed its counts as it closed
+                if phase == "from empty":
+                    scans_after = _seq_scans(db)
+                    result.seq_scans = {table: scans_after[table] - scans_before[table] for table in TABLES}
+        progress.start("pgbench: the same transfers as bare SQL")
+        result.pgbench_per_s = pgbench_transfers(url, bin_path, first_account, TRANSFERS.accounts, WINDOW_SECONDS,
+                                                 work, AMOUNT_MAX)
+        progress.done(f"  pgbench, transfer_funds(), {WINDOW_SECONDS} s: {result.pgbench_per_s:,.0f} transfers/s")
+        failed = [check.name for check in check_ledger(url) if not check.passed]
+        result.check = "passed" if not failed else f"FAILED: {', '.join(failed)}"
+        progress.print(f"  balance-api check: {result.check}")
+    return result
+
+
+STEPS = 1 + WINDOWS + RESTARTED_WINDOWS + 1
+
+
+def format_table(result: FromEmptyRun) -> str:
+    """The windows as a Markdown table (rate, its ratio to the restarted service, latencies, the
+    service's CPU per transfer), then the baseline, the sequential scans and each goal's verdict."""
+    restarted = result.rate("restarted")
+    lines = [f"| window ({WINDOW_SECONDS} s) | transfers/s | vs restarted | p50 | p99 | service CPU/transfer | statuses |",
+             "|---|---|---|---|---|---|---|"]
+    for w in result.windows:
+        statuses = ", ".join(f"{count:,} {status}" for status, count in sorted(w.statuses.items()))
+        ratio = f"{w.transfers_per_s / restarted:.2f}x" if restarted else "-"
+        lines.append(f"| {w.phase} {w.number} | {w.transfers_per_s:,.0f} | {ratio} | {w.p50_ms:.1f} ms "
+                     f"| {w.p99_ms:.1f} ms | {w.service_cpu_us:,.0f} us | {statuses} |")
+    lines.append("")
+    lines.append(f"- opening {ACCOUNTS:,} accounts through the API: {result.accounts_opened_per_s:,.0f} accounts/s")
+    from_empty = [w.transfers_per_s for w in result.windows if w.phase == "from empty"]
+    if result.pgbench_per_s:
+        lines.append(f"- the same transfers as bare SQL (transfer_funds() by pgbench, 20 clients, one per "
+                     f"transaction): {result.pgbench_per_s:,.0f}/s; the service from empty: "
+                     f"{result.rate('from empty') / result.pgbench_per_s:.2f}x of it, restarted "
+                     f"{restarted / result.pgbench_per_s:.2f}x")
+    scans = ", ".join(f"{table} {count:,}" for table, count in result.seq_scans.items())
+    lines.append(f"- sequential scans by the service's connections while opening the accounts and during the "
+                 f"windows from empty: {scans}")
+    if from_empty and restarted:
+        worst = min(from_empty) / restarted
+        lines.append(f"- every window from empty >= {GOAL_RATIO}x the restarted service: "
+                     f"{'MET' if worst >= GOAL_RATIO else 'NOT MET'} (lowest {worst:.2f}x)")
+    if result.seq_scans:
+        lines.append(f"- no sequential scan of transfers from the request paths: "
+                     f"{'MET' if not result.seq_scans.get('transfers') else 'NOT MET'}")
+    lines.append(f"- balance-api check after the run: {result.check}")
+    return "\n".join(lines)
+
+
+def main(workers: int, work: Path) -> str:
+    """Run the workload and return its table (:func:`format_table`)."""
+    with RunProgress(STEPS) as progress:
+        result = run(workers, work, progress)
+    return format_table(result)
