@@ -2,7 +2,9 @@
 
 A watcher task asks the replica every ``REPLICA_CHECK_INTERVAL`` seconds how far behind it is, and
 the primary whether it answers. The replica's lag is 0 while its WAL receiver is streaming and has
-replayed all it received; otherwise it is the time since the last transaction it replayed
+replayed all it received (replay position at or past the receive position: a WAL receiver that has
+just reconnected reports the start of the WAL segment it asked for, before the records it already
+replayed, until the primary sends something new); otherwise it is the time since the last transaction it replayed
 (``pg_last_xact_replay_timestamp()``; PostgreSQL docs §27.4, "Hot Standby", and §9.27.4, "Recovery
 Control Functions"). A server that is not in recovery (promoted, or not a replica) is never used.
 """
@@ -24,7 +26,7 @@ log = logging.getLogger(__name__)
 REPLICA_LAG = """
 SELECT CASE WHEN NOT pg_is_in_recovery() THEN NULL
             WHEN (SELECT status FROM pg_stat_wal_receiver) = 'streaming'
-                 AND pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() THEN 0
+                 AND pg_last_wal_replay_lsn() >= pg_last_wal_receive_lsn() THEN 0
             ELSE coalesce(extract(epoch FROM now() - pg_last_xact_replay_timestamp()), 'Infinity') END::float8
 """
 
