@@ -195,16 +195,23 @@ def pgbench_transfers(url: str, bin_path: Path, first_account: int, accounts: in
     from ``first_account``, one transfer per transaction, PGBENCH_CLIENTS clients over prepared
     statements, for ``seconds``, on database ``url``. The same transfers as bare SQL: the HTTP
     path's ratio to it is what the service costs. Raises ``RuntimeError`` when pgbench fails."""
-    script = work / "transfer.sql"
     last = first_account + accounts - 1
-    script.write_text(
+    return run_pgbench(url, bin_path, seconds, work, (
         f"\\set from random({first_account}, {last})\n"
         f"\\set to {first_account} + (:from - {first_account} + random(1, {accounts - 1})) % {accounts}\n"
         f"\\set amount random(1, {amount_max})\n"
         "SELECT outcome FROM transfer_funds(:from, NULL, :to, NULL, NULL, :amount, 'transfer', NULL, NULL, NULL,"
-        " false, NULL, NULL);\n")
+        " false, NULL, NULL);\n"))
+
+
+def run_pgbench(url: str, bin_path: Path, seconds: int, work: Path, script: str) -> float:
+    """Transactions per second of pgbench running ``script`` (pgbench's script language, one
+    transaction per run of it) on PGBENCH_CLIENTS clients over prepared statements for ``seconds``
+    (PostgreSQL docs, "pgbench"). Raises ``RuntimeError`` when pgbench fails."""
+    path = work / "pgbench.sql"
+    path.write_text(script)
     command = [str(bin_path / "pgbench"), "-n", "-M", "prepared", "-c", str(PGBENCH_CLIENTS), "-j", "2",
-               "-T", str(seconds), "-f", str(script), url]
+               "-T", str(seconds), "-f", str(path), url]
     output = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 120)
     found = re.search(r"tps = ([\d.]+) \(without initial connection time\)", output.stdout)
     if output.returncode or not found:
@@ -518,14 +525,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--from-empty", action="store_true",
                         help="instead: the service from an empty database, accounts opened through the API, "
                              "windows of random transfers, then the same server restarted (loadtest/from_empty.py)")
+    parser.add_argument("--pgledger", metavar="DIR", type=Path,
+                        help="with --from-empty: also pgbench pgledger's own SQL functions, loaded from DIR, "
+                             "a checkout of github.com/pgr0ss/pgledger (loadtest/pgledger.py)")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    if args.pgledger and not args.from_empty:
+        parser.error("--pgledger goes with --from-empty")
     workloads = tuple(w for w in WORKLOADS if not args.only or w.name in args.only)
     raise_open_file_limit()
     if args.from_empty:
         from loadtest import from_empty
 
         with tempfile.TemporaryDirectory(prefix="balance-api-bench-") as work:
-            table = from_empty.main(args.workers, Path(work))
+            table = from_empty.main(args.workers, Path(work), args.pgledger)
         print()
         print(table)
         return 0
