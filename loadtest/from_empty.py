@@ -8,14 +8,19 @@ workload, in one run on one embedded PostgreSQL:
    limit, so that random transfers are never refused for funds);
 3. WINDOWS consecutive windows of WINDOW_SECONDS of ``POST /api/transfers`` between two random
    accounts, of a random amount from 1 to AMOUNT_MAX minor units (wrk, 200 connections,
-   ``loadtest/transfers.lua``); each window's rate is printed;
+   ``loadtest/transfers.lua``); each window's rate is printed; then one window of bulk batches,
+   ``POST /api/transfers/batch`` of BATCH_SIZE such transfers from BULK_SENDERS concurrent senders
+   (issues 23 and 27: every batch answered 200 after other traffic);
 4. the same service is restarted on the same database (its connections, and the plans they
-   cached, are new) and RESTARTED_WINDOWS more windows are run: the rate the first windows are
-   compared with;
+   cached, are new) and RESTARTED_WINDOWS more windows and a bulk window are run: the rates the
+   first ones are compared with;
 5. with the service stopped, the same random transfers as bare SQL: the project's own
    ``transfer_funds()`` called by pgbench, one transfer per transaction, 20 clients, for one window
    (:func:`loadtest.bench.pgbench_transfers`); the HTTP path's ratio to it is the service's cost;
-6. ``balance-api check`` on the database.
+6. with ``--pgledger DIR`` (a checkout of github.com/pgr0ss/pgledger), pgledger's own
+   ``pgledger_create_transfer()`` by pgbench on a database of its own, from empty, for one window
+   (:mod:`loadtest.pgledger`): issue 27's goal is the service from empty at PGLEDGER_GOAL x it;
+7. ``balance-api check`` on the database.
 
 It also counts the sequential scans of ``transfers``, ``ledger_entries`` and ``accounts`` that the
 service's connections made during steps 2-3 (PostgreSQL's ``pg_stat_user_tables``, read after
@@ -49,13 +54,17 @@ OPENING_CONCURRENCY = 64
 OVERDRAFT_LIMIT = 10**15  # minor units: far more than any run can move out of one account
 TABLES = ("transfers", "ledger_entries", "accounts")
 GOAL_RATIO = 0.8  # every window from empty, against the restarted service (issue 27)
+PGLEDGER_GOAL = 2.0  # the service from empty, against pgledger's SQL by pgbench (issue 27)
 TRANSFERS = Workload("transfers from empty", 0, 200, "transfers", ACCOUNTS - 1)  # wrk picks among 9,999
+BATCH_SIZE, BULK_SENDERS = 1000, 4
+BULK = Workload("bulk from empty", 0, BULK_SENDERS, "bulk", ACCOUNTS - 1, per_request=BATCH_SIZE)
 
 
 @dataclass
 class Window:
-    """One window of random transfers: ``phase`` is ``from empty`` or ``restarted``; rates per second,
-    latencies in ms, CPU in microseconds per transfer."""
+    """One window of random transfers: ``phase`` is ``from empty`` or ``restarted``; ``bulk`` when
+    its requests are batches of BATCH_SIZE; rates in transfers per second, latencies in ms (per
+    request), CPU in microseconds per transfer, statuses by class (``2xx``...) per request."""
 
     phase: str
     number: int
@@ -64,6 +73,7 @@ class Window:
     p99_ms: float
     statuses: dict[str, int]
     service_cpu_us: float = 0.0
+    bulk: bool = False
 
 
 @dataclass
@@ -74,12 +84,13 @@ class FromEmptyRun:
     windows: list[Window] = field(default_factory=list)
     accounts_opened_per_s: float = 0.0
     pgbench_per_s: float = 0.0
+    pgledger_per_s: float = 0.0  # 0: not measured (no --pgledger)
     seq_scans: dict[str, int] = field(default_factory=dict)
     check: str = ""
 
     def rate(self, phase: str) -> float:
         """The mean rate of the windows of ``phase``."""
-        rates = [w.transfers_per_s for w in self.windows if w.phase == phase]
+        rates = [w.transfers_per_s for w in self.windows if w.phase == phase and not w.bulk]
         return sum(rates) / len(rates) if rates else 0.0
 
 
@@ -121,8 +132,9 @@ def _wait_for_service_connections_to_close(conn: psycopg.Connection, seconds: fl
         time.sleep(0.1)
 
 
-def run(workers: int, work: Path, progress: RunProgress) -> FromEmptyRun:
-    """Measure steps 1-6 of the module's docstring, reporting each step to ``progress``."""
+def run(workers: int, work: Path, progress: RunProgress, pgledger: Path | None = None) -> FromEmptyRun:
+    """Measure steps 1-7 of the module's docstring, reporting each step to ``progress``; step 6
+    only with ``pgledger``, a checkout of pgledger."""
     from server.ledger.check import check_ledger
 
     result = FromEmptyRun()
@@ -146,16 +158,18 @@ def run(workers: int, work: Path, progress: RunProgress) -> FromEmptyRun:
                     with psycopg.connect(url) as db:
                         first_account = db.execute(
                             "SELECT min(id) FROM accounts WHERE NOT is_system AND user_id IS NULL").fetchone()[0]
-                for number in range(1, windows + 1):
+                for number, workload in [*((n, TRANSFERS) for n in range(1, windows + 1)), (windows + 1, BULK)]:
                     progress.start(f"{phase}: window {number}")
                     cpu_before = _cpu_seconds([process])
-                    _wall, rate, p50, p99, statuses = _wrk(base_url, TRANSFERS, work, first_account,
+                    _wall, rate, p50, p99, statuses = _wrk(base_url, workload, work, first_account,
                                                            WINDOW_SECONDS, AMOUNT_MAX)
+                    rate *= workload.per_request
                     cpu = _cpu_seconds([process]) - cpu_before
                     window = Window(phase, number, rate, p50, p99, statuses,
-                                    cpu / (rate * WINDOW_SECONDS) * 1e6 if rate else 0.0)
+                                    cpu / (rate * WINDOW_SECONDS) * 1e6 if rate else 0.0, workload is BULK)
                     result.windows.append(window)
-                    progress.done(f"  {phase:<10} window {number}: {rate:9,.0f} transfers/s  p50 {p50:6.1f} ms  "
+                    kind = f"bulk of {BATCH_SIZE:,}" if window.bulk else f"window {number}"
+                    progress.done(f"  {phase:<10} {kind}: {rate:9,.0f} transfers/s  p50 {p50:6.1f} ms  "
                                   f"p99 {p99:7.1f} ms  service CPU {window.service_cpu_us:5.0f} us/transfer  "
                                   f"{statuses}")
             with psycopg.connect(url, autocommit=True) as db:
@@ -167,13 +181,23 @@ def run(workers: int, work: Path, progress: RunProgress) -> FromEmptyRun:
         result.pgbench_per_s = pgbench_transfers(url, bin_path, first_account, TRANSFERS.accounts, WINDOW_SECONDS,
                                                  work, AMOUNT_MAX)
         progress.done(f"  pgbench, transfer_funds(), {WINDOW_SECONDS} s: {result.pgbench_per_s:,.0f} transfers/s")
+        if pgledger is not None:
+            from loadtest.pgledger import pgbench_pgledger
+
+            progress.start("pgbench: pgledger's own functions")
+            with psycopg.connect(url_template.format("postgres"), autocommit=True) as conn:
+                conn.execute('CREATE DATABASE "pgledger"')
+            result.pgledger_per_s = pgbench_pgledger(url_template.format("pgledger"), bin_path, pgledger,
+                                                     ACCOUNTS, WINDOW_SECONDS, work, AMOUNT_MAX)
+            progress.done(f"  pgbench, pgledger_create_transfer(), {WINDOW_SECONDS} s: "
+                          f"{result.pgledger_per_s:,.0f} transfers/s")
         failed = [check.name for check in check_ledger(url) if not check.passed]
         result.check = "passed" if not failed else f"FAILED: {', '.join(failed)}"
         progress.print(f"  balance-api check: {result.check}")
     return result
 
 
-STEPS = 1 + WINDOWS + RESTARTED_WINDOWS + 1
+STEPS = 1 + WINDOWS + RESTARTED_WINDOWS + 2 + 1  # and 1 with pgledger
 
 
 def format_table(result: FromEmptyRun) -> str:
@@ -182,19 +206,27 @@ def format_table(result: FromEmptyRun) -> str:
     restarted = result.rate("restarted")
     lines = [f"| window ({WINDOW_SECONDS} s) | transfers/s | vs restarted | p50 | p99 | service CPU/transfer | statuses |",
              "|---|---|---|---|---|---|---|"]
+    restarted_bulk = [w.transfers_per_s for w in result.windows if w.bulk and w.phase == "restarted"]
     for w in result.windows:
         statuses = ", ".join(f"{count:,} {status}" for status, count in sorted(w.statuses.items()))
-        ratio = f"{w.transfers_per_s / restarted:.2f}x" if restarted else "-"
-        lines.append(f"| {w.phase} {w.number} | {w.transfers_per_s:,.0f} | {ratio} | {w.p50_ms:.1f} ms "
+        against = restarted_bulk[0] if w.bulk and restarted_bulk else restarted
+        ratio = f"{w.transfers_per_s / against:.2f}x" if against else "-"
+        name = f"{w.phase}, bulk of {BATCH_SIZE:,} ({BULK_SENDERS} senders)" if w.bulk else f"{w.phase} {w.number}"
+        lines.append(f"| {name} | {w.transfers_per_s:,.0f} | {ratio} | {w.p50_ms:.1f} ms "
                      f"| {w.p99_ms:.1f} ms | {w.service_cpu_us:,.0f} us | {statuses} |")
     lines.append("")
     lines.append(f"- opening {ACCOUNTS:,} accounts through the API: {result.accounts_opened_per_s:,.0f} accounts/s")
-    from_empty = [w.transfers_per_s for w in result.windows if w.phase == "from empty"]
+    from_empty = [w.transfers_per_s for w in result.windows if w.phase == "from empty" and not w.bulk]
     if result.pgbench_per_s:
         lines.append(f"- the same transfers as bare SQL (transfer_funds() by pgbench, 20 clients, one per "
                      f"transaction): {result.pgbench_per_s:,.0f}/s; the service from empty: "
                      f"{result.rate('from empty') / result.pgbench_per_s:.2f}x of it, restarted "
                      f"{restarted / result.pgbench_per_s:.2f}x")
+    if result.pgledger_per_s:
+        ratio = result.rate("from empty") / result.pgledger_per_s
+        lines.append(f"- pgledger's own SQL (pgledger_create_transfer() by pgbench, the same clients, from empty): "
+                     f"{result.pgledger_per_s:,.0f}/s; the service from empty >= {PGLEDGER_GOAL:g}x it: "
+                     f"{'MET' if ratio >= PGLEDGER_GOAL else 'NOT MET'} ({ratio:.2f}x)")
     scans = ", ".join(f"{table} {count:,}" for table, count in result.seq_scans.items())
     lines.append(f"- sequential scans by the service's connections while opening the accounts and during the "
                  f"windows from empty: {scans}")
@@ -205,12 +237,18 @@ def format_table(result: FromEmptyRun) -> str:
     if result.seq_scans:
         lines.append(f"- no sequential scan of transfers from the request paths: "
                      f"{'MET' if not result.seq_scans.get('transfers') else 'NOT MET'}")
+    bulk = [w for w in result.windows if w.bulk]
+    if bulk:
+        refused = sum(count for w in bulk for status, count in w.statuses.items() if status != "2xx")
+        lines.append(f"- every bulk batch answered 200, after the windows and after the restart: "
+                     f"{'MET' if not refused else f'NOT MET ({refused:,} not 2xx)'}")
     lines.append(f"- balance-api check after the run: {result.check}")
     return "\n".join(lines)
 
 
-def main(workers: int, work: Path) -> str:
-    """Run the workload and return its table (:func:`format_table`)."""
-    with RunProgress(STEPS) as progress:
-        result = run(workers, work, progress)
+def main(workers: int, work: Path, pgledger: Path | None = None) -> str:
+    """Run the workload (with pgledger's comparison when ``pgledger``, a checkout of it, is given)
+    and return its table (:func:`format_table`)."""
+    with RunProgress(STEPS + (pgledger is not None)) as progress:
+        result = run(workers, work, progress, pgledger)
     return format_table(result)

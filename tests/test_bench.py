@@ -75,3 +75,18 @@ def test_the_from_empty_table_compares_each_window_with_the_restarted_server_and
     assert "the service from empty: 0.88x of it, restarted 1.25x" in table
     assert "- no sequential scan of transfers from the request paths: MET" in table
     assert table.endswith("- balance-api check after the run: passed")
+
+
+def test_the_from_empty_table_compares_bulk_batches_with_the_restarted_server_and_counts_refused_ones():
+    from loadtest.from_empty import FromEmptyRun, Window, format_table as from_empty_table
+
+    run = FromEmptyRun(
+        windows=[Window("from empty", 1, 4000, 40.0, 90.0, {"2xx": 32000}),
+                 Window("from empty", 2, 40000, 100.0, 200.0, {"2xx": 300, "5xx": 20}, bulk=True),
+                 Window("restarted", 1, 5000, 30.0, 80.0, {"2xx": 40000}),
+                 Window("restarted", 2, 50000, 80.0, 150.0, {"2xx": 400}, bulk=True)],
+        check="passed")
+    table = from_empty_table(run)
+    assert "| from empty, bulk of 1,000 (4 senders) | 40,000 | 0.80x |" in table
+    assert "| from empty 1 | 4,000 | 0.80x |" in table  # the bulk windows are not in the transfers' mean
+    assert "- every bulk batch answered 200, after the windows and after the restart: NOT MET (20 not 2xx)" in table
