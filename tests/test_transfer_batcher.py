@@ -9,6 +9,7 @@ import collections
 import json
 import uuid
 
+import asyncpg
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -39,7 +40,7 @@ def _code(result) -> str:
     return "replayed" if getattr(result, "replayed", False) else "ok"
 
 
-async def _funded_accounts(pool, max_batch, max_in_flight):
+async def _funded_accounts(pool, max_batch, max_in_flight, overlap_after=0.0):
     """A new asset with the model's accounts (``ids``: name -> account id, the system account's
     too), each funded with 100 through a new batcher; returns ``(asset, ids, batcher, model)``."""
     async with pool.acquire() as db:
@@ -47,7 +48,7 @@ async def _funded_accounts(pool, max_batch, max_in_flight):
         ids = {name: (await ledger.create_account(db, ledger.NewAccount(asset))).account_id for name in ACCOUNTS}
         ids[SYSTEM] = asset.system_account_id
     batcher = LedgerBatcher(Database(pool, max_pending=10_000, acquire_timeout=30), max_batch,
-                            max_in_flight=max_in_flight)
+                            max_in_flight=max_in_flight, overlap_after=overlap_after)
     model = Model()
     for name in ACCOUNTS:
         await batcher.apply_transfer(ledger.TransferOrder(ledger.AccountRef(ids[SYSTEM]), ledger.AccountRef(ids[name]), 100))
@@ -55,8 +56,8 @@ async def _funded_accounts(pool, max_batch, max_in_flight):
     return asset, ids, batcher, model
 
 
-async def _run(pool, holds, stream, max_batch, max_in_flight):
-    asset, ids, batcher, model = await _funded_accounts(pool, max_batch, max_in_flight)
+async def _run(pool, holds, stream, max_batch, max_in_flight, overlap_after=0.0):
+    asset, ids, batcher, model = await _funded_accounts(pool, max_batch, max_in_flight, overlap_after)
     prefix = f"{asset.asset_id}-"  # references are global: one namespace per example
 
     def submit(step):
@@ -104,11 +105,11 @@ async def _run(pool, holds, stream, max_batch, max_in_flight):
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(holds=first_holds, stream=streams, max_batch=st.sampled_from([1, 2, 5, 50]),
-       max_in_flight=st.sampled_from([1, 2, 8]))
+       max_in_flight=st.sampled_from([1, 2, 8]), overlap_after=st.sampled_from([0.0, 0.001, 0.02]))
 def test_a_stream_through_the_batcher_gives_the_outcomes_of_one_at_a_time_in_arrival_order(
-        loop_and_pool, holds, stream, max_batch, max_in_flight):
+        loop_and_pool, holds, stream, max_batch, max_in_flight, overlap_after):
     loop, pool = loop_and_pool
-    loop.run_until_complete(_run(pool, holds, stream, max_batch, max_in_flight))
+    loop.run_until_complete(_run(pool, holds, stream, max_batch, max_in_flight, overlap_after))
 
 
 mixed_streams = st.lists(st.one_of(
@@ -158,6 +159,40 @@ async def test_concurrent_holds_then_their_posts_move_exactly_what_was_held(http
                                    for status, answer in made if status == 201))
     assert {status for status, _ in posts} == {200}
     assert (await balance(http, source), await balance(http, destination)) == (0, 50)
+
+
+def test_a_batch_that_returns_within_overlap_after_is_followed_by_one_batch_of_all_that_waited(loop_and_pool):
+    loop, pool = loop_and_pool
+    stream = [("transfer", SYSTEM, ACCOUNTS[n % 3], 1, None) for n in range(60)]
+    holds = [(0, 1, 1)] * 4  # two slots, but no batch is held up for a minute: never two in flight
+    batches = loop.run_until_complete(_run(pool, holds, stream, max_batch=500, max_in_flight=2, overlap_after=60))
+    assert batches == 3 + 4 + 2  # fundings and holds one by one; the first transfer alone, the 59 that came meanwhile together
+
+
+def test_a_batch_held_up_by_a_row_lock_is_overlapped_after_overlap_after_by_other_accounts_requests(
+        loop_and_pool, database_url):
+    loop, pool = loop_and_pool
+    asset, (a, b, c) = _three_accounts(loop, pool)
+
+    async def scenario():
+        batcher = LedgerBatcher(Database(pool, max_pending=100, acquire_timeout=30), 10, max_in_flight=2,
+                                overlap_after=0.05)
+        move = lambda source, destination: batcher.apply_transfer(ledger.TransferOrder(  # noqa: E731
+            ledger.AccountRef(source), ledger.AccountRef(destination), 5))
+        await move(asset.system_account_id, b)
+        locker = await asyncpg.connect(database_url)
+        try:
+            async with locker.transaction():  # someone else's transaction holds a's row
+                await locker.execute("SELECT 1 FROM accounts WHERE id = $1 FOR UPDATE", a)
+                held_up = asyncio.create_task(move(asset.system_account_id, a))
+                await asyncio.sleep(0.01)  # its batch is in flight, waiting for the lock
+                other = await asyncio.wait_for(move(b, c), 10)  # goes out once the first has waited 50 ms
+                assert not held_up.done()
+            return _code(other), _code(await held_up), batcher.batches_sent
+        finally:
+            await locker.close()
+
+    assert loop.run_until_complete(scenario()) == ("ok", "ok", 3)
 
 
 def test_a_void_waits_behind_a_transfer_of_its_holds_account_and_goes_out_with_it(loop_and_pool):

@@ -48,7 +48,8 @@ async def _database(app: web.Application) -> AsyncIterator[None]:
     max_batch, in_flight = ((settings.batch_max_size, settings.batch_max_in_flight) if settings.batching
                             else (1, settings.db_pool_max_size))
     retention = dt.timedelta(seconds=settings.idempotency_key_retention)
-    app[BATCHER] = LedgerBatcher(app[DATABASE], max_batch, metrics.observe_batch, retention, in_flight)
+    app[BATCHER] = LedgerBatcher(app[DATABASE], max_batch, metrics.observe_batch, retention, in_flight,
+                                 overlap_after=settings.batch_overlap_after if settings.batching else 0.0)
     async with _background(app[READS].watch()) if replica else contextlib.nullcontext():
         yield
     for each in (pool, replica_pool) if replica_pool else (pool,):
