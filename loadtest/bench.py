@@ -394,19 +394,19 @@ def run(workers: int, work: Path, progress: RunProgress, workloads: tuple[Worklo
                 failed = [result.name for result in check_ledger(databases[server]) if not result.passed]
                 verdicts[server] = "passed" if not failed else f"FAILED: {', '.join(failed)}"
                 progress.print(f"  {server}: balance-api check {verdicts[server]}")
-    if any(w.name == BASELINE_WORKLOAD for w in workloads):
-        progress.start(f"{BARE_SQL}: {BASELINE_WORKLOAD}")
-        database = _prepare_database(url_template, "bare_sql")
-        cpu_before = _cpu_seconds([postmaster])
-        rate = pgbench_transfers(database, bin_path, first_account, ACCOUNTS - 1, WRK_SECONDS, work)
-        measurement = Measurement(BASELINE_WORKLOAD, BARE_SQL, "pgbench", WRK_SECONDS, rate, 0.0, 0.0, {},
-                                  0.0, _cpu_seconds([postmaster]) - cpu_before)
-        results.append(measurement)
-        progress.done(f"  {BARE_SQL:<13} {BASELINE_WORKLOAD:<24} {rate:9,.0f}/s (transfer_funds() by pgbench, "
-                      f"{PGBENCH_CLIENTS} clients, one transfer per transaction)")
-        for m in results:
-            if m.workload == BASELINE_WORKLOAD and m.server in SERVERS[1:]:
-                m.baseline_ratio = m.requests_per_s / rate
+        if any(w.name == BASELINE_WORKLOAD for w in workloads):  # on the same PostgreSQL, still running
+            progress.start(f"{BARE_SQL}: {BASELINE_WORKLOAD}")
+            database = _prepare_database(url_template, "bare_sql")
+            cpu_before = _cpu_seconds([postmaster])
+            rate = pgbench_transfers(database, bin_path, first_account, ACCOUNTS - 1, WRK_SECONDS, work)
+            measurement = Measurement(BASELINE_WORKLOAD, BARE_SQL, "pgbench", WRK_SECONDS, rate, 0.0, 0.0, {},
+                                      0.0, _cpu_seconds([postmaster]) - cpu_before)
+            results.append(measurement)
+            progress.done(f"  {BARE_SQL:<13} {BASELINE_WORKLOAD:<24} {rate:9,.0f}/s (transfer_funds() by pgbench, "
+                          f"{PGBENCH_CLIENTS} clients, one transfer per transaction)")
+            for m in results:
+                if m.workload == BASELINE_WORKLOAD and m.server in SERVERS[1:]:
+                    m.baseline_ratio = m.requests_per_s / rate
     ceilings = {m.workload: m for m in results if m.server == "ceiling"}
     for measurement in results:
         ceiling = ceilings.get(measurement.workload)
