@@ -31,6 +31,7 @@ class Problem(Exception):
     status: int = 500
     code: str = "internal_error"
     title: str = "Internal server error"
+    closes_connection = False  # True: answered with Connection: close (what follows cannot be trusted)
 
     def __init__(self, detail: str, headers: dict[str, str] | None = None, **extensions: Any):
         super().__init__(detail)
@@ -52,12 +53,15 @@ class Problem(Exception):
 
     def response(self, instance: str) -> web.Response:
         """Render as an ``application/problem+json`` response for request path ``instance``."""
-        return web.Response(
+        response = web.Response(
             status=self.status,
             body=json.dumps(self.body(instance)).encode(),
             content_type=PROBLEM_CONTENT_TYPE,
             headers=self.headers,
         )
+        if self.closes_connection:
+            response.force_close()
+        return response
 
 
 class MalformedJson(Problem):
@@ -188,6 +192,15 @@ class LinkedTransferFailed(Problem):
                          "this item was not applied.", failedItem=failed_index)
 
 
+class ExpectationFailed(Problem):
+    """417: an ``Expect`` header other than ``100-continue`` (RFC 9110 §10.1.1)."""
+
+    status, code, title = 417, "expectation_failed", "Expectation failed"
+
+    def __init__(self) -> None:
+        super().__init__("The only expectation this service meets is Expect: 100-continue.")
+
+
 class MethodNotAllowed(Problem):
     status, code, title = 405, "method_not_allowed", "Method not allowed"
 
@@ -269,6 +282,45 @@ class AssetMismatch(Problem):
                          toAccountId=to_account_id)
 
 
+class HeaderRepeated(Problem):
+    """400: a header that takes one value (``Idempotency-Key``) was given more than once."""
+
+    status, code, title = 400, "header_repeated", "Header repeated"
+
+    def __init__(self, header: str):
+        super().__init__(f"The {header} header was given more than once; give it once.", header=header)
+
+
+class RequestTimeout(Problem):
+    """408: the body did not all arrive within ``BODY_READ_TIMEOUT`` (RFC 9110 §15.5.9); the
+    connection is closed after the answer."""
+
+    status, code, title = 408, "request_timeout", "Request body timed out"
+    closes_connection = True
+
+    def __init__(self, seconds: float):
+        super().__init__(f"The request body did not arrive within {seconds:g} seconds.")
+
+
+class MalformedHttpRequest(Problem):
+    """400 answered by the HTTP layer: the request is not HTTP/1.1 as RFC 9112 frames it (request
+    line, header syntax, Content-Length with chunked, lines over 8,190 bytes). Nothing of it ran."""
+
+    status, code, title = 400, "malformed_http_request", "Malformed HTTP request"
+    closes_connection = True
+
+
+class UnsupportedTransferCoding(Problem):
+    """501: a ``Transfer-Encoding`` other than ``chunked`` (RFC 9112 §6.1: a server that receives
+    a transfer coding it does not understand SHOULD answer 501 and close the connection)."""
+
+    status, code, title = 501, "unsupported_transfer_coding", "Unsupported transfer coding"
+    closes_connection = True
+
+    def __init__(self) -> None:
+        super().__init__("The only transfer coding this service reads is chunked.")
+
+
 class PayloadTooLarge(Problem):
     status, code, title = 413, "payload_too_large", "Request body too large"
 
@@ -278,9 +330,11 @@ class UnsupportedMediaType(Problem):
 
 
 class ValidationFailed(Problem):
-    """422 with ``errors``: a list of ``{"field": <name or "(body)">, "reason": <sentence>}``."""
+    """422 with ``errors``: a list of ``{"field": <name or "(body)">, "reason": <sentence>}``; the field
+    may be a member of the body, a path or query parameter or a header. One title for every
+    occurrence (RFC 9457 §3.1.3: the title does not change from occurrence to occurrence)."""
 
-    status, code, title = 422, "validation_error", "Request body is invalid"
+    status, code, title = 422, "validation_error", "Request is invalid"
 
     def __init__(self, errors: list[dict[str, str]]):
         summary = "; ".join(f"{error['field']}: {error['reason']}" for error in errors)

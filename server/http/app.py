@@ -14,6 +14,7 @@ from swagger_ui import aiohttp_api_doc
 from server.http.app_keys import ASSETS, BATCHER, DATABASE, DB_POOL, READS, SETTINGS
 from server.http.bearer_auth import DOCS_PATH, bearer_auth_middleware
 from server.http.handlers import accounts, assets, balance_changes, operations, transfers, users
+from server.http.http_edges import expect_handler, static_files_middleware, transfer_coding_middleware
 from server.http.observability import observability_middleware
 from server.ledger import store as ledger
 from server.ledger.batching import LedgerBatcher
@@ -108,13 +109,14 @@ def create_app(settings: Settings) -> web.Application:
     """
     if not settings.database_url:
         raise ValueError("create_app needs settings.database_url (see server.running.embedded_postgres)")
-    middlewares = [observability_middleware(settings.request_log_level), problem_middleware]
+    middlewares = [observability_middleware(settings.request_log_level), problem_middleware,
+                   transfer_coding_middleware, static_files_middleware]
     if tokens := settings.api_tokens():
         middlewares.append(bearer_auth_middleware(tokens))
     app = web.Application(client_max_size=settings.max_body_bytes, middlewares=middlewares)
     app[SETTINGS] = settings
     app.cleanup_ctx.extend([_database, _idempotency_key_purger, _metrics_sampler])
-    app.router.add_routes([
+    routes = [
         web.patch("/api/balance", balance_changes.change_balance),
         web.post("/api/users", users.create_user),
         web.get("/api/users/{id}", users.get_user),
@@ -144,7 +146,8 @@ def create_app(settings: Settings) -> web.Application:
         web.get("/api/health", operations.health),
         web.get("/api/openapi.json", operations.openapi),
         web.get("/metrics", operations.prometheus_metrics),
-    ])
+    ]
+    app.router.add_routes([web.route(r.method, r.path, r.handler, expect_handler=expect_handler) for r in routes])
     _api_reference(app)
     return app
 

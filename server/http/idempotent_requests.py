@@ -22,7 +22,7 @@ from server.ledger.idempotency import (
     retry_transaction,
     stored_outcome,
 )
-from server.problems import Problem, ValidationFailed, instance
+from server.problems import HeaderRepeated, Problem, ValidationFailed, instance
 from server.running.database import Database
 
 IDEMPOTENCY_KEY_HEADER = "Idempotency-Key"
@@ -41,11 +41,16 @@ def outcome_response(outcome: Outcome, replayed: bool = False) -> web.Response:
 
 
 def idempotency_key(request: web.Request) -> str | None:
-    """The request's ``Idempotency-Key``, or None; raises ValidationFailed (422) unless it is
-    1-255 printable ASCII characters (0x20-0x7E)."""
-    key = request.headers.get(IDEMPOTENCY_KEY_HEADER)
-    if key is None:
+    """The request's ``Idempotency-Key``, or None; raises HeaderRepeated (400) when the header is
+    given more than once (the draft's key is one string; RFC 9110 §5.3 would join repeats with
+    commas, which would make two keys one), ValidationFailed (422) unless it is 1-255 printable
+    ASCII characters (0x20-0x7E)."""
+    keys = request.headers.getall(IDEMPOTENCY_KEY_HEADER, ())
+    if not keys:
         return None
+    if len(keys) > 1:
+        raise HeaderRepeated(IDEMPOTENCY_KEY_HEADER)
+    key = keys[0]
     if 1 <= len(key) <= 255 and all(" " <= char <= "~" for char in key):
         return key
     raise ValidationFailed([{"field": IDEMPOTENCY_KEY_HEADER, "reason": "must be 1 to 255 printable ASCII characters"}])

@@ -172,11 +172,14 @@ SCHEMAS: dict[str, Any] = {
 }
 
 PROBLEM_CODES = {
-    400: "malformed_json: the body is not JSON, or an object repeats a member name (RFC 7493 §2.3)",
+    400: "malformed_json: the body is not UTF-8 JSON, or an object repeats a member name (RFC 7493 §2.3) / "
+         "header_repeated: Idempotency-Key given more than once",
     401: "unauthorized: bearer token missing or wrong (only when the service is configured with tokens)",
     404: "user_not_found / account_not_found / asset_not_found / transfer_not_found / route_not_found",
     409: "insufficient_funds / max_balance_exceeded / balance_overflow / account_frozen / account_closed / "
          "account_not_empty / limit_violated / asset_exists / account_exists",
+    405: "method_not_allowed (with Allow)",
+    408: "request_timeout: the body did not arrive within BODY_READ_TIMEOUT (the connection is closed)",
     413: "payload_too_large",
     415: "unsupported_media_type",
     422: "validation_error (with errors[]) / same_account / asset_mismatch / system_account / idempotency_key_reused",
@@ -215,7 +218,12 @@ IDEMPOTENCY_KEY = {
     "schema": {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[ -~]+$"},
     "description": "Stripe-style: a retry with the same key, route and body replays the stored outcome",
 }
-BODY_PROBLEMS = (400, 401, 413, 415, 422, 503)
+BODY_PROBLEMS = (400, 401, 408, 413, 415, 422, 503)
+# what the HTTP layer may answer on any route, before a handler runs (server/http/http_edges.py)
+HTTP_LAYER_PROBLEMS = {"description": "malformed_http_request (400: not HTTP/1.1 as RFC 9112 frames it) / "
+                                      "expectation_failed (417: an Expect other than 100-continue) / "
+                                      "unsupported_transfer_coding (501: a Transfer-Encoding other than chunked)",
+                       "content": {PROBLEM: {"schema": _ref("Problem")}}}
 READ_PROBLEMS = (401, 404, 422, 503)
 LIST_PROBLEMS = (401, 422, 503)
 
@@ -257,7 +265,7 @@ def openapi_document() -> dict:
     """The OpenAPI 3.1 document (built once per process)."""
     user_id = _path_id("user id")
     account_id = _path_id("account id")
-    return {
+    document = {
         "openapi": "3.1.0",
         "info": {
             "title": "balance-api",
@@ -278,7 +286,8 @@ def openapi_document() -> dict:
             },
             "/api/assets/{code}": {"get": _read(
                 "Read an asset and its supply", "AssetWithSupply", "the asset",
-                [{"name": "code", "in": "path", "required": True, "schema": {"type": "string"}}])},
+                [{"name": "code", "in": "path", "required": True,
+                  "schema": {"type": "string", "pattern": "^[A-Za-z0-9_]{1,32}$"}}])},
             "/api/accounts": {"post": _mutation(
                 "Open an account (a user's, or the operator's without userId)", "NewAccount",
                 _ok(201, "Account", "opened", location=True, replay=True), 404, 409,
@@ -311,6 +320,7 @@ def openapi_document() -> dict:
                 [account_id, _query("at", TIMESTAMP, "RFC 3339; default: now")])},
             "/api/users": {"post": {
                 "summary": "Open a user with its default-asset account at balance 0",
+                "parameters": [IDEMPOTENCY_KEY],
                 "requestBody": _body("EmptyBody", required=False),
                 "responses": {**_ok(201, "User", "created", location=True), **_problems(*BODY_PROBLEMS)},
             }},
@@ -341,7 +351,7 @@ def openapi_document() -> dict:
                               *PAGE_PARAMETERS, *FILTER_PARAMETERS], READ_PROBLEMS),
             },
             "/api/transfers/{id}": {"get": _read("Read a transfer", "Transfer", "the transfer",
-                                                 [_path_id("transfer id")])},
+                                                 [_path_id("transfer id")], (401, 404, 405, 422, 503))},
             "/api/transfers/{id}/post": {"post": _mutation(
                 "Post a pending transfer (a hold): capture all of it, or `amount` of it and release the rest",
                 "PostPendingTransfer", _ok(200, "Transfer", "posted", replay=True), 404, 409,
@@ -388,3 +398,7 @@ def openapi_document() -> dict:
                                                "description": "when the service is configured with API_TOKEN"}},
         },
     }
+    for operations in document["paths"].values():
+        for operation in operations.values():
+            operation["responses"]["default"] = HTTP_LAYER_PROBLEMS
+    return document

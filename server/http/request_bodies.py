@@ -9,6 +9,7 @@ integers, unknown fields are refused, and every error names its field.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Annotated, Any, TypeVar
 
@@ -16,7 +17,8 @@ from aiohttp import web
 from pydantic import (AfterValidator, BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError,
                       field_validator, model_validator)
 
-from server.problems import MalformedJson, UnsupportedMediaType, ValidationFailed
+from server.http.app_keys import SETTINGS
+from server.problems import MalformedJson, RequestTimeout, UnsupportedMediaType, ValidationFailed
 
 # PostgreSQL bigint holds -9223372036854775808..9223372036854775807 (PostgreSQL docs §8.1.1);
 # amounts stay within ±MAX_BIGINT so that negating one never overflows.
@@ -253,13 +255,15 @@ def _reason(message: str) -> str:
 def parse_body(raw: bytes, model: type[Body]) -> Body:
     """Parse ``raw`` (a UTF-8 JSON document) into ``model``.
 
-    Raises :class:`~server.problems.MalformedJson` (400) when ``raw`` is not JSON and
+    Raises :class:`~server.problems.MalformedJson` (400) when ``raw`` is not UTF-8 (RFC 8259 §8.1:
+    JSON exchanged between systems MUST be UTF-8; a leading byte order mark is ignored, as it
+    allows) or not JSON, and
     :class:`~server.problems.ValidationFailed` (422) listing each field that is missing, unknown,
     of the wrong type or out of range.
     """
     try:
-        # as json.loads(raw) decodes bytes: UTF-8 (a BOM dropped), UTF-16 or UTF-32 by its first bytes
-        document = _DECODER.decode(raw.decode(json.detect_encoding(raw), "surrogatepass"))
+        # strict UTF-8 only: json.loads(bytes) would also take UTF-16 and UTF-32 by their first bytes
+        document = _DECODER.decode(raw.decode("utf-8-sig"))
     except (ValueError, RecursionError) as error:  # JSONDecodeError and UnicodeDecodeError included
         raise MalformedJson(f"The body is not valid JSON: {error}.") from None
     try:
@@ -288,11 +292,18 @@ async def read_json_body(request: web.Request, model: type[Body]) -> Body:
     """Read and validate ``request``'s body as ``model``.
 
     Raises :class:`~server.problems.UnsupportedMediaType` (415) unless the Content-Type is JSON,
-    aiohttp's ``HTTPRequestEntityTooLarge`` (rendered 413) past ``MAX_BODY_BYTES``, and whatever
-    :func:`parse_body` raises.
+    aiohttp's ``HTTPRequestEntityTooLarge`` (rendered 413) past ``MAX_BODY_BYTES``,
+    :class:`~server.problems.RequestTimeout` (408, the connection then closed) when the body has
+    not all arrived within ``BODY_READ_TIMEOUT`` seconds, and whatever :func:`parse_body` raises.
     """
     if not _is_json(request.content_type):
         raise UnsupportedMediaType(
             f"Send the body as application/json, not {request.content_type or 'no content type'}."
         )
-    return parse_body(await request.read(), model)
+    seconds = request.app[SETTINGS].body_read_timeout
+    try:
+        async with asyncio.timeout(seconds):
+            raw = await request.read()
+    except TimeoutError:
+        raise RequestTimeout(seconds) from None
+    return parse_body(raw, model)

@@ -814,13 +814,14 @@ INSERT INTO accounts (asset_id, user_id) SELECT $1, id FROM new_user RETURNING i
 # transfers: the stored sums less the holds that have expired (migration 0006's expired_holds(),
 # looked up only when a sum is not 0), so from expiresAt on a hold no longer counts here either
 # (found by tests/test_ledger_state_machine.py: an expired hold still refused a lower limit). The
-# subqueries read the row being updated, so a re-check on a newer row version recomputes them.
+# subqueries read the row being updated, so a re-check on a newer row version recomputes them. A
+# closed account is not changed (closed is final); a concurrent close is seen by that re-check too.
 UPDATE_ACCOUNT = """
 UPDATE accounts a
    SET name = coalesce($2, name), overdraft_limit = coalesce($3, overdraft_limit),
        max_balance = CASE WHEN $6 THEN $4 ELSE max_balance END, metadata = coalesce($5, metadata),
        updated_at = now()
- WHERE id = $1 AND NOT is_system
+ WHERE id = $1 AND NOT is_system AND status <> 'closed'
    AND balance - pending_debits
        + CASE WHEN pending_debits > 0 THEN (SELECT x.debits FROM expired_holds(a.id) x) ELSE 0 END
        >= -coalesce($3, overdraft_limit)
@@ -940,17 +941,18 @@ async def _refusal(db: Db, account_id: int, status: str | None) -> Problem:
         return AccountNotFound(account_id)
     if state["is_system"]:
         return SystemAccount(account_id, f"cannot be {_REFUSED_ACTIONS[status]}")
+    if state["status"] == "closed":  # closed is final: no status, limit, name or metadata changes
+        return AccountClosed(account_id=account_id)
     if status is None:
         return LimitViolated(account_id, state["balance"])
-    if state["status"] == "closed":
-        return AccountClosed(account_id=account_id)
     return AccountNotEmpty(account_id, state["balance"])  # what else stops SET_STATUS: closing, balance <> 0
 
 
 async def update_account(db: Db, account_id: int, update: AccountUpdate) -> Account:
     """Change an account's name, limits or metadata; raises :class:`AccountNotFound`,
-    :class:`SystemAccount` (422) or :class:`LimitViolated` (409) when the balance already breaks a
-    new limit."""
+    :class:`SystemAccount` (422), :class:`AccountClosed` (409: a closed account changes no more,
+    as with its status) or :class:`LimitViolated` (409) when the balance already breaks a new
+    limit."""
     updated = await db.fetchval(
         UPDATE_ACCOUNT, account_id, update.name, update.overdraft_limit, update.max_balance,
         None if update.metadata is None else json.dumps(update.metadata), update.max_balance_given,

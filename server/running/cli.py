@@ -6,6 +6,8 @@ Exit codes: 0 success, 1 a failed check or run, 2 invalid configuration or argum
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import logging
 import os
 import sys
@@ -37,6 +39,26 @@ def serve(settings: Settings) -> int:
         return _serve_in_this_process(settings)
 
 
+async def _serve(app, settings: Settings) -> None:
+    """Serve ``app`` on ``settings.host``:``settings.port`` until cancelled (aiohttp docs,
+    "Application runners"); the runner's cleanup stops listening, lets in-flight requests finish
+    for up to ``SHUTDOWN_TIMEOUT`` seconds and runs the app's cleanup contexts."""
+    from aiohttp import web
+
+    from server.http.http_edges import ProblemAppRunner
+
+    runner = ProblemAppRunner(app, handle_signals=True, access_log=None,  # observability logs each request
+                              shutdown_timeout=settings.shutdown_timeout)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, settings.host, settings.port, backlog=settings.listen_backlog,
+                           reuse_port=settings.reuse_port or None)
+        await site.start()
+        await asyncio.Event().wait()  # until SIGTERM/SIGINT raise GracefulExit in the loop
+    finally:
+        await runner.cleanup()
+
+
 def _serve_in_this_process(settings: Settings) -> int:
     """One worker: aiohttp on uvloop until SIGTERM/SIGINT. aiohttp then stops listening, lets
     in-flight requests finish for up to ``SHUTDOWN_TIMEOUT`` seconds, and runs the cleanup
@@ -55,17 +77,20 @@ def _serve_in_this_process(settings: Settings) -> int:
         settings.host, settings.port, os.getpid(), settings.listen_backlog, open_files,
         settings.db_pool_min_size, settings.db_pool_max_size, ", shared port" if settings.reuse_port else "",
     )
-    web.run_app(
-        app,
-        host=settings.host,
-        port=settings.port,
-        backlog=settings.listen_backlog,
-        reuse_port=settings.reuse_port or None,
-        shutdown_timeout=settings.shutdown_timeout,
-        access_log=None,  # server.http.observability logs each request instead
-        loop=uvloop.new_event_loop(),
-        print=None,
-    )
+    loop = uvloop.new_event_loop()
+    asyncio.set_event_loop(loop)
+    main_task = loop.create_task(_serve(app, settings))
+    try:  # as aiohttp's web.run_app, with ProblemAppRunner (server.http.http_edges) as the runner
+        loop.run_until_complete(main_task)
+    except (web.GracefulExit, KeyboardInterrupt):  # SIGTERM / SIGINT (the runner's signal handlers)
+        pass
+    finally:
+        if not main_task.done():
+            main_task.cancel()  # its finally runs the runner's cleanup: drain, then cleanup contexts
+            with contextlib.suppress(asyncio.CancelledError):
+                loop.run_until_complete(main_task)
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.close()
     log.info("stopped (pid %d)", os.getpid())
     return 0
 

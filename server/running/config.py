@@ -67,6 +67,9 @@ class Settings(BaseSettings):
     gc_threshold: Annotated[int, Field(ge=0, le=10_000_000)] = 50_000
     # a valid body with a 500-character description in \uXXXX escape pairs is about 6 KB
     max_body_bytes: Annotated[int, Field(ge=64, le=1024 * 1024)] = 16384
+    # seconds a request's whole body may take to arrive once its headers have (408 after; a stalled
+    # body held its connection open indefinitely). A batch of 1 MiB at 1 Mbit/s takes about 8 s.
+    body_read_timeout: Annotated[float, Field(gt=0, le=3600)] = 30.0
     idempotency_key_retention: Annotated[float, Field(gt=0)] = 24 * 3600.0
     idempotency_purge_interval: Annotated[float, Field(gt=0)] = 60.0
     # Timeouts (seconds). A request never waits on the database longer than these: it gets 503.

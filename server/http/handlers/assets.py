@@ -5,6 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from server.http.handlers.documents import asset_json
+from server.http.handlers.paths import asset_code_from_path
 from server.http.idempotent_requests import respond
 from server.http.reads import read_only, reading
 from server.http.request_bodies import NewAsset, read_json_body
@@ -34,7 +35,8 @@ async def list_assets(request: web.Request) -> web.Response:
 @read_only
 async def get_asset(request: web.Request) -> web.Response:
     """``GET /api/assets/{code}`` → 200 the asset plus ``supply`` (sum of all non-system balances)."""
+    code = asset_code_from_path(request)
     async with reading(request).connection() as db:
-        asset = await ledger.read_asset(db, request.match_info["code"])
+        asset = await ledger.read_asset(db, code)
         supply = await ledger.asset_supply(db, asset)
     return web.json_response({**asset_json(asset), "supply": supply})

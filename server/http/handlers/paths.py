@@ -13,11 +13,32 @@ from server.ledger import store as ledger
 from server.problems import ValidationFailed
 
 
-def id_from_path(request: web.Request) -> int:
-    raw = request.match_info["id"]
-    if raw.isascii() and raw.isdigit() and 1 <= int(raw) <= MAX_BIGINT:
+def bounded_int(raw: str, high: int) -> int | None:
+    """``raw`` (a path segment or a query value) as an integer from 1 to ``high``, or None when it
+    is anything else. Its length is checked before ``int()``: Python refuses to convert more than
+    4,300 digits (``sys.int_info.default_max_str_digits``), and no id has more than 19."""
+    if raw.isascii() and raw.isdigit() and len(raw) <= len(str(high)) and 1 <= int(raw) <= high:
         return int(raw)
-    raise ValidationFailed([{"field": "id", "reason": f"must be an integer from 1 to {MAX_BIGINT}"}])
+    return None
+
+
+def id_from_path(request: web.Request, name: str = "id") -> int:
+    """The path's ``{id}``: an integer from 1 to 2^63-1 (PostgreSQL's bigint), else 422 ``validation_error``."""
+    found = bounded_int(request.match_info[name], MAX_BIGINT)
+    if found is None:
+        raise ValidationFailed([{"field": name, "reason": f"must be an integer from 1 to {MAX_BIGINT}"}])
+    return found
+
+
+ASSET_CODE_PATTERN = "[A-Za-z0-9_]{1,32}"  # the body's AssetCode (server/http/request_bodies.py)
+
+
+def asset_code_from_path(request: web.Request) -> str:
+    """The path's ``{code}``: an asset code as bodies spell it, else 422 ``validation_error``."""
+    code = request.match_info["code"]
+    if code.isascii() and 1 <= len(code) <= 32 and all(c.isalnum() or c == "_" for c in code):
+        return code
+    raise ValidationFailed([{"field": "code", "reason": f"must match {ASSET_CODE_PATTERN}"}])
 
 
 
@@ -36,6 +57,10 @@ def _decode_cursor(cursor: str) -> int:
 
 
 def rfc3339(name: str, raw: str, errors: list) -> dt.datetime | None:
+    """Query parameter ``name``'s value ``raw`` as an RFC 3339 date-time (RFC 3339 §5.6, with a
+    UTC offset), converted to UTC; on anything else an error is appended to ``errors`` and None
+    returned. A time that leaves years 1-9999 once converted (``0001-01-01T00:00:00+01:00``) is
+    refused as out of range."""
     try:
         moment = dt.datetime.fromisoformat(raw)
     except ValueError:
@@ -44,7 +69,11 @@ def rfc3339(name: str, raw: str, errors: list) -> dt.datetime | None:
         errors.append({"field": name, "reason": "must be an RFC 3339 date-time with a UTC offset, "
                                                 "e.g. 2026-11-01T00:00:00Z"})
         return None
-    return moment
+    try:
+        return moment.astimezone(dt.UTC)
+    except OverflowError:
+        errors.append({"field": name, "reason": "must be between 0001-01-01T00:00:00Z and 9999-12-31T23:59:59Z"})
+        return None
 
 
 FILTERS = ("limit", "cursor", "from", "to", "code")
@@ -58,9 +87,9 @@ def page_query(request: web.Request, allowed: tuple[str, ...] = ("limit", "curso
                for name in query if name not in allowed]
     limit = HISTORY_DEFAULT_LIMIT
     if "limit" in query:
-        raw = query["limit"]
-        if raw.isascii() and raw.isdigit() and 1 <= int(raw) <= HISTORY_MAX_LIMIT:
-            limit = int(raw)
+        found = bounded_int(query["limit"], HISTORY_MAX_LIMIT)
+        if found is not None:
+            limit = found
         else:
             errors.append({"field": "limit", "reason": f"must be an integer from 1 to {HISTORY_MAX_LIMIT}"})
     created_from = rfc3339("from", query["from"], errors) if "from" in query else None

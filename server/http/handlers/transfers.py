@@ -10,14 +10,14 @@ from aiohttp import web
 from server.http.app_keys import BATCHER, SETTINGS
 from server.http.handlers.balance_changes import asset_id_of, asset_of
 from server.http.handlers.documents import transfer_json
-from server.http.handlers.paths import FILTERS, id_from_path, page_query, split_page
+from server.http.handlers.paths import FILTERS, bounded_int, id_from_path, page_query, split_page
 from server.http.idempotent_requests import keyed_request, outcome_response, respond
 from server.http.reads import read_only, reading
 from server.http.request_bodies import (MAX_BIGINT, EmptyBody, PostItem, PostPendingTransfer, ReverseTransfer,
                                        TransferBatch, TransferRequest, read_json_body)
 from server.ledger import store as ledger
 from server.ledger.idempotency import Outcome
-from server.problems import Problem, SameAccount, TransferNotFound, ValidationFailed
+from server.problems import MethodNotAllowed, Problem, SameAccount, TransferNotFound, ValidationFailed
 
 
 async def create_transfer(request: web.Request) -> web.Response:
@@ -142,7 +142,10 @@ async def void_pending_transfer(request: web.Request) -> web.Response:
 
 @read_only
 async def get_transfer(request: web.Request) -> web.Response:
-    """``GET /api/transfers/{id}`` → 200 the transfer with the balances right after it, or 404."""
+    """``GET /api/transfers/{id}`` → 200 the transfer with the balances right after it, or 404.
+    ``GET /api/transfers/batch`` is 405 (``/batch`` takes POST only), not an id that is no integer."""
+    if request.match_info["id"] == "batch":
+        raise MethodNotAllowed("GET is not allowed here; allowed: POST.", headers={"Allow": "POST"})
     transfer_id = id_from_path(request)
     async with reading(request).connection() as db:
         transfer = await ledger.read_transfer(db, transfer_id)
@@ -172,10 +175,9 @@ async def list_transfers(request: web.Request) -> web.Response:
     query = page_query(request, (*FILTERS, "accountId", "reference"))
     account_id = None
     if "accountId" in request.query:
-        raw = request.query["accountId"]
-        if not (raw.isascii() and raw.isdigit() and 1 <= int(raw) <= MAX_BIGINT):
+        account_id = bounded_int(request.query["accountId"], MAX_BIGINT)
+        if account_id is None:
             raise ValidationFailed([{"field": "accountId", "reason": f"must be an integer from 1 to {MAX_BIGINT}"}])
-        account_id = int(raw)
     fetch = ledger.PageQuery(query.before, query.limit + 1, query.code, query.created_from, query.created_to)
     async with reading(request).connection() as db:
         if "reference" in request.query:  # at most one transfer, then narrowed by the other filters

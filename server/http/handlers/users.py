@@ -4,21 +4,26 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from server.http.app_keys import ASSETS, DATABASE
+from server.http.app_keys import ASSETS
 from server.http.handlers.documents import user_entry_json, user_json
 from server.http.handlers.paths import id_from_path, page_query, split_page
+from server.http.idempotent_requests import respond
 from server.http.reads import read_only, reading
 from server.http.request_bodies import EmptyBody, read_json_body
 from server.ledger import store as ledger
+from server.ledger.idempotency import Outcome
 
 
 async def create_user(request: web.Request) -> web.Response:
-    """``POST /api/users`` (no body, or ``{}``) → 201 the user with its default-asset account + Location."""
-    if request.body_exists:
-        await read_json_body(request, EmptyBody)
-    async with request.app[DATABASE].connection() as db:
+    """``POST /api/users`` (no body, or ``{}``) → 201 the user with its default-asset account +
+    Location; with an ``Idempotency-Key`` a repeat answers the same user (one user made)."""
+    body = await read_json_body(request, EmptyBody) if request.body_exists else EmptyBody()
+
+    async def operation(db, key):
         user = await ledger.create_user(db, await request.app[ASSETS].get(db, None))
-    return web.json_response(user_json(user), status=201, headers={"Location": f"/api/users/{user.user_id}"})
+        return Outcome.of(201, user_json(user), location=f"/api/users/{user.user_id}")
+
+    return await respond(request, body, operation)
 
 
 @read_only
