@@ -7,14 +7,16 @@ import contextlib
 import datetime as dt
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 
 from aiohttp import web
+import swagger_ui
 from swagger_ui import aiohttp_api_doc
 
 from server.http.app_keys import ASSETS, BATCHER, DATABASE, DB_POOL, READS, SETTINGS
 from server.http.bearer_auth import DOCS_PATH, bearer_auth_middleware
 from server.http.handlers import accounts, assets, balance_changes, operations, transfers, users
-from server.http.http_edges import expect_handler, static_files_middleware, transfer_coding_middleware
+from server.http.http_edges import expect_handler, static_files
 from server.http.observability import observability_middleware
 from server.ledger import store as ledger
 from server.ledger.batching import LedgerBatcher
@@ -109,8 +111,7 @@ def create_app(settings: Settings) -> web.Application:
     """
     if not settings.database_url:
         raise ValueError("create_app needs settings.database_url (see server.running.embedded_postgres)")
-    middlewares = [observability_middleware(settings.request_log_level), problem_middleware,
-                   transfer_coding_middleware, static_files_middleware]
+    middlewares = [observability_middleware(settings.request_log_level), problem_middleware]
     if tokens := settings.api_tokens():
         middlewares.append(bearer_auth_middleware(tokens))
     app = web.Application(client_max_size=settings.max_body_bytes, middlewares=middlewares)
@@ -156,5 +157,8 @@ def _api_reference(app: web.Application) -> None:
     """``GET /api/docs``: Swagger UI rendering this service's OpenAPI document, every asset served
     from swagger-ui-py's own copy (no CDN), and the document it renders at ``/api/docs/openapi.json``.
     All of it is open without a token (:data:`server.http.bearer_auth.OPEN_PREFIX`)."""
-    app.router.add_get(DOCS_PATH + "/openapi.json", operations.openapi)
+    app.router.add_get(DOCS_PATH + "/openapi.json", operations.openapi, expect_handler=expect_handler)
+    # before swagger-ui-py's own static resource for the same prefix, so these answer first
+    app.router.add_get(DOCS_PATH + "/static/{filename:.*}", static_files(Path(swagger_ui.__file__).parent / "static"),
+                       expect_handler=expect_handler)
     aiohttp_api_doc(app, config_rel_url="/openapi.json", url_prefix=DOCS_PATH, title="balance-api: API reference")

@@ -4,10 +4,11 @@
   417 that echoes the header, before any middleware runs (its ``_default_expect_handler``); every
   route here gets :func:`expect_handler` instead.
 - Static files (the API reference's assets): aiohttp's ``FileResponse`` answers a missing file
-  with an empty 404 of its own and a directory with 403; :func:`static_files_middleware` answers
-  both 404 ``route_not_found`` before aiohttp looks.
+  with an empty 404 of its own and a directory with 403; :func:`static_files` answers both 404
+  ``route_not_found``.
 - Transfer codings: aiohttp's parser reads ``Transfer-Encoding: gzip, chunked`` as chunked and
-  hands the handler the still-encoded body; :func:`transfer_coding_middleware` refuses it 501.
+  hands the handler the still-encoded body; reading a body refuses it 501
+  (:func:`server.http.request_bodies.read_json_body`; a route that reads no body ignores it).
 - The HTTP parser's own errors (bad header bytes, Content-Length with chunked, over-long lines,
   invalid methods and versions) are answered by aiohttp's ``RequestHandler.handle_error`` before
   any middleware, as ``text/plain`` that echoes the request's bytes, with an ERROR traceback in the
@@ -44,29 +45,20 @@ async def expect_handler(request: web.Request) -> web.StreamResponse | None:
     return ExpectationFailed().response(instance(request))
 
 
-@web.middleware
-async def static_files_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """404 ``route_not_found`` for a path under a static resource that names no file there (a
-    missing file, a directory, a path leaving the directory); the file itself is aiohttp's to serve."""
-    resource = request.match_info.route.resource
-    if isinstance(resource, web.StaticResource):
-        directory = Path(resource.get_info()["directory"]).resolve()
-        wanted = (directory / request.match_info.get("filename", "")).resolve()
-        if not wanted.is_relative_to(directory) or not wanted.is_file():
+def static_files(directory: Path) -> Handler:
+    """A handler serving ``directory``'s files at ``{filename}``, registered before aiohttp's own
+    static resource for the same prefix so that it answers first: a path that names no file there
+    (missing, a directory, leaving the directory) is 404 ``route_not_found``; a file is aiohttp's
+    ``FileResponse`` (conditional requests, ranges)."""
+    root = directory.resolve()
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        wanted = (root / request.match_info["filename"]).resolve()
+        if not wanted.is_relative_to(root) or not wanted.is_file():
             raise RouteNotFound("No file matches this path.")
-    return await handler(request)
+        return web.FileResponse(wanted)
 
-
-@web.middleware
-async def transfer_coding_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """501 ``unsupported_transfer_coding`` for a ``Transfer-Encoding`` other than ``chunked``
-    (RFC 9112 §6.1), before the body is read."""
-    if "Transfer-Encoding" in request.headers:  # rare: one look-up on every other request
-        codings = [coding.strip().lower() for value in request.headers.getall("Transfer-Encoding")
-                   for coding in value.split(",")]
-        if any(coding != "chunked" for coding in codings):
-            raise UnsupportedTransferCoding()
-    return await handler(request)
+    return handler
 
 
 def _parser_problem(error: BaseException | None) -> Problem:

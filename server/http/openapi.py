@@ -49,8 +49,19 @@ def _object(properties: dict, required: list[str] | None = None) -> dict:
             "additionalProperties": False}
 
 
+_NESTED: dict[str, Any] = {}  # pydantic's $defs of the request models, lifted into components/schemas
+
+
 def _request_schema(model) -> dict:
+    """``model``'s JSON Schema; the models it nests (pydantic's ``$defs``) go to :data:`_NESTED`,
+    since ``ref_template`` points every reference at ``components/schemas``, where they must be."""
     schema = model.model_json_schema(by_alias=True, ref_template="#/components/schemas/{model}")
+    for name, nested in schema.pop("$defs", {}).items():
+        _NESTED[name] = _untitled(nested)
+    return _untitled(schema)
+
+
+def _untitled(schema: dict) -> dict:
     schema.pop("title", None)
     for prop in schema.get("properties", {}).values():
         prop.pop("title", None)
@@ -88,7 +99,8 @@ SCHEMAS: dict[str, Any] = {
             "type": "object", "required": ["status"], "additionalProperties": False,
             "properties": {"status": {"type": "integer", "minimum": 200, "maximum": 599},
                            "transfer": _ref("Transfer"), "problem": _ref("Problem"),
-                           "replayed": {"const": True}}}},
+                           "replayed": {"type": "boolean",
+                                        "description": "present (true) when the item's transfer existed already"}}}},
     }),
     "NewAsset": _request_schema(NewAsset),
     "NewAccount": _request_schema(NewAccount),
@@ -260,9 +272,49 @@ def _mutation(summary: str, body: str, ok: dict, *problems: int, parameters: lis
     }
 
 
+SCHEMAS.update(_NESTED)
+
+# operationId of every operation (code generators name their functions after them)
+OPERATION_IDS = {
+    ("patch", "/api/balance"): "changeBalance",
+    ("post", "/api/assets"): "createAsset", ("get", "/api/assets"): "listAssets",
+    ("get", "/api/assets/{code}"): "getAsset",
+    ("post", "/api/accounts"): "createAccount", ("get", "/api/accounts/{id}"): "getAccount",
+    ("patch", "/api/accounts/{id}"): "updateAccount", ("post", "/api/accounts/{id}/freeze"): "freezeAccount",
+    ("post", "/api/accounts/{id}/unfreeze"): "unfreezeAccount", ("post", "/api/accounts/{id}/close"): "closeAccount",
+    ("post", "/api/accounts/{id}/credit"): "creditAccount", ("post", "/api/accounts/{id}/debit"): "debitAccount",
+    ("get", "/api/accounts/{id}/history"): "getAccountHistory",
+    ("get", "/api/accounts/{id}/balance"): "getAccountBalance",
+    ("post", "/api/users"): "createUser", ("get", "/api/users/{id}"): "getUser",
+    ("get", "/api/users/{id}/history"): "getUserHistory", ("post", "/api/users/{id}/credit"): "creditUser",
+    ("post", "/api/users/{id}/debit"): "debitUser",
+    ("post", "/api/transfers"): "createTransfer", ("get", "/api/transfers"): "listTransfers",
+    ("get", "/api/transfers/{id}"): "getTransfer", ("post", "/api/transfers/{id}/post"): "postPendingTransfer",
+    ("post", "/api/transfers/{id}/void"): "voidPendingTransfer",
+    ("post", "/api/transfers/{id}/reverse"): "reverseTransfer",
+    ("post", "/api/transfers/batch"): "createTransferBatch",
+    ("get", "/api/health"): "getHealth", ("get", "/api/openapi.json"): "getOpenApiDocument",
+    ("get", "/metrics"): "getMetrics",
+}
+TAGS = [
+    {"name": "balance", "description": "The signed change of a user's balance (`PATCH /api/balance`)"},
+    {"name": "assets", "description": "Assets (currencies, points) and their system accounts"},
+    {"name": "accounts", "description": "Accounts: open, read, limits, freeze, close, credit, debit, history"},
+    {"name": "users", "description": "Users and their default-asset accounts"},
+    {"name": "transfers", "description": "Transfers, pending transfers (holds), batches and reversals"},
+    {"name": "operations", "description": "Health, metrics and this document"},
+]
+
+
+def _tag(path: str) -> str:
+    resource = path.split("/")[2] if path.startswith("/api/") else "metrics"
+    return resource if resource in {"balance", "assets", "accounts", "users", "transfers"} else "operations"
+
+
 @functools.cache
-def openapi_document() -> dict:
-    """The OpenAPI 3.1 document (built once per process)."""
+def openapi_document(with_security: bool = True) -> dict:
+    """The OpenAPI 3.1 document (built once per process for each ``with_security``): with it,
+    bearer authentication is declared (a token is configured); without, no operation carries it."""
     user_id = _path_id("user id")
     account_id = _path_id("account id")
     document = {
@@ -273,7 +325,11 @@ def openapi_document() -> dict:
             "description": "A double-entry ledger in PostgreSQL: assets, accounts and transfers in minor "
                            "units, each movement one atomic statement writing both sides. Errors are RFC 9457 "
                            "problem details.",
+            "contact": {"name": "balance-api maintainers"},
         },
+        # relative: the service that serves this document (RFC 3986 §4.2 reference, OpenAPI 3.1 §4.8.5)
+        "servers": [{"url": "/", "description": "the service serving this document"}],
+        "tags": TAGS,
         "paths": {
             "/api/balance": {"patch": _mutation(
                 "Apply a signed change to a user's account (a transfer with the asset's system account)",
@@ -398,7 +454,17 @@ def openapi_document() -> dict:
                                                "description": "when the service is configured with API_TOKEN"}},
         },
     }
-    for operations in document["paths"].values():
-        for operation in operations.values():
+    for path, operations in document["paths"].items():
+        for method, operation in operations.items():
+            operation["operationId"] = OPERATION_IDS[(method, path)]
+            operation["tags"] = [_tag(path)]
+            operation.setdefault("description", operation["summary"] + ". Every error is RFC 9457 problem "
+                                 "details with a stable `code`; the responses list them by status.")
             operation["responses"]["default"] = HTTP_LAYER_PROBLEMS
+            if not with_security:
+                operation.pop("security", None)
+                operation["responses"].pop("401", None)
+    if not with_security:
+        del document["security"]
+        del document["components"]["securitySchemes"]
     return document

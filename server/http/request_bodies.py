@@ -18,7 +18,8 @@ from pydantic import (AfterValidator, BaseModel, ConfigDict, Discriminator, Fiel
                       field_validator, model_validator)
 
 from server.http.app_keys import SETTINGS
-from server.problems import MalformedJson, RequestTimeout, UnsupportedMediaType, ValidationFailed
+from server.problems import (MalformedJson, RequestTimeout, UnsupportedMediaType, UnsupportedTransferCoding,
+                             ValidationFailed)
 
 # PostgreSQL bigint holds -9223372036854775808..9223372036854775807 (PostgreSQL docs §8.1.1);
 # amounts stay within ±MAX_BIGINT so that negating one never overflows.
@@ -294,12 +295,21 @@ async def read_json_body(request: web.Request, model: type[Body]) -> Body:
     Raises :class:`~server.problems.UnsupportedMediaType` (415) unless the Content-Type is JSON,
     aiohttp's ``HTTPRequestEntityTooLarge`` (rendered 413) past ``MAX_BODY_BYTES``,
     :class:`~server.problems.RequestTimeout` (408, the connection then closed) when the body has
-    not all arrived within ``BODY_READ_TIMEOUT`` seconds, and whatever :func:`parse_body` raises.
+    not all arrived within ``BODY_READ_TIMEOUT`` seconds,
+    :class:`~server.problems.UnsupportedTransferCoding` (501) for a ``Transfer-Encoding`` other
+    than ``chunked`` (RFC 9112 §6.1: aiohttp would hand over the still-encoded body), and whatever
+    :func:`parse_body` raises.
     """
+    if "Transfer-Encoding" in request.headers and any(
+            coding.strip().lower() != "chunked"
+            for value in request.headers.getall("Transfer-Encoding") for coding in value.split(",")):
+        raise UnsupportedTransferCoding()
     if not _is_json(request.content_type):
         raise UnsupportedMediaType(
             f"Send the body as application/json, not {request.content_type or 'no content type'}."
         )
+    if request.content.is_eof():  # the whole body came with the headers (most do): no timer to arm
+        return parse_body(await request.read(), model)
     seconds = request.app[SETTINGS].body_read_timeout
     try:
         async with asyncio.timeout(seconds):

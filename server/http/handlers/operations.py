@@ -25,7 +25,7 @@ async def health(request: web.Request) -> web.Response:
 
 async def openapi(request: web.Request) -> web.Response:
     """``GET /api/openapi.json`` → the OpenAPI 3.1 document of this API."""
-    return web.json_response(openapi_document())
+    return web.json_response(openapi_document(with_security=bool(request.app[SETTINGS].api_tokens())))
 
 
 async def prometheus_metrics(request: web.Request) -> web.Response:
