@@ -12,6 +12,7 @@ import os
 import urllib.request
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
 from typing import NamedTuple
 
 import aiohttp
@@ -60,10 +61,15 @@ def database_url(create_database) -> str:
 
 
 @pytest.fixture(scope="session")
-def service_url(database_url, tmp_path_factory) -> Iterator[str]:
+def service_log_path(tmp_path_factory) -> Path:
+    """The log file of the session's service (its stdout and stderr)."""
+    return tmp_path_factory.mktemp("service") / "service.log"
+
+
+@pytest.fixture(scope="session")
+def service_url(database_url, service_log_path) -> Iterator[str]:
     """Base URL of the real service process, started once for the session."""
-    log_path = tmp_path_factory.mktemp("service") / "service.log"
-    with running_service(log_path, database_url=database_url) as (base_url, _process):
+    with running_service(service_log_path, database_url=database_url) as (base_url, _process):
         yield base_url
 
 

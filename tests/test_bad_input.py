@@ -119,3 +119,9 @@ async def test_an_unknown_route_is_404_route_not_found(http):
     response, problem = await send(http, "GET", "/api/nothing-here", None, None)
     assert_problem(response, problem, 404, "route_not_found")
     assert problem["instance"] == "/api/nothing-here"
+
+
+def test_zz_the_service_log_holds_no_traceback_after_the_bad_input_above(service_url, service_log_path):
+    """Named to run last in this module: bad input is logged as a request line, never a traceback."""
+    log = service_log_path.read_text()
+    assert "Traceback" not in log and '"level": "error"' not in log, log[-3000:]

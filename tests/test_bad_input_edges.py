@@ -97,8 +97,9 @@ async def test_an_asset_code_in_the_path_outside_the_bodies_pattern_is_422(edge_
     assert [error["field"] for error in body["errors"]] == ["code"]
 
 
-async def test_get_on_the_batch_route_is_405_allowing_post(edge_http):
-    async with edge_http.get("/api/transfers/batch") as response:
+@pytest.mark.parametrize("method", ["GET", "OPTIONS", "PUT"])
+async def test_another_method_on_the_batch_route_is_405_allowing_only_post(edge_http, method):
+    async with edge_http.request(method, "/api/transfers/batch") as response:
         body = await response.json(content_type=None)
         assert_problem(response.status, body, 405, "method_not_allowed")
         assert response.headers["Allow"] == "POST"

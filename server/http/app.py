@@ -127,7 +127,9 @@ def create_app(settings: Settings) -> web.Application:
         web.post("/api/transfers", transfers.create_transfer),
         web.post("/api/transfers/batch", transfers.create_transfer_batch),
         web.get("/api/transfers", transfers.list_transfers),
-        web.get("/api/transfers/{id}", transfers.get_transfer),
+        # {id} is never "batch": that path is POST /api/transfers/batch's alone, so GET or OPTIONS on
+        # it is 405 with Allow: POST (not GET's 422 "id must be an integer", nor Allow: GET, HEAD, POST)
+        web.get(r"/api/transfers/{id:(?!batch$)[^/]+}", transfers.get_transfer),
         web.post("/api/transfers/{id}/post", transfers.post_pending_transfer),
         web.post("/api/transfers/{id}/void", transfers.void_pending_transfer),
         web.post("/api/transfers/{id}/reverse", transfers.reverse_transfer),

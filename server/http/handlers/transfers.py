@@ -17,7 +17,7 @@ from server.http.request_bodies import (MAX_BIGINT, EmptyBody, PostItem, PostPen
                                        TransferBatch, TransferRequest, read_json_body)
 from server.ledger import store as ledger
 from server.ledger.idempotency import Outcome
-from server.problems import MethodNotAllowed, Problem, SameAccount, TransferNotFound, ValidationFailed
+from server.problems import Problem, SameAccount, TransferNotFound, ValidationFailed
 
 
 async def create_transfer(request: web.Request) -> web.Response:
@@ -142,10 +142,7 @@ async def void_pending_transfer(request: web.Request) -> web.Response:
 
 @read_only
 async def get_transfer(request: web.Request) -> web.Response:
-    """``GET /api/transfers/{id}`` → 200 the transfer with the balances right after it, or 404.
-    ``GET /api/transfers/batch`` is 405 (``/batch`` takes POST only), not an id that is no integer."""
-    if request.match_info["id"] == "batch":
-        raise MethodNotAllowed("GET is not allowed here; allowed: POST.", headers={"Allow": "POST"})
+    """``GET /api/transfers/{id}`` → 200 the transfer with the balances right after it, or 404."""
     transfer_id = id_from_path(request)
     async with reading(request).connection() as db:
         transfer = await ledger.read_transfer(db, transfer_id)
