@@ -30,6 +30,15 @@ async def new_account(http, asset: str, **fields) -> dict:
     return body
 
 
+async def funded_pair(http, amount: int, **receiver) -> tuple[int, int]:
+    """Two accounts of a fresh asset, the first credited ``amount``; ``receiver``: the second's
+    fields (e.g. maxBalance). Returns their ids."""
+    code = await new_asset(http)
+    buyer, seller = await new_account(http, code), await new_account(http, code, **receiver)
+    await credit(http, buyer["accountId"], amount)
+    return buyer["accountId"], seller["accountId"]
+
+
 async def new_user(http) -> int:
     status, body = await send(http, "POST", "/api/users")
     assert status == 201, body

@@ -128,3 +128,9 @@ def poll_until(condition, seconds: float) -> bool:
             return True
         time.sleep(0.2)
     return False
+
+
+def assert_ledger_consistent(database_url: str) -> None:
+    """``balance-api check`` on ``database_url`` (a direct URL, not through PgBouncer) passes."""
+    verdict = balance_api("check", env=service_env(database_url=database_url))
+    assert verdict.returncode == 0, verdict.stdout

@@ -7,20 +7,8 @@ import collections
 import aiohttp
 
 from server.running.process_limits import raise_open_file_limit
-from tests.ledger_api import account, balance, credit, hold, new_account, new_asset, post, send, transfer, void
-from tests.service_process import balance_api, service_env
-
-
-def assert_ledger_consistent(database_url: str) -> None:
-    verdict = balance_api("check", env=service_env(database_url=database_url))
-    assert verdict.returncode == 0, verdict.stdout
-
-
-async def funded_pair(http, amount: int, **receiver) -> tuple[int, int]:
-    code = await new_asset(http)
-    buyer, seller = await new_account(http, code), await new_account(http, code, **receiver)
-    await credit(http, buyer["accountId"], amount)
-    return buyer["accountId"], seller["accountId"]
+from tests.ledger_api import account, balance, credit, funded_pair, hold, new_account, new_asset, post, send, transfer, void
+from tests.service_process import assert_ledger_consistent
 
 
 def sums(document: dict) -> tuple[int, int, int, int]:

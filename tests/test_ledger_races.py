@@ -9,12 +9,7 @@ import threading
 import psycopg
 
 from tests.ledger_api import balance, credit, new_account, new_asset, send, transfer
-from tests.service_process import balance_api, service_env
-
-
-def assert_ledger_consistent(database_url: str) -> None:
-    verdict = balance_api("check", env=service_env(database_url=database_url))
-    assert verdict.returncode == 0, verdict.stdout
+from tests.service_process import assert_ledger_consistent
 
 
 def outcomes(results) -> collections.Counter:

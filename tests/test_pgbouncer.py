@@ -19,7 +19,7 @@ import pytest
 from tests.ledger_api import credit, hold, new_account, new_asset, post, send, transfer
 from tests.metrics_reading import scrape, value
 from tests.pgbouncer import INSTALL_HINT, PgBouncer, pgbouncer_binary, running_pgbouncer
-from tests.service_process import PROJECT_ROOT, balance_api, running_service, service_env
+from tests.service_process import PROJECT_ROOT, assert_ledger_consistent, balance_api, running_service, service_env
 
 pytestmark = pytest.mark.skipif(pgbouncer_binary() is None, reason=INSTALL_HINT)
 
@@ -43,11 +43,6 @@ def through(bouncer: PgBouncer, direct_url: str) -> dict[str, str]:
     """The README's settings for a service reaching ``direct_url``'s database through ``bouncer``."""
     return {"database_url": bouncer.url(urlsplit(direct_url).path.lstrip("/")), "migrate_on_start": "false",
             "db_statement_cache_size": "0", "db_statement_timeout": "0"}
-
-
-def assert_ledger_consistent(direct_url: str) -> None:
-    verdict = balance_api("check", env=service_env(database_url=direct_url))
-    assert verdict.returncode == 0, verdict.stdout
 
 
 @pytest.fixture(scope="module")

@@ -5,12 +5,7 @@ import asyncio
 import collections
 
 from tests.ledger_api import balance, credit, hold, new_account, new_asset, send
-from tests.service_process import balance_api, service_env
-
-
-def assert_ledger_consistent(database_url: str) -> None:
-    verdict = balance_api("check", env=service_env(database_url=database_url))
-    assert verdict.returncode == 0, verdict.stdout
+from tests.service_process import assert_ledger_consistent
 
 
 async def accounts(http, count: int, funded: int = 0) -> list[int]:
