@@ -45,12 +45,11 @@ def idempotency_key(request: web.Request) -> str | None:
     given more than once (the draft's key is one string; RFC 9110 §5.3 would join repeats with
     commas, which would make two keys one), ValidationFailed (422) unless it is 1-255 printable
     ASCII characters (0x20-0x7E)."""
-    keys = request.headers.getall(IDEMPOTENCY_KEY_HEADER, ())
-    if not keys:
+    key = request.headers.get(IDEMPOTENCY_KEY_HEADER)
+    if key is None:  # most requests: one look-up, no list
         return None
-    if len(keys) > 1:
+    if len(request.headers.getall(IDEMPOTENCY_KEY_HEADER)) > 1:
         raise HeaderRepeated(IDEMPOTENCY_KEY_HEADER)
-    key = keys[0]
     if 1 <= len(key) <= 255 and all(" " <= char <= "~" for char in key):
         return key
     raise ValidationFailed([{"field": IDEMPOTENCY_KEY_HEADER, "reason": "must be 1 to 255 printable ASCII characters"}])

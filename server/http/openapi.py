@@ -12,6 +12,7 @@ import functools
 from typing import Any
 
 from server.http.request_bodies import (
+    ASSET_CODE_PATTERN,
     HISTORY_DEFAULT_LIMIT,
     HISTORY_MAX_LIMIT,
     MAX_BIGINT,
@@ -68,7 +69,7 @@ def _untitled(schema: dict) -> dict:
     return schema
 
 
-_ASSET = {"code": {"type": "string", "pattern": "^[A-Za-z0-9_]{1,32}$"},
+_ASSET = {"code": {"type": "string", "pattern": ASSET_CODE_PATTERN},
           "scale": {"type": "integer", "minimum": 0, "maximum": 18},
           "name": {"type": ["string", "null"]}, "default": {"type": "boolean"},
           "systemAccountId": INTEGER_ID, "createdAt": TIMESTAMP}
@@ -182,6 +183,7 @@ SCHEMAS: dict[str, Any] = {
         "additionalProperties": True,
     },
 }
+SCHEMAS.update(_NESTED)  # PostItem, VoidItem: referenced from TransferBatch
 
 PROBLEM_CODES = {
     400: "malformed_json: the body is not UTF-8 JSON, or an object repeats a member name (RFC 7493 §2.3) / "
@@ -272,8 +274,6 @@ def _mutation(summary: str, body: str, ok: dict, *problems: int, parameters: lis
     }
 
 
-SCHEMAS.update(_NESTED)
-
 # operationId of every operation (code generators name their functions after them)
 OPERATION_IDS = {
     ("patch", "/api/balance"): "changeBalance",
@@ -343,7 +343,7 @@ def openapi_document(with_security: bool = True) -> dict:
             "/api/assets/{code}": {"get": _read(
                 "Read an asset and its supply", "AssetWithSupply", "the asset",
                 [{"name": "code", "in": "path", "required": True,
-                  "schema": {"type": "string", "pattern": "^[A-Za-z0-9_]{1,32}$"}}])},
+                  "schema": {"type": "string", "pattern": ASSET_CODE_PATTERN}}])},
             "/api/accounts": {"post": _mutation(
                 "Open an account (a user's, or the operator's without userId)", "NewAccount",
                 _ok(201, "Account", "opened", location=True, replay=True), 404, 409,

@@ -63,7 +63,8 @@ Name = _text(1, 200, "1-200 characters of valid Unicode text")
 Reference = Annotated[str, Field(pattern="^[\x20-\x7e]{1,128}$",
                                  description="the client's own id of a transfer: 1-128 printable ASCII "
                                              "characters, unique among transfers")]
-AssetCode = Annotated[str, Field(pattern="^[A-Za-z0-9_]{1,32}$", description="e.g. USD, gold_coins")]
+ASSET_CODE_PATTERN = "^[A-Za-z0-9_]{1,32}$"  # bodies, the path's {code} (handlers/paths.py), the OpenAPI document
+AssetCode = Annotated[str, Field(pattern=ASSET_CODE_PATTERN, description="e.g. USD, gold_coins")]
 TransferCode = Annotated[str, Field(pattern="^[a-z0-9_]{1,32}$",
                                     description="the caller's reason, e.g. topup, spend, bonus, fee")]
 # at most 16 string keys (1-64 characters) to string values (at most 512 characters)
