@@ -42,6 +42,19 @@ class World:
         return self.users[next(_serial) % len(self.users)]
 
 
+async def open_world(http: aiohttp.ClientSession, users: int = 6) -> World:
+    """``users`` new users, each with a default-asset account credited 10^12 minor units."""
+    accounts, user_ids = [], []
+    for _ in range(users):
+        status, user = await send(http, "POST", "/api/users")
+        assert status == 201, user
+        status, credited = await send(http, "POST", f"/api/users/{user['userId']}/credit", {"amount": 10**12})
+        assert status == 200, credited
+        user_ids.append(user["userId"])
+        accounts.append(credited["accountId"])
+    return World(accounts, user_ids)
+
+
 async def _ok(http: aiohttp.ClientSession, method: str, path: str, body: dict | None = None,
               expected: int = 200, **options) -> dict:
     status, answer = await send(http, method, path, body, **options)

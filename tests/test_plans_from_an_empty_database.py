@@ -25,8 +25,7 @@ import pytest
 
 from server.running.embedded_postgres import replace_database
 from tests import plan_stability
-from tests.ledger_api import send
-from tests.request_kinds import KINDS, World
+from tests.request_kinds import KINDS, World, open_world
 from tests.service_process import balance_api, running_service, service_env
 from tests.system_postgres import system_postgres
 
@@ -74,18 +73,6 @@ def _rows_read(conn: psycopg.Connection) -> dict[str, int]:
     return dict(rows)
 
 
-async def _open_world(http: aiohttp.ClientSession) -> World:
-    accounts, users = [], []
-    for _ in range(6):
-        status, user = await send(http, "POST", "/api/users")
-        assert status == 201, user
-        status, credited = await send(http, "POST", f"/api/users/{user['userId']}/credit", {"amount": 10**12})
-        assert status == 200, credited
-        users.append(user["userId"])
-        accounts.append(credited["accountId"])
-    return World(accounts, users)
-
-
 async def _run_every_kind(base_url: str, world: World, times: int) -> None:
     async with aiohttp.ClientSession(base_url=base_url) as http:
         for kind in KINDS:
@@ -95,7 +82,7 @@ async def _run_every_kind(base_url: str, world: World, times: int) -> None:
 
 async def _world(base_url: str) -> World:
     async with aiohttp.ClientSession(base_url=base_url) as http:
-        return await _open_world(http)
+        return await open_world(http)
 
 
 def test_no_request_path_scans_a_table_after_the_ledger_grew_behind_plans_made_on_empty_tables(

@@ -67,7 +67,10 @@ def _serve_in_this_process(settings: Settings) -> int:
     from aiohttp import web
 
     from server.http.app import create_app
-    from server.running.process_limits import raise_open_file_limit, tune_garbage_collection
+    from server.running.process_limits import (
+        raise_open_file_limit,
+        tune_garbage_collection,
+    )
 
     open_files = raise_open_file_limit()
     app = create_app(settings)
@@ -95,15 +98,20 @@ def _serve_in_this_process(settings: Settings) -> int:
     return 0
 
 
-def migrate(settings: Settings, rollback: int = 0) -> int:
-    """Apply pending migrations to the configured (or embedded) database and exit; with
+def migrate(settings: Settings, rollback: int = 0, force_definitions: bool = False) -> int:
+    """Apply pending migrations and then the ledger definitions (server/ledger/sql/, only when
+    changed unless ``force_definitions``) to the configured (or embedded) database and exit; with
     ``rollback`` > 0, roll back that many applied migrations instead, newest first."""
     from server.running.embedded_postgres import database_url
     from server.running.migrations import apply_migrations
 
     with database_url(settings) as url:
-        done = apply_migrations(url, settings.migrations_dir, settings.default_asset_code, rollback)
+        outcome = apply_migrations(url, settings.migrations_dir, settings.default_asset_code, rollback,
+                                   force_definitions=force_definitions)
+    done = outcome.migrations
     print(f"{'rolled back' if rollback else 'applied'} {len(done)} migration(s)" + (": " + ", ".join(done) if done else ""))
+    if not rollback:
+        print(f"ledger definitions {'applied' if outcome.definitions_applied else 'unchanged'}")
     return 0
 
 
@@ -134,6 +142,8 @@ def main(argv: list[str] | None = None) -> int:
     migrate_parser = commands.add_parser("migrate", help="apply pending database migrations and exit")
     migrate_parser.add_argument("--rollback", nargs="?", type=int, const=1, default=0, metavar="N",
                                 help="roll back the newest N applied migrations instead (default 1)")
+    migrate_parser.add_argument("--definitions", action="store_true",
+                                help="apply the ledger's functions and views (server/ledger/sql/) even when unchanged")
     commands.add_parser("check", help="verify the ledger invariants; exit 1 naming what is wrong")
     commands.add_parser("burst", help="fire N simultaneous balance changes and check the outcome", add_help=False)
     commands.add_parser("bench", help="measure the service, batching off and on, against a no-op ceiling",
@@ -165,7 +175,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "migrate":
         if args.rollback < 0:
             parser.error("--rollback takes a number of migrations >= 1")
-        return migrate(settings, args.rollback)
+        if args.rollback and args.definitions:
+            parser.error("--definitions applies after migrating, not with --rollback")
+        return migrate(settings, args.rollback, args.definitions)
     return {"serve": serve, "check": check}[args.command](settings)
 
 

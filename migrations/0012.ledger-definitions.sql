@@ -1,0 +1,13 @@
+-- Where the ledger's functions and views are defined from now on: server/ledger/sql/, applied after
+-- the migrations (server/running/migrations.py). Migrations from here on hold tables, indexes and
+-- data moves only; 0001-0011 stay as they are, as history.
+-- depends: 0011.size-independent-plans
+--
+-- One row: the digest of the folder last applied, so that a start-up with an unchanged folder
+-- applies nothing (no lock on the view, no invalidated plans in running workers).
+
+CREATE TABLE ledger_definitions (
+    singleton  boolean     PRIMARY KEY DEFAULT true CONSTRAINT one_row CHECK (singleton),
+    digest     text        NOT NULL,
+    applied_at timestamptz NOT NULL DEFAULT now()
+);

@@ -1,0 +1,205 @@
+-- Transfer batches: the items of POST /api/transfers/batch in order, in the caller's transaction,
+-- in ONE call (one round trip, whatever the number of items). Item i is p_kinds[i]:
+--   'transfer': transfer_funds() with the i-th element of each transfer array (a hold when p_pending[i]);
+--   'post' / 'void': resolve_pending_transfer(p_holds[i], ..., p_amounts[i]) (NULL amount: all of it);
+--   'refused': refused before reaching the database (e.g. an unknown asset): not run.
+-- With p_atomic the batch stops after the first item that is neither made nor found by its
+-- reference, and the caller rolls the whole transaction back: all or nothing (TigerBeetle's linked
+-- events). Without it a refused item has written nothing and the others go on.
+--
+-- Why it is safe under concurrency (locking.sql, rules 1-4): before its first item, a batch locks
+-- every account any item names, in ascending id order (lock_transfer_batch_accounts()), whichever
+-- path follows; every later statement starts after the locks are held, and so reads the newest
+-- committed balances, limits, statuses and holds, and nothing else can change them before the
+-- commit. Each item so sees exactly the effects of the items before it and of what committed
+-- before the batch took its locks.
+
+
+-- The definition of what a batch does: the items one at a time, in order; one row per item run:
+-- (item, outcome, role, transfer_id, from_account_id, to_account_id), outcome as the function it
+-- called returns it ('transferred', 'reference_exists', 'posted', 'voided' or a refusal's code);
+-- for a post or void transfer_id is the hold's id. A transfer's entries record
+-- p_idempotency_keys[i] (the key of the request that made it, or NULL). Expects the caller to hold
+-- the batch's locks already (lock_transfer_batch_accounts()).
+CREATE OR REPLACE FUNCTION apply_transfer_batch_in_order(
+    p_atomic boolean, p_kinds text[], p_from_accounts bigint[], p_from_users bigint[], p_to_accounts bigint[],
+    p_to_users bigint[], p_asset_ids integer[], p_amounts bigint[], p_codes text[], p_descriptions text[],
+    p_metadata jsonb[], p_pending boolean[], p_timeouts integer[], p_references text[], p_holds bigint[],
+    p_idempotency_keys text[]
+) RETURNS TABLE (item integer, outcome text, role text, transfer_id bigint, from_account_id bigint,
+                 to_account_id bigint)
+LANGUAGE plpgsql
+SET plan_cache_mode = force_generic_plan
+SET enable_seqscan = off
+SET enable_hashjoin = off
+SET enable_mergejoin = off
+AS $$
+BEGIN
+    FOR i IN 1 .. coalesce(array_length(p_kinds, 1), 0) LOOP
+        item := i;
+        role := NULL;
+        transfer_id := NULL;
+        from_account_id := NULL;
+        to_account_id := NULL;
+        IF p_kinds[i] = 'refused' THEN
+            outcome := 'refused';
+        ELSIF p_kinds[i] = 'transfer' THEN
+            SELECT f.outcome, f.role, f.transfer_id, f.from_account_id, f.to_account_id
+              INTO outcome, role, transfer_id, from_account_id, to_account_id
+              FROM transfer_funds(p_from_accounts[i], p_from_users[i], p_to_accounts[i], p_to_users[i], p_asset_ids[i],
+                                  p_amounts[i], p_codes[i], p_descriptions[i], p_metadata[i], p_idempotency_keys[i],
+                                  p_pending[i],
+                                  p_timeouts[i], p_references[i]) f;
+        ELSE
+            SELECT r.outcome, r.role INTO outcome, role
+              FROM resolve_pending_transfer(p_holds[i], p_kinds[i] = 'post', p_amounts[i]) r;
+            transfer_id := p_holds[i];
+        END IF;
+        RETURN NEXT;
+        IF p_atomic AND outcome NOT IN ('transferred', 'reference_exists', 'posted', 'voided') THEN
+            RETURN;  -- the caller rolls everything back
+        END IF;
+    END LOOP;
+END
+$$;
+
+
+-- A batch as one call: the locks, then either the set-based path or the in-order loop above, and
+-- with each item the transfer it made, found or resolved as transfer_details shows it after the
+-- batch. The set-based path is taken for a batch of plain transfers that all pass, checked over
+-- arrays with the checks of transfer_funds() (both accounts exist and are open, of one asset, not
+-- the same; the sender's running balance minus its pending debits at or above -overdraft_limit;
+-- the receiver's plus its pending credits at or below max_balance and 2^63-1). If every item
+-- passes, applying them one at a time in order would accept every one and reach exactly these
+-- running balances, so the result is the one the in-order function gives; if one fails, that
+-- function decides, item by item. The arithmetic is in numeric, so a check cannot overflow.
+-- Then three writes: the transfers (ids taken in item order, each with both sides' balances
+-- after), the non-system accounts' entries (in item order, so entry ids follow the balance_after
+-- chain), the accounts' new balances (one UPDATE per account with the sum of its legs). The result
+-- statement is a look-up per item (a join by filter over `transfers` was a seq scan per batch).
+CREATE OR REPLACE FUNCTION apply_transfer_batch(
+    p_atomic boolean, p_kinds text[], p_from_accounts bigint[], p_from_users bigint[], p_to_accounts bigint[],
+    p_to_users bigint[], p_asset_ids integer[], p_amounts bigint[], p_codes text[], p_descriptions text[],
+    p_metadata jsonb[], p_pending boolean[], p_timeouts integer[], p_references text[], p_holds bigint[],
+    p_idempotency_keys text[]
+) RETURNS TABLE (item integer, outcome text, role text, transfer_id bigint, from_account_id bigint,
+                 to_account_id bigint, transfer transfer_details)
+LANGUAGE plpgsql
+SET plan_cache_mode = force_generic_plan
+SET enable_seqscan = off
+SET enable_hashjoin = off
+SET enable_mergejoin = off
+AS $$
+DECLARE
+    n integer := coalesce(array_length(p_kinds, 1), 0);
+    transfer_ids regclass := pg_get_serial_sequence('transfers', 'id');
+    v_from bigint[];
+    v_to bigint[];
+    v_from_after numeric[];  -- numeric: when an item is refused, the later running balances may not fit bigint
+    v_to_after numeric[];
+    v_ids bigint[];
+    v_all_accepted boolean;
+    r_outcomes text[];
+    r_roles text[];
+BEGIN
+    PERFORM lock_transfer_batch_accounts(p_from_accounts, p_from_users, p_to_accounts, p_to_users, p_asset_ids,
+                                         p_holds);
+    IF n >= 6 AND NOT EXISTS (SELECT 1 FROM unnest(p_kinds, p_pending, p_references) AS x (kind, pending, reference)
+                              WHERE x.kind <> 'transfer' OR x.pending OR x.reference IS NOT NULL) THEN
+        -- each side's account id (NULL: no such account; the in-order function names the refusal)
+        SELECT array_agg(coalesce(x.from_account, fu.id) ORDER BY x.i), array_agg(coalesce(x.to_account, tu.id) ORDER BY x.i)
+          INTO v_from, v_to
+          FROM unnest(p_from_accounts, p_from_users, p_to_accounts, p_to_users, p_asset_ids) WITH ORDINALITY
+               AS x (from_account, from_user, to_account, to_user, asset_id, i)
+          LEFT JOIN accounts fu ON x.from_account IS NULL AND fu.user_id = x.from_user AND fu.asset_id = x.asset_id
+          LEFT JOIN accounts tu ON x.to_account IS NULL AND tu.user_id = x.to_user AND tu.asset_id = x.asset_id;
+
+        WITH leg AS (  -- side 0 the sender (-amount), side 1 the receiver (+amount)
+            SELECT x.i, s.side, s.account_id, s.delta
+              FROM unnest(v_from, v_to, p_amounts) WITH ORDINALITY AS x (from_id, to_id, amount, i)
+             CROSS JOIN LATERAL (VALUES (0, x.from_id, -x.amount::numeric), (1, x.to_id, x.amount::numeric))
+                   AS s (side, account_id, delta)
+        ), running AS (  -- each leg's account and its running balance, as if every item were accepted
+            SELECT l.i, l.side, a.id, a.asset_id, a.is_system, a.status, a.overdraft_limit, a.max_balance,
+                   a.balance + sum(l.delta) OVER (PARTITION BY l.account_id ORDER BY l.i, l.side
+                                                  ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS after,
+                   CASE WHEN l.side = 0 AND a.pending_debits > 0
+                        THEN a.pending_debits - (SELECT e.debits FROM expired_holds(a.id) e)
+                        WHEN l.side = 1 AND a.pending_credits > 0
+                        THEN a.pending_credits - (SELECT e.credits FROM expired_holds(a.id) e)
+                        ELSE 0 END AS held
+              FROM leg l
+              LEFT JOIN accounts a ON a.id = l.account_id
+        ), checked AS (  -- transfer_funds()'s checks of each side (NULL: no account: not passed)
+            SELECT r.*, coalesce(r.status = 'open' AND (r.is_system OR CASE
+                       WHEN r.side = 0 THEN r.after - r.held >= -r.overdraft_limit
+                       ELSE r.after + r.held <= coalesce(r.max_balance, 9223372036854775807)
+                                AND r.after + r.held <= 9223372036854775807 END), false) AS passes
+              FROM running r
+        ), per_item AS (
+            SELECT r.i, bool_and(r.passes) AND min(r.id) <> max(r.id) AND min(r.asset_id) = max(r.asset_id) AS accepted,
+                   max(r.after) FILTER (WHERE r.side = 0 AND NOT r.is_system) AS from_after,
+                   max(r.after) FILTER (WHERE r.side = 1 AND NOT r.is_system) AS to_after
+              FROM checked r
+             GROUP BY r.i
+        )
+        SELECT coalesce(bool_and(p.accepted), false) AND count(*) = n,
+               array_agg(p.from_after ORDER BY p.i), array_agg(p.to_after ORDER BY p.i)
+          INTO v_all_accepted, v_from_after, v_to_after
+          FROM per_item p;
+
+        IF v_all_accepted THEN
+            v_ids := ARRAY(SELECT nextval(transfer_ids) FROM generate_series(1, n));  -- ascending in item order
+            WITH transfer AS (
+                INSERT INTO transfers (id, asset_id, from_account_id, to_account_id, amount, code, description,
+                                       metadata, from_balance, to_balance)
+                OVERRIDING SYSTEM VALUE
+                SELECT x.id, src.asset_id, x.from_id, x.to_id, x.amount, x.code, x.description, x.metadata,
+                       x.from_after::bigint, x.to_after::bigint
+                  FROM unnest(v_ids, v_from, v_to, p_amounts, p_codes, p_descriptions, p_metadata, v_from_after,
+                              v_to_after)
+                       AS x (id, from_id, to_id, amount, code, description, metadata, from_after, to_after)
+                  JOIN accounts src ON src.id = x.from_id
+            ), balance AS (
+                UPDATE accounts a SET balance = a.balance + d.delta, updated_at = now()
+                  FROM (SELECT s.account_id, sum(s.delta) AS delta
+                          FROM unnest(v_from, v_to, p_amounts) AS x (from_id, to_id, amount)
+                         CROSS JOIN LATERAL (VALUES (x.from_id, -x.amount), (x.to_id, x.amount)) AS s (account_id, delta)
+                         GROUP BY s.account_id) d
+                 WHERE a.id = d.account_id AND NOT a.is_system
+            )
+            INSERT INTO ledger_entries (account_id, transfer_id, amount, balance_after, kind, description,
+                                        idempotency_key)
+            SELECT s.account_id, x.id, s.amount, s.balance_after::bigint, s.kind, x.description, x.idempotency_key
+              FROM unnest(v_ids, v_from, v_to, p_amounts, p_descriptions, v_from_after, v_to_after,
+                          p_idempotency_keys) WITH ORDINALITY
+                   AS x (id, from_id, to_id, amount, description, from_after, to_after, idempotency_key, i)
+             CROSS JOIN LATERAL (VALUES (0, x.from_id, -x.amount, x.from_after, 'transfer_out'),
+                                        (1, x.to_id, x.amount, x.to_after, 'transfer_in'))
+                   AS s (side, account_id, amount, balance_after, kind)
+             WHERE s.balance_after IS NOT NULL  -- a system account has no entries
+             ORDER BY x.i, s.side;
+            r_outcomes := array_fill('transferred'::text, ARRAY[n]);
+            r_roles := array_fill(NULL::text, ARRAY[n]);
+        END IF;
+    END IF;
+    IF NOT coalesce(v_all_accepted, false) THEN
+        SELECT array_agg(b.outcome ORDER BY b.item), array_agg(b.role ORDER BY b.item),
+               array_agg(b.transfer_id ORDER BY b.item), array_agg(b.from_account_id ORDER BY b.item),
+               array_agg(b.to_account_id ORDER BY b.item)
+          INTO r_outcomes, r_roles, v_ids, v_from, v_to
+          FROM apply_transfer_batch_in_order(
+                   p_atomic, p_kinds, p_from_accounts, p_from_users, p_to_accounts, p_to_users, p_asset_ids, p_amounts,
+                   p_codes, p_descriptions, p_metadata, p_pending, p_timeouts, p_references, p_holds,
+                   p_idempotency_keys) b;
+    END IF;
+    -- a statement of its own, so that it sees what the batch wrote
+    -- each item's transfer as a look-up by primary key of its own (a scalar subquery): joined to
+    -- the arrays, the planner may read the whole view once and filter it by id (issue 27)
+    RETURN QUERY
+    SELECT x.i::integer, x.outcome, x.role, x.id, x.from_id, x.to_id,
+           (SELECT d FROM transfer_details d WHERE d.id = x.id)
+      FROM unnest(r_outcomes, r_roles, v_ids, v_from, v_to) WITH ORDINALITY AS x (outcome, role, id, from_id, to_id, i)
+     ORDER BY x.i;
+END
+$$;

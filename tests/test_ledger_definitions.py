@@ -1,0 +1,216 @@
+"""The ledger's functions and views: defined once, in server/ledger/sql/, and applied by migrate.
+
+What the folder promises: applying it after the migrations gives the database exactly the
+catalogue that the history migrations (0001-0011) gave it, on a fresh database and on one already
+at that head, on the embedded PostgreSQL and on the machine's own (e.g. Debian's 15); the
+database then has exactly the folder's functions and views; an unchanged folder is not applied
+again; a failing file applies nothing; and applying it while requests run answers every request
+as usual.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import re
+import shutil
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+
+import aiohttp
+import psycopg
+import pytest
+
+from server.ledger import DEFINITIONS_DIR
+from server.running.embedded_postgres import replace_database
+from server.running.migrations import (
+    MIGRATION_LOCK_KEY,
+    apply_definitions,
+    apply_migrations,
+)
+from tests.request_kinds import KINDS, open_world
+from tests.service_process import PROJECT_ROOT, balance_api, service_env
+from tests.sql_catalogue import ledger_catalogue
+from tests.system_postgres import system_postgres
+
+MIGRATIONS_DIR = PROJECT_ROOT / "migrations"
+# The migrations written before the folder existed, which defined functions and views themselves.
+# They are history: left as they are (a database applied them once), and their digest is pinned.
+LAST_MIGRATION_WITH_DEFINITIONS = "0011"
+HISTORY = sorted(path for path in MIGRATIONS_DIR.glob("*.sql") if path.name[:4] <= LAST_MIGRATION_WITH_DEFINITIONS)
+HISTORY_DIGEST = "cfa7f8d2d1f52283a1ac2497762f241278a31279503d490481f94e5b562401f9"
+DEFINES = re.compile(r"^\s*(CREATE\s+(OR\s+REPLACE\s+)?(FUNCTION|PROCEDURE|VIEW|MATERIALIZED\s+VIEW|TRIGGER)"
+                     r"|ALTER\s+(FUNCTION|PROCEDURE|VIEW))\b", re.IGNORECASE | re.MULTILINE)
+
+
+@pytest.fixture(scope="module", params=["embedded", "system"])
+def new_database(request, postgres_admin_url) -> Iterator[Callable[[], str]]:
+    """Factory of empty databases on the embedded PostgreSQL (the suite's) or on a cluster of the
+    machine's own PostgreSQL."""
+    def factory(admin_url: str) -> Callable[[], str]:
+        def create() -> str:
+            name = f"balance_definitions_{uuid.uuid4().hex[:12]}"
+            with psycopg.connect(admin_url, autocommit=True) as conn:
+                conn.execute(f"CREATE DATABASE {name}")
+            return replace_database(admin_url, name)
+        return create
+
+    if request.param == "embedded":
+        yield factory(postgres_admin_url)
+        return
+    try:
+        with system_postgres() as (url, _version):
+            yield factory(url)
+    except LookupError as missing:
+        pytest.skip(f"the machine's own PostgreSQL: {missing}")
+
+
+def _history_only(url: str, tmp_path) -> None:
+    """Migrate ``url`` the way main did before the folder existed: migrations 0001-0011 only."""
+    history = tmp_path / f"history-{uuid.uuid4().hex[:6]}"
+    history.mkdir()
+    for path in HISTORY:
+        shutil.copy(path, history)
+    outcome = apply_migrations(url, history)
+    assert not outcome.definitions_applied  # no ledger_definitions table yet: the folder waits
+
+
+def _catalogue(url: str) -> dict:
+    with psycopg.connect(url) as conn:
+        return ledger_catalogue(conn)
+
+
+def _migrate(url: str, *args: str):
+    result = balance_api("migrate", *args, env=service_env(database_url=url))
+    assert result.returncode == 0, result.stderr
+    return result
+
+
+def _folder_names() -> set[tuple[str, str]]:
+    """``{("function" | "view", name)}`` that the folder's files define."""
+    found = set()
+    for path in DEFINITIONS_DIR.glob("*.sql"):
+        for kind, name in re.findall(r"^CREATE OR REPLACE (FUNCTION|VIEW) (\w+)", path.read_text(), re.MULTILINE):
+            found.add((kind.lower(), name))
+    return found
+
+
+def _database_names(url: str) -> set[tuple[str, str]]:
+    with psycopg.connect(url) as conn:
+        catalogue = ledger_catalogue(conn)
+    return ({("function", signature.split("(")[0]) for signature in catalogue["functions"]}
+            | {("view", name) for name in catalogue["views"]})
+
+
+def test_the_history_migrations_are_left_as_they_are():
+    digest = hashlib.sha256(b"".join(path.name.encode() + b"\0" + path.read_bytes() for path in HISTORY))
+    assert [path.name[:4] for path in HISTORY][::2] == [f"{n:04d}" for n in range(1, 12)]
+    assert digest.hexdigest() == HISTORY_DIGEST
+
+
+def test_no_migration_after_0011_defines_a_function_or_view():
+    later = [path for path in sorted(MIGRATIONS_DIR.glob("*.sql")) if path.name[:4] > LAST_MIGRATION_WITH_DEFINITIONS]
+    assert later, "migration 0012 (the ledger_definitions table) exists"
+    defining = {path.name: DEFINES.findall(path.read_text()) for path in later}
+    assert {name: found for name, found in defining.items() if found} == {}
+
+
+def test_a_fresh_database_gets_the_catalogue_the_history_migrations_gave(new_database, tmp_path):
+    history, fresh = new_database(), new_database()
+    _history_only(history, tmp_path)
+    _migrate(fresh)
+    assert _catalogue(fresh) == _catalogue(history)
+
+
+def test_a_database_at_the_history_head_keeps_its_catalogue_when_migrated(new_database, tmp_path):
+    url = new_database()
+    _history_only(url, tmp_path)
+    before = _catalogue(url)
+    result = _migrate(url)
+    assert "applied 1 migration(s): 0012.ledger-definitions" in result.stdout
+    assert "ledger definitions applied" in result.stdout
+    assert _catalogue(url) == before
+
+
+def test_after_migrate_the_database_has_exactly_the_functions_and_views_of_the_folder(create_database):
+    url = create_database()
+    _migrate(url)
+    assert _database_names(url) == _folder_names()
+    assert len(_folder_names()) == 11  # today: ten functions and the transfer_details view
+
+
+def test_an_unchanged_folder_is_not_applied_again(create_database):
+    url = create_database()
+    _migrate(url)
+    with psycopg.connect(url) as conn:
+        versions = conn.execute("SELECT oid, xmin::text FROM pg_proc WHERE pronamespace = 'public'::regnamespace"
+                                " ORDER BY oid").fetchall()
+    assert "ledger definitions unchanged" in _migrate(url).stdout
+    with psycopg.connect(url) as conn:
+        assert conn.execute("SELECT oid, xmin::text FROM pg_proc WHERE pronamespace = 'public'::regnamespace"
+                            " ORDER BY oid").fetchall() == versions
+
+
+def test_a_function_that_no_file_defines_is_dropped_when_the_folder_is_applied(create_database):
+    url = create_database()
+    _migrate(url)
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("CREATE FUNCTION left_over(integer) RETURNS integer LANGUAGE sql AS 'SELECT $1'")
+        conn.execute("CREATE VIEW left_over_view AS SELECT 1 AS one")
+    assert "ledger definitions applied" in _migrate(url, "--definitions").stdout
+    assert _database_names(url) == _folder_names()
+
+
+def test_a_failing_definition_applies_nothing(create_database, tmp_path):
+    url = create_database()
+    _migrate(url)
+    broken = tmp_path / "sql"
+    shutil.copytree(DEFINITIONS_DIR, broken)
+    text = (broken / "transfers.sql").read_text()
+    (broken / "transfers.sql").write_text(text + "\nCREATE OR REPLACE FUNCTION resolve_account(bigint) RETURNS"
+                                          " text LANGUAGE sql AS 'SELECT 1';\nSELECT no_such_column FROM accounts;\n")
+    before = _catalogue(url)
+    with psycopg.connect(url, autocommit=True) as conn:
+        digest = conn.execute("SELECT digest FROM ledger_definitions").fetchone()
+        conn.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK_KEY,))
+        with pytest.raises(psycopg.errors.UndefinedColumn):
+            apply_definitions(conn, broken)
+        assert conn.execute("SELECT digest FROM ledger_definitions").fetchone() == digest
+    assert _catalogue(url) == before
+
+
+def test_applying_the_folder_while_requests_run_answers_every_request_as_usual(service_url, database_url):
+    """Every kind of request, from four clients, while the folder is applied five times: each
+    kind asserts its usual answer, so a 500 (e.g. a cached statement that no longer fits) fails."""
+    stop = threading.Event()
+    applied: list[str] = []
+
+    def apply_repeatedly() -> None:
+        try:
+            for _ in range(5):
+                applied.append(_migrate(database_url, "--definitions").stdout)
+        finally:
+            stop.set()
+
+    async def client(http: aiohttp.ClientSession) -> int:
+        world = await open_world(http)  # its own accounts: a kind freezes and unfreezes them
+        rounds = 0
+        while not stop.is_set() or rounds == 0:
+            for kind in KINDS:
+                await kind(http, world)
+            rounds += 1
+        return rounds
+
+    async def main() -> list[int]:
+        async with aiohttp.ClientSession(base_url=service_url) as http:
+            applier = threading.Thread(target=apply_repeatedly)
+            applier.start()
+            try:
+                return await asyncio.gather(*(client(http) for _ in range(4)))
+            finally:
+                await asyncio.to_thread(applier.join)
+
+    rounds = asyncio.run(main())
+    assert len(applied) == 5 and all("ledger definitions applied" in out for out in applied)
+    assert min(rounds) >= 1
