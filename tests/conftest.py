@@ -21,9 +21,9 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from server.ledger.store import SEED_USER
 from server.running.embedded_postgres import embedded_postgres, replace_database
 from tests.openapi_contract import OpenApiContract, contract_middleware
+from tests.seeded_users import seed_user
 from tests.service_process import running_service
 
 
@@ -110,12 +110,6 @@ def database_fingerprint(db: psycopg.Connection) -> tuple:
         "(SELECT count(*) FROM transfers), (SELECT max(updated_at) FROM accounts), "
         "(SELECT string_agg(status || metadata::text, ',' ORDER BY id) FROM accounts)"
     ).fetchone()
-
-
-def seed_user(conn: psycopg.Connection, balance: int = 0) -> int:
-    """Insert a user whose default-asset account opens with ``balance`` (an opening transfer from
-    the system account, both sides written); return the user id."""
-    return conn.execute(SEED_USER.replace("$1", "%(balance)s"), {"balance": balance}).fetchone()[0]
 
 
 @pytest.fixture

@@ -13,9 +13,10 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from server.ledger.batching import LedgerBatcher
-from server.ledger.store import SEED_USER, AccountRef, AppliedChange, BalanceChange
+from server.ledger.records import AccountRef, AppliedChange, BalanceChangeOrder
 from server.problems import Problem
 from server.running.database import Database
+from tests.seeded_users import SEED_USER
 from tests.service_process import balance_api, running_service
 
 MAX_BIGINT = 2**63 - 1
@@ -65,7 +66,7 @@ async def entries_and_balance(pool, account: AccountRef) -> tuple[list[tuple[int
 async def apply_concurrently(pool, account: AccountRef, amounts: list[int], max_batch: int):
     """Submit every change at once, in list order (tasks start in creation order), to one batcher."""
     batcher = batcher_on(pool, max_batch)
-    tasks = [asyncio.create_task(batcher.apply_change(account, BalanceChange(amount))) for amount in amounts]
+    tasks = [asyncio.create_task(batcher.apply_change(account, BalanceChangeOrder(amount))) for amount in amounts]
     results = await asyncio.gather(*tasks, return_exceptions=True)
     entries, balance = await entries_and_balance(pool, account)
     return results, entries, balance, batcher.batches_sent
@@ -129,7 +130,7 @@ def test_changes_to_many_accounts_give_each_account_exactly_its_one_at_a_time_re
         unknown = AccountRef(None, 987654321, 1)
         named = [accounts[index] if index < len(accounts) else unknown for index, _ in changes]
         batcher = batcher_on(pool, max_batch, max_in_flight)
-        results = await asyncio.gather(*(asyncio.create_task(batcher.apply_change(ref, BalanceChange(amount)))
+        results = await asyncio.gather(*(asyncio.create_task(batcher.apply_change(ref, BalanceChangeOrder(amount)))
                                          for ref, (_, amount) in zip(named, changes)), return_exceptions=True)
         return accounts, named, results, [await entries_and_balance(pool, account) for account in accounts]
 
@@ -154,7 +155,7 @@ def test_changes_to_different_accounts_that_arrive_together_go_out_in_one_batch(
     async def scenario():
         accounts = [await open_account(pool, 0) for _ in range(50)]
         batcher = batcher_on(pool, max_batch=500, max_in_flight=1)
-        results = await asyncio.gather(*(batcher.apply_change(account, BalanceChange(5)) for account in accounts))
+        results = await asyncio.gather(*(batcher.apply_change(account, BalanceChangeOrder(5)) for account in accounts))
         return results, batcher.batches_sent
 
     results, batches = loop.run_until_complete(scenario())
@@ -194,8 +195,8 @@ async def apply_keyed_concurrently(pool, accounts: list[AccountRef], changes: li
 
     batcher = batcher_on(pool, max_batch)
     tasks = [asyncio.create_task(
-        batcher.apply_change(accounts[number], BalanceChange(amount)) if key is None else
-        batcher.apply_change_keyed(accounts[number], BalanceChange(amount),
+        batcher.apply_change(accounts[number], BalanceChangeOrder(amount)) if key is None else
+        batcher.apply_change_keyed(accounts[number], BalanceChangeOrder(amount),
                             KeyedRequest(key, f"PATCH /api/balance {accounts[number]} {amount}", "/api/balance"),
                             render))
         for number, amount, key in changes]
@@ -243,7 +244,7 @@ def test_changes_for_an_unknown_user_are_each_refused_as_not_found(loop_and_pool
     unknown = AccountRef(None, 987654321, 1)  # asset 1: the default asset
     batcher = LedgerBatcher(Database(pool, max_pending=100, acquire_timeout=30), 10)
     results = loop.run_until_complete(asyncio.gather(
-        *(batcher.apply_change(unknown, BalanceChange(amount)) for amount in [5, -1, 7]), return_exceptions=True))
+        *(batcher.apply_change(unknown, BalanceChangeOrder(amount)) for amount in [5, -1, 7]), return_exceptions=True))
     entries = []
     assert [outcome(result) for result in results] == ["user_not_found"] * 3 and entries == []
 

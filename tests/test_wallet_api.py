@@ -4,7 +4,8 @@ import json
 
 import pytest
 
-from tests.conftest import USER_ACCOUNT, database_fingerprint, ledger_state, seed_user
+from tests.conftest import USER_ACCOUNT, database_fingerprint, ledger_state
+from tests.seeded_users import seed_user
 
 
 async def post(http, path, body=None, **kwargs):
@@ -175,7 +176,7 @@ def _nodes(plan: dict):
 def test_history_of_an_account_with_many_entries_reads_only_one_page_through_the_index(db):
     """EXPLAIN of the history query on a 100,000-entry account: an index scan of the account's
     entries that stops after the page (no Seq Scan, no Sort of the account)."""
-    from server.ledger.store import READ_ENTRIES
+    from server.ledger.history import READ_ENTRIES
 
     n = 100_000
     with db.transaction():  # n credits from the system account, as the service writes them (check still passes)

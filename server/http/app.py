@@ -9,16 +9,23 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
-from aiohttp import web
 import swagger_ui
+from aiohttp import web
 from swagger_ui import aiohttp_api_doc
 
 from server.http.app_keys import ASSETS, BATCHER, DATABASE, DB_POOL, READS, SETTINGS
 from server.http.bearer_auth import DOCS_PATH, bearer_auth_middleware
-from server.http.handlers import accounts, assets, balance_changes, operations, transfers, users
+from server.http.handlers import (
+    accounts,
+    assets,
+    balance_changes,
+    operations,
+    transfers,
+    users,
+)
 from server.http.http_edges import expect_handler, static_files
 from server.http.observability import observability_middleware
-from server.ledger import store as ledger
+from server.ledger.assets import AssetDirectory
 from server.ledger.batching import LedgerBatcher
 from server.ledger.idempotency import purge_expired_keys_forever
 from server.problems import problem_middleware
@@ -46,7 +53,7 @@ async def _database(app: web.Application) -> AsyncIterator[None]:
             "database_url": settings.database_replica_url, "db_pool_min_size": 0}))
     replica = replica_pool and Database(replica_pool, settings.db_max_pending, settings.db_acquire_timeout)
     app[READS] = ReplicaRouting(app[DATABASE], replica, settings.replica_max_lag, settings.replica_check_interval)
-    app[ASSETS] = ledger.AssetDirectory()
+    app[ASSETS] = AssetDirectory()
     # BATCHING=false: batches of one, as many in flight as the pool has connections
     max_batch, in_flight = ((settings.batch_max_size, settings.batch_max_in_flight) if settings.batching
                             else (1, settings.db_pool_max_size))

@@ -12,8 +12,8 @@ from server.running.database import Database
 from server.running.replica import ReplicaRouting
 
 if TYPE_CHECKING:  # server.ledger.batching imports modules that import this one
+    from server.ledger.assets import AssetDirectory
     from server.ledger.batching import LedgerBatcher
-    from server.ledger.store import AssetDirectory
 
 SETTINGS = web.AppKey("settings", Settings)
 DB_POOL = web.AppKey("db_pool", asyncpg.Pool)  # health checks and background jobs

@@ -2,7 +2,7 @@
 
 A handler decorated with :func:`read_only` reads through :func:`reading` instead of the primary;
 :class:`server.running.replica.ReplicaRouting` picks the server per request. Every write, and every
-read a write needs, stays on the primary. Headers (documented in the README, "Scaling out"):
+read a write needs, stays on the primary. Headers (documented in docs/scaling.md, "What runs today"):
 
 * request ``X-Read-From: primary``: read from the primary, e.g. right after one's own write, which a
   replica may not have replayed yet (read-your-writes);

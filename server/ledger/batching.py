@@ -9,10 +9,10 @@ The machinery is :class:`Batcher`; the worker's one batcher, :class:`LedgerBatch
 single money movement: ``PATCH /api/balance``, credits and debits (balance changes: transfers
 between an account and its asset's system account, whose row is never locked), ``POST
 /api/transfers`` (plain or a hold) and the post or void of a hold. A batch is one call of
-``apply_balance_changes()`` (migration 0006) when it holds only balance changes, of
-``apply_transfer_batch()`` (0009, not atomic: each item accepted or refused on its own,
-set-based when all are plain transfers that pass) when it holds no balance change, and of
-``apply_ledger_batch()`` (0010) when it mixes them: the items in arrival order, each run of one
+``apply_balance_changes()`` (server/ledger/sql/balance_changes.sql) when it holds only balance
+changes, of ``apply_transfer_batch()`` (transfer_batches.sql, not atomic: each item accepted or
+refused on its own, set-based when all are plain transfers that pass) when it holds no balance
+change, and of ``apply_ledger_batch()`` (ledger_batches.sql) when it mixes them: the items in arrival order, each run of one
 kind through that kind's function, after every account of the batch is locked.
 
 ``BATCHING=false`` is the same code path with batches of one (``max_batch=1``).
@@ -68,24 +68,25 @@ from server.ledger.idempotency import (
     retry_transaction,
     stored_outcome,
 )
-from server.ledger.store import (
-    AccountRef,
-    AppliedChange,
-    BalanceChange,
-    ResolvePending,
-    Transfer,
-    TransferOrder,
+from server.ledger.moving_money import (
     apply_balance_changes,
     apply_ledger_batch,
     apply_transfer_batch,
 )
+from server.ledger.records import (
+    AccountRef,
+    AppliedChange,
+    BalanceChangeOrder,
+    ResolvePending,
+    Transfer,
+    TransferOrder,
+)
 from server.problems import DATABASE_UNAVAILABLE_ERRORS, DatabaseUnavailable, Problem
 from server.running.database import Database
 
-
 log = logging.getLogger(__name__)
 
-Order = TypeVar("Order")  # what an item asks for: a BalanceChange on an account, a TransferOrder...
+Order = TypeVar("Order")  # what an item asks for: a BalanceChangeOrder on an account, a TransferOrder...
 Result = TypeVar("Result")  # what applying it gives: an AppliedChange, a Transfer
 
 # How a keyed item's result (what it made, or its refusal) becomes the response stored under its key.
@@ -124,7 +125,7 @@ class Batcher(Generic[Order, Result]):
     batch in flight must have been in flight before a further one goes out beside them: a batch
     that returns sooner is followed by one batch of all that waited, and one that is held up (a
     row lock, a slow statement) is overlapped once it has taken that long, so other accounts'
-    requests keep moving; 0 sends a batch whenever a slot is free (README, "Batching": one batch
+    requests keep moving; 0 sends a batch whenever a slot is free (docs/concurrency.md, "Batching": one batch
     in flight made 1.3-1.4 x the transfers of two on 2 cores, once plans were right). Items
     waiting here count as pending requests of ``database`` (``DB_MAX_PENDING``), like requests
     waiting for a connection.
@@ -328,17 +329,17 @@ class Batcher(Generic[Order, Result]):
 
 
 def _is_change(order) -> bool:
-    """Whether a :class:`LedgerBatcher` item is a balance change ``(AccountRef, BalanceChange)``
+    """Whether a :class:`LedgerBatcher` item is a balance change ``(AccountRef, BalanceChangeOrder)``
     (else ``(TransferOrder | ResolvePending, idempotency key)``)."""
-    return type(order[1]) is BalanceChange
+    return type(order[1]) is BalanceChangeOrder
 
 
 class LedgerBatcher(Batcher[tuple, AppliedChange | Transfer]):
     """The one batcher of a worker: every single money movement, balance changes (``PATCH
     /api/balance``, credits, debits) and transfers (plain or a hold), posts and voids, in batches
-    of any mix, each batch ONE call: ``apply_balance_changes()`` (migration 0006) when it holds only
-    changes, ``apply_transfer_batch()`` (0009, not atomic) when it holds only transfers, else
-    ``apply_ledger_batch()`` (0010), which applies the runs of each kind, in order, with those two.
+    of any mix, each batch ONE call: ``apply_balance_changes()`` when it holds only
+    changes, ``apply_transfer_batch()`` (not atomic) when it holds only transfers, else
+    ``apply_ledger_batch()``, which applies the runs of each kind, in order, with those two.
 
     Lanes: an account, as :class:`AccountRef` (``AccountRef(id)`` when named by id); a change's
     account, a transfer's two sides and its reference (two transfers with one reference keep their
@@ -369,15 +370,18 @@ class LedgerBatcher(Batcher[tuple, AppliedChange | Transfer]):
             return self._user_accounts.get(ref, ref)
         return ref if ref.user_id is None and ref.asset_id is None else AccountRef(ref.account_id)
 
-    async def apply_change(self, ref: AccountRef, change: BalanceChange) -> AppliedChange:
+    async def apply_change(self, ref: AccountRef, change: BalanceChangeOrder) -> AppliedChange:
         """Apply ``change`` to the account ``ref``.
 
-        Returns the :class:`AppliedChange`; raises its refusal, :class:`ServiceOverloaded` or
-        :class:`DatabaseUnavailable` (503) -- exactly as :func:`server.ledger.store.apply_balance_change`.
+        Returns the :class:`AppliedChange`; raises its refusal (:class:`UserNotFound`,
+        :class:`AccountNotFound` (404), :class:`InsufficientFunds`, :class:`MaxBalanceExceeded`,
+        :class:`BalanceOverflow`, :class:`AccountFrozen`, :class:`AccountClosed` (409),
+        :class:`SystemAccount` (422); see :func:`server.ledger.moving_money.balance_change_refusal`),
+        :class:`ServiceOverloaded` or :class:`DatabaseUnavailable` (503).
         """
         return await self._submit((ref, change), (self._account_lane(ref),))
 
-    async def apply_change_keyed(self, ref: AccountRef, change: BalanceChange, keyed: KeyedRequest,
+    async def apply_change_keyed(self, ref: AccountRef, change: BalanceChangeOrder, keyed: KeyedRequest,
                                  render: Render) -> tuple[Outcome, bool]:
         """Apply a change sent with an Idempotency-Key: returns ``(outcome, replayed)``, the outcome
         being ``render(result)`` stored under the key with the change, or the one stored before
@@ -388,10 +392,10 @@ class LedgerBatcher(Batcher[tuple, AppliedChange | Transfer]):
 
     async def apply_transfer(self, order: TransferOrder | ResolvePending) -> Transfer:
         """Make the transfer or hold ``order``, or post or void the hold it names. Returns the
-        :class:`Transfer` (made, found by its reference, or the hold as it now is); raises the
-        refusal :func:`server.ledger.store.transfer_funds` or
-        :func:`server.ledger.store.resolve_pending_transfer` would, and the 503 problems as
-        :meth:`apply_change`."""
+        :class:`Transfer` (made, found by its reference, or the hold as it now is); raises its
+        refusal as :func:`server.ledger.moving_money.apply_transfer_batch` gives it (e.g.
+        :class:`InsufficientFunds`, :class:`ReferenceReused`, :class:`PendingTransferExpired`), and
+        the 503 problems as :meth:`apply_change`."""
         return await self._submit((order, None), self._transfer_lanes(order))
 
     async def apply_transfer_keyed(self, order: TransferOrder | ResolvePending, keyed: KeyedRequest,

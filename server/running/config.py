@@ -1,7 +1,7 @@
 """Service configuration, read from environment variables and validated at start-up.
 
 Every field maps to the upper-case environment variable of the same name (``PORT``,
-``DATABASE_URL``, ``DB_POOL_MAX_SIZE``...). The README's configuration table lists them all;
+``DATABASE_URL``, ``DB_POOL_MAX_SIZE``...). docs/operations.md's configuration table lists them all;
 ``tests/test_deployment.py`` checks that docker-compose only sets variables named here.
 """
 
@@ -90,11 +90,11 @@ class Settings(BaseSettings):
     batch_max_size: Annotated[int, Field(ge=1, le=10_000)] = 500
     # batches in flight at once per worker, each on a pool connection of its own; fewer make larger
     # batches, and a batch's fixed cost (about 0.3 ms of PostgreSQL's CPU) is paid fewer times
-    # (README, Batching: 2 against 8 measured)
+    # (docs/concurrency.md, Batching: 2 against 8 measured)
     batch_max_in_flight: Annotated[int, Field(ge=1, le=1000)] = 2
     # seconds every batch in flight must have been in flight before a further one goes out beside
     # it: batches overlap only when one is held up (a row lock), otherwise one batch carries all
-    # that waited (README, Batching: 1.3-1.4 x the transfers of two overlapping). 0 = whenever a slot is free
+    # that waited (docs/concurrency.md, Batching: 1.3-1.4 x the transfers of two overlapping). 0 = whenever a slot is free
     batch_overlap_after: Annotated[float, Field(ge=0, le=60)] = 0.02
     # POST /api/transfers/batch: most items, and most bytes of its body (other routes: MAX_BODY_BYTES)
     transfer_batch_max_items: Annotated[int, Field(ge=1, le=10_000)] = 1000

@@ -51,9 +51,9 @@ def create_pool(settings: Settings) -> asyncpg.Pool:
     using its index, and keeps scanning it as it grows (issue 27: reading a transfer or a history
     by id). A custom plan is made for the tables as they are at each run; these statements are
     point reads and calls of the ledger's functions, whose planning costs microseconds (measured in
-    the README, "Plans on an empty database"). The functions plan their own statements, with
-    settings of their own (migration 0011). Without the cache asyncpg sends unnamed statements,
-    which PostgreSQL always plans as custom plans: nothing to set.
+    docs/benchmarks.md, "Plans on an empty database"). The functions plan their own statements,
+    with settings of their own (server/ledger/sql/locking.sql, "Plans"). Without the cache asyncpg
+    sends unnamed statements, which PostgreSQL always plans as custom plans: nothing to set.
     """
     server_settings = {}
     if settings.db_statement_timeout:

@@ -9,12 +9,24 @@ from aiohttp import web
 
 from server.http.app_keys import ASSETS
 from server.http.handlers.documents import account_json, entry_json, timestamp
-from server.http.handlers.paths import FILTERS, id_from_path, page_query, rfc3339, split_page
+from server.http.handlers.paths import (
+    FILTERS,
+    id_from_path,
+    page_query,
+    rfc3339,
+    split_page,
+)
 from server.http.idempotent_requests import respond
 from server.http.reads import read_only, reading
-from server.http.request_bodies import AccountPatch, EmptyBody, NewAccount, read_json_body
-from server.ledger import store as ledger
+from server.http.request_bodies import (
+    AccountPatch,
+    EmptyBody,
+    NewAccount,
+    read_json_body,
+)
+from server.ledger import accounts, history
 from server.ledger.idempotency import Outcome
+from server.ledger.records import PageQuery
 from server.problems import ValidationFailed
 
 
@@ -24,7 +36,7 @@ async def create_account(request: web.Request) -> web.Response:
 
     async def operation(db, key):
         asset = await request.app[ASSETS].get(db, body.asset)
-        account = await ledger.create_account(db, ledger.NewAccount(
+        account = await accounts.create_account(db, accounts.NewAccount(
             asset, body.user_id, body.name, body.overdraft_limit, body.max_balance, body.metadata))
         return Outcome.of(201, account_json(account), location=f"/api/accounts/{account.account_id}")
 
@@ -36,7 +48,7 @@ async def get_account(request: web.Request) -> web.Response:
     """``GET /api/accounts/{id}`` → 200 the account, or 404 ``account_not_found``."""
     account_id = id_from_path(request)
     async with reading(request).connection() as db:
-        account = await ledger.read_account(db, account_id)
+        account = await accounts.read_account(db, account_id)
     return web.json_response(account_json(account))
 
 
@@ -44,11 +56,11 @@ async def update_account(request: web.Request) -> web.Response:
     """``PATCH /api/accounts/{id}`` ``{"name"?, "overdraftLimit"?, "maxBalance"?, "metadata"?}`` → 200."""
     account_id = id_from_path(request)
     body = await read_json_body(request, AccountPatch)
-    update = ledger.AccountUpdate(body.name, body.overdraft_limit, body.max_balance,
+    update = accounts.AccountUpdate(body.name, body.overdraft_limit, body.max_balance,
                                   "max_balance" in body.model_fields_set, body.metadata)
 
     async def operation(db, key):
-        return Outcome.of(200, account_json(await ledger.update_account(db, account_id, update)))
+        return Outcome.of(200, account_json(await accounts.update_account(db, account_id, update)))
 
     return await respond(request, body, operation)
 
@@ -59,7 +71,7 @@ def _status_change(status: str) -> Callable[[web.Request], Awaitable[web.Respons
         body = await read_json_body(request, EmptyBody) if request.body_exists else EmptyBody()
 
         async def operation(db, key):
-            return Outcome.of(200, account_json(await ledger.set_account_status(db, account_id, status)))
+            return Outcome.of(200, account_json(await accounts.set_account_status(db, account_id, status)))
 
         return await respond(request, body, operation)
 
@@ -78,9 +90,9 @@ async def get_account_history(request: web.Request) -> web.Response:
     "entries", "nextCursor"}``, newest first."""
     account_id = id_from_path(request)
     query = page_query(request, FILTERS)
-    fetch = ledger.PageQuery(query.before, query.limit + 1, query.code, query.created_from, query.created_to)
+    fetch = PageQuery(query.before, query.limit + 1, query.code, query.created_from, query.created_to)
     async with reading(request).connection() as db:
-        entries = await ledger.read_entries(db, account_id, fetch)
+        entries = await history.read_entries(db, account_id, fetch)
     page, cursor = split_page(entries, lambda entry: entry.entry_id, query.limit)
     return web.json_response({"accountId": account_id, "entries": [entry_json(e) for e in page],
                               "nextCursor": cursor})
@@ -96,5 +108,5 @@ async def get_account_balance(request: web.Request) -> web.Response:
     if errors:
         raise ValidationFailed(errors)
     async with reading(request).connection() as db:
-        asset, balance = await ledger.balance_at(db, account_id, at)
+        asset, balance = await history.balance_at(db, account_id, at)
     return web.json_response({"accountId": account_id, "asset": asset, "at": timestamp(at), "balance": balance})

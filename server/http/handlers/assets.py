@@ -9,7 +9,7 @@ from server.http.handlers.paths import asset_code_from_path
 from server.http.idempotent_requests import respond
 from server.http.reads import read_only, reading
 from server.http.request_bodies import NewAsset, read_json_body
-from server.ledger import store as ledger
+from server.ledger import assets
 from server.ledger.idempotency import Outcome
 
 
@@ -18,7 +18,7 @@ async def create_asset(request: web.Request) -> web.Response:
     body = await read_json_body(request, NewAsset)
 
     async def operation(db, key):
-        asset = await ledger.create_asset(db, body.code, body.scale, body.name)
+        asset = await assets.create_asset(db, body.code, body.scale, body.name)
         return Outcome.of(201, asset_json(asset), location=f"/api/assets/{asset.code}")
 
     return await respond(request, body, operation)
@@ -28,8 +28,8 @@ async def create_asset(request: web.Request) -> web.Response:
 async def list_assets(request: web.Request) -> web.Response:
     """``GET /api/assets`` → 200 ``{"assets": [...]}``, oldest first."""
     async with reading(request).connection() as db:
-        assets = await ledger.list_assets(db)
-    return web.json_response({"assets": [asset_json(asset) for asset in assets]})
+        listed = await assets.list_assets(db)
+    return web.json_response({"assets": [asset_json(asset) for asset in listed]})
 
 
 @read_only
@@ -37,6 +37,6 @@ async def get_asset(request: web.Request) -> web.Response:
     """``GET /api/assets/{code}`` → 200 the asset plus ``supply`` (sum of all non-system balances)."""
     code = asset_code_from_path(request)
     async with reading(request).connection() as db:
-        asset = await ledger.read_asset(db, code)
-        supply = await ledger.asset_supply(db, asset)
+        asset = await assets.read_asset(db, code)
+        supply = await assets.asset_supply(db, asset)
     return web.json_response({**asset_json(asset), "supply": supply})

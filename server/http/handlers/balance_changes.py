@@ -11,11 +11,23 @@ from aiohttp import web
 
 from server.http.app_keys import ASSETS, BATCHER, DATABASE
 from server.http.handlers.documents import change_json, entry_applied_json
+from server.http.handlers.lookups import asset_id_of, asset_of
 from server.http.handlers.paths import id_from_path
-from server.http.idempotent_requests import IDEMPOTENCY_KEY_HEADER, keyed_request, outcome_response
-from server.http.request_bodies import AccountCreditOrDebit, BalanceChange, CreditOrDebit, StrictBody, read_json_body
-from server.ledger import store as ledger
+from server.http.idempotent_requests import (
+    IDEMPOTENCY_KEY_HEADER,
+    keyed_request,
+    outcome_response,
+)
+from server.http.request_bodies import (
+    AccountCreditOrDebit,
+    BalanceChange,
+    CreditOrDebit,
+    StrictBody,
+    read_json_body,
+)
+from server.ledger import accounts
 from server.ledger.idempotency import Outcome
+from server.ledger.records import AccountRef, AppliedChange, BalanceChangeOrder
 from server.problems import Problem
 from server.running import metrics
 
@@ -24,7 +36,7 @@ _REFUSAL_OUTCOMES = {"user_not_found": "not_found", "account_not_found": "not_fo
 _outcomes = metrics.LabelledChildren(metrics.BALANCE_CHANGES)
 
 
-def _count(result: ledger.AppliedChange | Problem) -> None:
+def _count(result: AppliedChange | Problem) -> None:
     """Count a balance change's result in ``balance_changes_total`` by outcome (503s are not results)."""
     if not isinstance(result, Problem):
         _outcomes.of("applied")[0].inc()
@@ -32,7 +44,7 @@ def _count(result: ledger.AppliedChange | Problem) -> None:
         _outcomes.of(_REFUSAL_OUTCOMES.get(result.code, result.code))[0].inc()
 
 
-async def _counted(change: Awaitable[ledger.AppliedChange]) -> ledger.AppliedChange:
+async def _counted(change: Awaitable[AppliedChange]) -> AppliedChange:
     """Await ``change`` and count its result (:func:`_count`), refusals re-raised."""
     try:
         applied = await change
@@ -47,20 +59,20 @@ def _count_replay() -> None:
     _outcomes.of("idempotent_replay")[0].inc()
 
 
-async def _apply_unkeyed(request: web.Request, ref: ledger.AccountRef,
-                         change: ledger.BalanceChange) -> ledger.AppliedChange:
+async def _apply_unkeyed(request: web.Request, ref: AccountRef,
+                         change: BalanceChangeOrder) -> AppliedChange:
     """A change without an Idempotency-Key, through the batcher (``BATCHING=false``: a batch of
     one); counted in ``balance_changes_total``."""
     return await _counted(request.app[BATCHER].apply_change(ref, change))
 
 
-async def _apply_keyed(request: web.Request, body: StrictBody, ref: ledger.AccountRef, change: ledger.BalanceChange,
-                       render: Callable[[ledger.AppliedChange], dict]) -> web.Response:
+async def _apply_keyed(request: web.Request, body: StrictBody, ref: AccountRef, change: BalanceChangeOrder,
+                       render: Callable[[AppliedChange], dict]) -> web.Response:
     """A change sent with an Idempotency-Key, through the batcher: key claim, change and stored
     outcome in its batch's transaction. ``render`` makes the 200 body of an applied change."""
     keyed = keyed_request(request, body)
 
-    def outcome_of(result: ledger.AppliedChange | Problem) -> Outcome:
+    def outcome_of(result: AppliedChange | Problem) -> Outcome:
         _count(result)
         if isinstance(result, Problem):
             return Outcome.of_problem(result, keyed.instance)
@@ -72,25 +84,12 @@ async def _apply_keyed(request: web.Request, body: StrictBody, ref: ledger.Accou
     return outcome_response(outcome, replayed)
 
 
-async def _apply(request: web.Request, body: StrictBody, ref: ledger.AccountRef, change: ledger.BalanceChange,
-                 render: Callable[[ledger.AppliedChange], dict]) -> web.Response:
+async def _apply(request: web.Request, body: StrictBody, ref: AccountRef, change: BalanceChangeOrder,
+                 render: Callable[[AppliedChange], dict]) -> web.Response:
     if IDEMPOTENCY_KEY_HEADER not in request.headers:
         return web.Response(body=orjson.dumps(render(await _apply_unkeyed(request, ref, change))),
                             content_type="application/json")
     return await _apply_keyed(request, body, ref, change, render)
-
-
-async def asset_of(request: web.Request, code: str | None) -> ledger.Asset:
-    """Asset ``code`` (None: the default asset; known without a query once looked up)."""
-    assets = request.app[ASSETS]
-    if code is None and assets.default is not None:
-        return assets.default
-    async with request.app[DATABASE].connection() as db:
-        return await assets.get(db, code)
-
-
-async def asset_id_of(request: web.Request, code: str | None) -> int:
-    return (await asset_of(request, code)).asset_id
 
 
 async def change_balance(request: web.Request) -> web.Response:
@@ -103,8 +102,8 @@ async def change_balance(request: web.Request) -> web.Response:
     body = await read_json_body(request, BalanceChange)
     default = request.app[ASSETS].default
     asset_id = default.asset_id if body.asset is None and default else await asset_id_of(request, body.asset)
-    ref = ledger.AccountRef(None, body.user_id, asset_id)
-    return await _apply(request, body, ref, ledger.BalanceChange(body.amount), change_json)
+    ref = AccountRef(None, body.user_id, asset_id)
+    return await _apply(request, body, ref, BalanceChangeOrder(body.amount), change_json)
 
 
 async def _user_credit_or_debit(request: web.Request, kind: str, sign: int) -> web.Response:
@@ -115,9 +114,9 @@ async def _user_credit_or_debit(request: web.Request, kind: str, sign: int) -> w
         # a credit opens the user's account in that asset if it has none (every user has one in the
         # default asset from the start, so the hot path skips this)
         async with request.app[DATABASE].connection() as db:
-            await ledger.open_user_account(db, user_id, asset)
-    change = ledger.BalanceChange(sign * body.amount, kind, body.code or kind, body.description)
-    return await _apply(request, body, ledger.AccountRef(None, user_id, asset.asset_id), change, entry_applied_json)
+            await accounts.open_user_account(db, user_id, asset)
+    change = BalanceChangeOrder(sign * body.amount, kind, body.code or kind, body.description)
+    return await _apply(request, body, AccountRef(None, user_id, asset.asset_id), change, entry_applied_json)
 
 
 async def credit(request: web.Request) -> web.Response:
@@ -134,8 +133,8 @@ async def debit(request: web.Request) -> web.Response:
 async def _account_credit_or_debit(request: web.Request, kind: str, sign: int) -> web.Response:
     account_id = id_from_path(request)
     body = await read_json_body(request, AccountCreditOrDebit)
-    change = ledger.BalanceChange(sign * body.amount, kind, body.code or kind, body.description)
-    return await _apply(request, body, ledger.AccountRef(account_id), change, entry_applied_json)
+    change = BalanceChangeOrder(sign * body.amount, kind, body.code or kind, body.description)
+    return await _apply(request, body, AccountRef(account_id), change, entry_applied_json)
 
 
 async def account_credit(request: web.Request) -> web.Response:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import datetime as dt
 
-from server.ledger import store as ledger
+from server.ledger.accounts import Account, User
+from server.ledger.history import LedgerEntry
+from server.ledger.records import AppliedChange, Asset, Transfer
 
 
 def timestamp(value: dt.datetime) -> str:
@@ -12,12 +14,12 @@ def timestamp(value: dt.datetime) -> str:
     return value.isoformat()
 
 
-def asset_json(asset: ledger.Asset) -> dict:
+def asset_json(asset: Asset) -> dict:
     return {"code": asset.code, "scale": asset.scale, "name": asset.name, "default": asset.default,
             "systemAccountId": asset.system_account_id, "createdAt": timestamp(asset.created_at)}
 
 
-def account_json(account: ledger.Account) -> dict:
+def account_json(account: Account) -> dict:
     return {
         "accountId": account.account_id, "asset": account.asset, "userId": account.user_id, "name": account.name,
         "system": account.system, "balance": account.balance, "available": account.available,
@@ -27,14 +29,14 @@ def account_json(account: ledger.Account) -> dict:
     }
 
 
-def user_json(user: ledger.User) -> dict:
+def user_json(user: User) -> dict:
     default = user.default_account
     return {"userId": user.user_id, "balance": default.balance if default else 0,
             "updatedAt": timestamp(default.updated_at) if default else None,
             "accounts": [account_json(account) for account in user.accounts]}
 
 
-def transfer_json(transfer: ledger.Transfer) -> dict:
+def transfer_json(transfer: Transfer) -> dict:
     return {
         "transferId": transfer.transfer_id, "fromAccountId": transfer.from_account_id,
         "toAccountId": transfer.to_account_id, "fromUserId": transfer.from_user_id, "toUserId": transfer.to_user_id,
@@ -47,7 +49,7 @@ def transfer_json(transfer: ledger.Transfer) -> dict:
     }
 
 
-def entry_json(entry: ledger.LedgerEntry) -> dict:
+def entry_json(entry: LedgerEntry) -> dict:
     return {
         "entryId": entry.entry_id, "transferId": entry.transfer_id, "amount": entry.amount,
         "balanceAfter": entry.balance_after, "counterpartyAccountId": entry.counterparty_account_id,
@@ -56,7 +58,7 @@ def entry_json(entry: ledger.LedgerEntry) -> dict:
     }
 
 
-def user_entry_json(entry: ledger.LedgerEntry) -> dict:
+def user_entry_json(entry: LedgerEntry) -> dict:
     """An entry as ``GET /api/users/{id}/history`` has always shown it."""
     return {
         "entryId": entry.entry_id, "amount": entry.amount, "balanceAfter": entry.balance_after, "kind": entry.kind,
@@ -65,10 +67,10 @@ def user_entry_json(entry: ledger.LedgerEntry) -> dict:
     }
 
 
-def change_json(applied: ledger.AppliedChange) -> dict:
+def change_json(applied: AppliedChange) -> dict:
     return {"userId": applied.user_id, "balance": applied.balance, "accountId": applied.account_id,
             "transferId": applied.transfer_id}
 
 
-def entry_applied_json(applied: ledger.AppliedChange) -> dict:
+def entry_applied_json(applied: AppliedChange) -> dict:
     return {**change_json(applied), "entryId": applied.entry_id}

@@ -9,8 +9,13 @@ from collections.abc import Callable
 
 from aiohttp import web
 
-from server.http.request_bodies import ASSET_CODE_PATTERN, HISTORY_DEFAULT_LIMIT, HISTORY_MAX_LIMIT, MAX_BIGINT
-from server.ledger import store as ledger
+from server.http.request_bodies import (
+    ASSET_CODE_PATTERN,
+    HISTORY_DEFAULT_LIMIT,
+    HISTORY_MAX_LIMIT,
+    MAX_BIGINT,
+)
+from server.ledger.records import PageQuery
 from server.problems import ValidationFailed
 
 
@@ -80,7 +85,7 @@ def rfc3339(name: str, raw: str, errors: list) -> dt.datetime | None:
 FILTERS = ("limit", "cursor", "from", "to", "code")
 
 
-def page_query(request: web.Request, allowed: tuple[str, ...] = ("limit", "cursor")) -> ledger.PageQuery:
+def page_query(request: web.Request, allowed: tuple[str, ...] = ("limit", "cursor")) -> PageQuery:
     """The page a listing asks for: ``limit`` (1..500, default 50), ``cursor`` and, where
     ``allowed``, ``from``/``to`` (RFC 3339) and ``code``; anything else is refused (422)."""
     errors, query = [], request.query
@@ -102,7 +107,7 @@ def page_query(request: web.Request, allowed: tuple[str, ...] = ("limit", "curso
     if errors:
         raise ValidationFailed(errors)
     before = _decode_cursor(query["cursor"]) if "cursor" in query else MAX_BIGINT
-    return ledger.PageQuery(before, limit, code, created_from, created_to)
+    return PageQuery(before, limit, code, created_from, created_to)
 
 
 def split_page(items: list, position: Callable[[object], int], limit: int) -> tuple[list, str | None]:

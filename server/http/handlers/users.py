@@ -10,8 +10,9 @@ from server.http.handlers.paths import id_from_path, page_query, split_page
 from server.http.idempotent_requests import respond
 from server.http.reads import read_only, reading
 from server.http.request_bodies import EmptyBody, read_json_body
-from server.ledger import store as ledger
+from server.ledger import accounts, history
 from server.ledger.idempotency import Outcome
+from server.ledger.records import PageQuery
 
 
 async def create_user(request: web.Request) -> web.Response:
@@ -20,7 +21,7 @@ async def create_user(request: web.Request) -> web.Response:
     body = await read_json_body(request, EmptyBody) if request.body_exists else EmptyBody()
 
     async def operation(db, key):
-        user = await ledger.create_user(db, await request.app[ASSETS].get(db, None))
+        user = await accounts.create_user(db, await request.app[ASSETS].get(db, None))
         return Outcome.of(201, user_json(user), location=f"/api/users/{user.user_id}")
 
     return await respond(request, body, operation)
@@ -31,7 +32,7 @@ async def get_user(request: web.Request) -> web.Response:
     """``GET /api/users/{id}`` → 200 ``{"userId", "balance" (default asset), "updatedAt", "accounts"}``."""
     user_id = id_from_path(request)
     async with reading(request).connection() as db:
-        user = await ledger.read_user(db, user_id, await request.app[ASSETS].get(db, None))
+        user = await accounts.read_user(db, user_id, await request.app[ASSETS].get(db, None))
     return web.json_response(user_json(user))
 
 
@@ -42,8 +43,8 @@ async def get_history(request: web.Request) -> web.Response:
     user_id = id_from_path(request)
     query = page_query(request)
     async with reading(request).connection() as db:
-        account_id = await ledger.user_account_id(db, user_id, await request.app[ASSETS].get(db, None))
-        entries = await ledger.read_entries(db, account_id, ledger.PageQuery(query.before, query.limit + 1))
+        account_id = await accounts.user_account_id(db, user_id, await request.app[ASSETS].get(db, None))
+        entries = await history.read_entries(db, account_id, PageQuery(query.before, query.limit + 1))
     page, cursor = split_page(entries, lambda entry: entry.entry_id, query.limit)
     return web.json_response({"userId": user_id, "entries": [user_entry_json(e) for e in page],
                               "nextCursor": cursor})

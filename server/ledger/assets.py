@@ -1,0 +1,81 @@
+"""Assets: made with their system account, read by code, and the supply (minor units)."""
+
+from __future__ import annotations
+
+from server.ledger.records import Asset, Db
+from server.problems import AssetExists, AssetNotFound
+
+# A new asset and its system account, in one statement.
+CREATE_ASSET = """
+WITH asset AS (
+    INSERT INTO assets (code, scale, name) VALUES ($1, $2, $3) ON CONFLICT (code) DO NOTHING
+ RETURNING id, code, scale, name, is_default, created_at
+), system_account AS (
+    INSERT INTO accounts (asset_id, name, is_system) SELECT id, 'System account', true FROM asset
+ RETURNING id
+)
+SELECT asset.*, (SELECT id FROM system_account) AS system_account_id FROM asset
+"""
+
+# The asset's supply: the sum of its non-system balances, i.e. minus the system account's balance.
+_ASSET_COLUMNS = """
+SELECT s.id, s.code, s.scale, s.name, s.is_default, s.created_at, a.id AS system_account_id
+  FROM assets s JOIN accounts a ON a.asset_id = s.id AND a.is_system
+"""
+READ_ASSET = _ASSET_COLUMNS + " WHERE s.code = $1"
+READ_DEFAULT_ASSET = _ASSET_COLUMNS + " WHERE s.is_default"
+LIST_ASSETS = _ASSET_COLUMNS + " ORDER BY s.id"
+ASSET_SUPPLY = "SELECT coalesce(sum(balance), 0) FROM accounts WHERE asset_id = $1 AND NOT is_system"
+
+
+async def create_asset(db: Db, code: str, scale: int, name: str | None) -> Asset:
+    """Create asset ``code`` and its system account; raises :class:`AssetExists` (409)."""
+    row = await db.fetchrow(CREATE_ASSET, code, scale, name)
+    if row is None:
+        raise AssetExists(code)
+    return Asset(*row.values())
+
+
+async def read_asset(db: Db, code: str) -> Asset:
+    """Asset ``code``; raises :class:`AssetNotFound` (404)."""
+    row = await db.fetchrow(READ_ASSET, code)
+    if row is None:
+        raise AssetNotFound(code)
+    return Asset(*row.values())
+
+
+async def read_default_asset(db: Db) -> Asset:
+    """The default asset (created by migrate: migrations/0004, DEFAULT_ASSET_CODE)."""
+    return Asset(*(await db.fetchrow(READ_DEFAULT_ASSET)).values())
+
+
+async def list_assets(db: Db) -> list[Asset]:
+    """Every asset, oldest first."""
+    return [Asset(*row.values()) for row in await db.fetch(LIST_ASSETS)]
+
+
+async def asset_supply(db: Db, asset: Asset) -> int:
+    """The sum of all non-system balances of ``asset`` (minor units)."""
+    return int(await db.fetchval(ASSET_SUPPLY, asset.asset_id))
+
+
+class AssetDirectory:
+    """The assets this process has looked up, by code. Assets are never deleted and their id and
+    system account never change, so an asset found once stays valid; an unknown code is asked of
+    the database each time (it may have been created since). ``default`` is the default asset once
+    looked up (None before: the service starts even while the database is down)."""
+
+    def __init__(self) -> None:
+        self.default: Asset | None = None
+        self._by_code: dict[str, Asset] = {}
+
+    async def get(self, db: Db, code: str | None) -> Asset:
+        """The asset ``code`` (None: the default asset); raises :class:`AssetNotFound`."""
+        if code is None:
+            if self.default is None:
+                self.default = await read_default_asset(db)
+            return self.default
+        asset = self._by_code.get(code)
+        if asset is None:
+            asset = self._by_code[code] = await read_asset(db, code)
+        return asset

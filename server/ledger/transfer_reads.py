@@ -1,0 +1,68 @@
+"""Reading transfers: one by id or by reference, and newest-first listings, keyset-paged.
+
+Every read goes through the view ``transfer_details`` (server/ledger/sql/transfer_details.sql).
+"""
+
+from __future__ import annotations
+
+from server.ledger.accounts import account_is_system
+from server.ledger.records import Db, PageQuery, Transfer, transfer_from_row
+
+# A transfer with the balances its two ledger entries recorded (stored on the transfer too): the
+# view transfer_details (transfer_details.sql), which apply_transfer_batch() returns too.
+_TRANSFER_COLUMNS = "SELECT t.* FROM transfer_details t"
+READ_TRANSFER = _TRANSFER_COLUMNS + " WHERE t.id = $1"
+READ_TRANSFER_BY_REFERENCE = _TRANSFER_COLUMNS + " WHERE t.reference = $1"  # the unique index transfers_reference
+
+# All transfers, newest first, keyset-paged by transfer id ($1: below this id), with optional
+# filters ($2 code, $3 from, $4 to: from <= created_at < to).
+LIST_TRANSFERS = _TRANSFER_COLUMNS + """
+ WHERE t.id < $1 AND ($2::text IS NULL OR t.code = $2) AND ($3::timestamptz IS NULL OR t.created_at >= $3)
+   AND ($4::timestamptz IS NULL OR t.created_at < $4)
+ ORDER BY t.id DESC LIMIT $5
+"""
+
+
+# An account's transfers, newest first, keyset-paged by the account's ledger entry id ($2: below it),
+# through the index ledger_entries (account_id, id); filters as in LIST_TRANSFERS.
+LIST_ACCOUNT_TRANSFERS = _TRANSFER_COLUMNS.replace("SELECT t.*", "SELECT x.id AS entry_id, t.*", 1) + """
+  JOIN ledger_entries x ON x.transfer_id = t.id
+ WHERE x.account_id = $1 AND x.id < $2 AND ($3::text IS NULL OR t.code = $3)
+   AND ($4::timestamptz IS NULL OR t.created_at >= $4) AND ($5::timestamptz IS NULL OR t.created_at < $5)
+ ORDER BY x.id DESC LIMIT $6
+"""
+
+
+# A system account's transfers (it has no entries), keyset-paged by transfer id.
+LIST_SYSTEM_TRANSFERS = _TRANSFER_COLUMNS.replace("SELECT t.*", "SELECT t.id AS entry_id, t.*", 1) + """
+ WHERE (t.from_account_id = $1 OR t.to_account_id = $1) AND t.id < $2 AND ($3::text IS NULL OR t.code = $3)
+   AND ($4::timestamptz IS NULL OR t.created_at >= $4) AND ($5::timestamptz IS NULL OR t.created_at < $5)
+ ORDER BY t.id DESC LIMIT $6
+"""
+
+
+async def read_transfer(db: Db, transfer_id: int) -> Transfer | None:
+    """Return transfer ``transfer_id`` with the balances its entries recorded, or None."""
+    row = await db.fetchrow(READ_TRANSFER, transfer_id)
+    return None if row is None else transfer_from_row(row)
+
+
+async def find_transfer_by_reference(db: Db, reference: str) -> Transfer | None:
+    """The transfer that carries the client's ``reference``, or None."""
+    row = await db.fetchrow(READ_TRANSFER_BY_REFERENCE, reference)
+    return None if row is None else transfer_from_row(row)
+
+
+async def list_transfers(db: Db, page: PageQuery) -> list[Transfer]:
+    """Transfers newest first (by transfer id), filtered as ``page`` says."""
+    rows = await db.fetch(LIST_TRANSFERS, page.before, page.code, page.created_from, page.created_to, page.limit)
+    return [transfer_from_row(row) for row in rows]
+
+
+async def list_account_transfers(db: Db, account_id: int, page: PageQuery) -> list[tuple[int, Transfer]]:
+    """The transfers of ``account_id`` newest first, each with the account's entry id (the
+    position ``page.before`` counts in; a system account's: the transfer id); raises
+    :class:`AccountNotFound`."""
+    query = LIST_SYSTEM_TRANSFERS if await account_is_system(db, account_id) else LIST_ACCOUNT_TRANSFERS
+    rows = await db.fetch(query, account_id, page.before, page.code, page.created_from, page.created_to, page.limit)
+    return [(row["entry_id"], transfer_from_row(row)) for row in rows]
