@@ -1,4 +1,4 @@
-"""Figures for the README's "Scaling out": the proof's throughput through PgBouncer against direct,
+"""Figures for docs/scaling.md's "What runs today": the proof's throughput through PgBouncer against direct,
 and a streaming replica's lag under load, in one run on this machine. Run from the project root:
 
     .venv/bin/python -m loadtest.scale_out [--rounds 3]

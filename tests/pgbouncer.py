@@ -1,4 +1,4 @@
-"""PgBouncer in front of the test PostgreSQL, set up as the README prescribes for many service
+"""PgBouncer in front of the test PostgreSQL, set up as docs/scaling.md prescribes for many service
 instances: ``pool_mode = transaction``; the service with ``DB_STATEMENT_CACHE_SIZE=0`` and
 ``DB_STATEMENT_TIMEOUT=0``; migrations run against PostgreSQL directly (PgBouncer docs, "Features":
 session-level advisory locks and named prepared statements do not survive transaction pooling).

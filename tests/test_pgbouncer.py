@@ -1,4 +1,4 @@
-"""The service behind a real PgBouncer (transaction pooling), with the settings the README prescribes:
+"""The service behind a real PgBouncer (transaction pooling), with the settings docs/scaling.md prescribes:
 the 10,000-request proof, idempotency keys, transfers, holds and batches all hold through it, and so
 does the proof spread over three service instances sharing one PgBouncer and one PostgreSQL (as
 three machines would). Skipped, saying how to install it, where PgBouncer is not installed."""
@@ -40,7 +40,7 @@ def migrated_database(create_database) -> str:
 
 
 def through(bouncer: PgBouncer, direct_url: str) -> dict[str, str]:
-    """The README's settings for a service reaching ``direct_url``'s database through ``bouncer``."""
+    """docs/scaling.md's settings for a service reaching ``direct_url``'s database through ``bouncer``."""
     return {"database_url": bouncer.url(urlsplit(direct_url).path.lstrip("/")), "migrate_on_start": "false",
             "db_statement_cache_size": "0", "db_statement_timeout": "0"}
 

@@ -92,7 +92,7 @@ async def test_a_marketplace_with_a_fee_account_and_an_overdraft_limited_merchan
 
 async def test_a_checkout_hold_partial_capture_fee_split_in_one_atomic_batch_and_a_refund_by_reversal(
         http, database_url):
-    """The README's checkout: the buyer's 100.00 is held at checkout; one item is out of stock, so
+    """The checkout of docs/api.md: the buyer's 100.00 is held at checkout; one item is out of stock, so
     80.00 is captured and, in the same atomic batch, the platform's 8.00 fee moves from the seller;
     the buyer later returns an item: 30.00 refunded by reversing part of the capture."""
     suffix = dt.datetime.now().strftime("%H%M%S%f")
