@@ -3,22 +3,8 @@
 import pytest
 
 from tests.conftest import database_fingerprint
+from tests.ledger_api import assert_problem, send
 
-PROBLEM_FIELDS = {"type", "title", "status", "detail", "instance", "code"}
-
-
-async def send(http, method, path, body: bytes | None, content_type="application/json"):
-    headers = {"Content-Type": content_type} if content_type else {}
-    response = await http.request(method, path, data=body, headers=headers)
-    return response, await response.json(content_type=None)
-
-
-def assert_problem(response, body, status, code):
-    assert response.status == status, body
-    assert response.content_type == "application/problem+json"
-    assert PROBLEM_FIELDS <= body.keys()
-    assert (body["status"], body["code"], body["type"]) == (status, code, f"/problems/{code}")
-    assert body["detail"] and body["title"]
 
 
 INVALID_BODIES = {
@@ -57,10 +43,10 @@ async def test_an_invalid_body_is_422_validation_error_naming_the_field(http, ne
     user = new_user(100)
     body = template % user if b"%d" in template else template
     before = database_fingerprint(db)
-    response, problem = await send(http, "PATCH", "/api/balance", body)
-    assert_problem(response, problem, 422, "validation_error")
-    assert field in [error["field"] for error in problem["errors"]]
-    assert all(error["reason"] for error in problem["errors"])
+    response = await send(http, "PATCH", "/api/balance", data=body)
+    assert_problem(response, 422, "validation_error")
+    assert field in [error["field"] for error in response.body["errors"]]
+    assert all(error["reason"] for error in response.body["errors"])
     assert database_fingerprint(db) == before
 
 
@@ -77,48 +63,48 @@ MALFORMED_BODIES = {
 @pytest.mark.parametrize("body", MALFORMED_BODIES.values(), ids=MALFORMED_BODIES.keys())
 async def test_malformed_json_is_400_malformed_json(http, db, body):
     before = database_fingerprint(db)
-    response, problem = await send(http, "PATCH", "/api/balance", body)
-    assert_problem(response, problem, 400, "malformed_json")
+    response = await send(http, "PATCH", "/api/balance", data=body)
+    assert_problem(response, 400, "malformed_json")
     assert database_fingerprint(db) == before
 
 
 @pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded", None])
 async def test_a_non_json_content_type_is_415(http, db, content_type):
     before = database_fingerprint(db)
-    response, problem = await send(http, "PATCH", "/api/balance", b'{"userId": 1, "amount": -2}', content_type)
-    assert_problem(response, problem, 415, "unsupported_media_type")
+    response = await send(http, "PATCH", "/api/balance", data=b'{"userId": 1, "amount": -2}', content_type=content_type)
+    assert_problem(response, 415, "unsupported_media_type")
     assert database_fingerprint(db) == before
 
 
 async def test_a_json_content_type_with_charset_is_accepted(http, new_user):
     user = new_user(5)
     body = b'{"userId": %d, "amount": -1}' % user
-    response, answer = await send(http, "PATCH", "/api/balance", body, "application/json; charset=utf-8")
-    assert (response.status, answer["balance"]) == (200, 4)
+    response = await send(http, "PATCH", "/api/balance", data=body, content_type="application/json; charset=utf-8")
+    assert (response.status, response.body["balance"]) == (200, 4)
 
 
 async def test_an_oversized_body_is_413(http, new_user, db):
     user = new_user(100)
     body = b'{"userId": %d, "amount": -2, "pad": "%s"}' % (user, b"x" * 20_000)
     before = database_fingerprint(db)
-    response, problem = await send(http, "PATCH", "/api/balance", body)
-    assert_problem(response, problem, 413, "payload_too_large")
+    response = await send(http, "PATCH", "/api/balance", data=body)
+    assert_problem(response, 413, "payload_too_large")
     assert database_fingerprint(db) == before
 
 
 @pytest.mark.parametrize("method", ["GET", "POST", "PUT", "DELETE"])
 async def test_a_wrong_method_is_405_with_allow(http, db, method):
     before = database_fingerprint(db)
-    response, problem = await send(http, method, "/api/balance", b'{"userId": 1, "amount": -2}')
-    assert_problem(response, problem, 405, "method_not_allowed")
+    response = await send(http, method, "/api/balance", data=b'{"userId": 1, "amount": -2}')
+    assert_problem(response, 405, "method_not_allowed")
     assert response.headers["Allow"] == "PATCH"
     assert database_fingerprint(db) == before
 
 
 async def test_an_unknown_route_is_404_route_not_found(http):
-    response, problem = await send(http, "GET", "/api/nothing-here", None, None)
-    assert_problem(response, problem, 404, "route_not_found")
-    assert problem["instance"] == "/api/nothing-here"
+    response = await send(http, "GET", "/api/nothing-here", content_type=None)
+    assert_problem(response, 404, "route_not_found")
+    assert response.body["instance"] == "/api/nothing-here"
 
 
 def test_zz_the_service_log_holds_no_traceback_after_the_bad_input_above(service_url, service_log_path):

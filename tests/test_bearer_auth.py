@@ -13,7 +13,7 @@ from tests.service_process import balance_api, running_service, service_env
 TOKEN = "s3cret-token_1.A~b+c/d="
 
 
-def send(url: str, method: str = "GET", body: dict | None = None, token: str | None = None,
+def authorized_call(url: str, method: str = "GET", body: dict | None = None, token: str | None = None,
          authorization: str | None = None):
     """:func:`tests.http_calls.call` with ``Authorization: Bearer <token>`` or the header as given."""
     if token is not None:
@@ -29,39 +29,39 @@ def protected_url(database_url, tmp_path_factory):
 
 
 def test_without_a_token_configured_no_authorization_is_needed(service_url):
-    status, headers, _ = send(f"{service_url}/api/users/1")
+    status, headers, _ = authorized_call(f"{service_url}/api/users/1")
     assert status == 200 and "WWW-Authenticate" not in headers
 
 
 def test_a_request_without_a_token_is_401_problem_with_a_bearer_challenge(protected_url):
-    status, headers, problem = send(f"{protected_url}/api/balance", "PATCH", {"userId": 1, "amount": 1})
+    status, headers, problem = authorized_call(f"{protected_url}/api/balance", "PATCH", {"userId": 1, "amount": 1})
     assert (status, headers["Content-Type"], problem["code"]) == (401, "application/problem+json", "unauthorized")
     assert headers["WWW-Authenticate"] == 'Bearer realm="balance-api"'
 
 
 def test_a_wrong_token_is_401_with_error_invalid_token(protected_url):
-    status, headers, problem = send(f"{protected_url}/api/users/1", token="not-the-token")
+    status, headers, problem = authorized_call(f"{protected_url}/api/users/1", token="not-the-token")
     assert (status, problem["code"]) == (401, "unauthorized")
     assert headers["WWW-Authenticate"] == 'Bearer realm="balance-api", error="invalid_token"'
 
 
 @pytest.mark.parametrize("authorization", [f"Basic {TOKEN}", "Bearer", f"Bearer {TOKEN}x", f"Bearer {TOKEN[:-1]}"])
 def test_other_schemes_and_near_misses_are_refused(protected_url, authorization):
-    assert send(f"{protected_url}/api/users/1", authorization=authorization)[0] == 401
+    assert authorized_call(f"{protected_url}/api/users/1", authorization=authorization)[0] == 401
 
 
 def test_the_right_token_is_let_through(protected_url):
-    status, _, body = send(f"{protected_url}/api/balance", "PATCH", {"userId": 1, "amount": 1}, token=TOKEN)
+    status, _, body = authorized_call(f"{protected_url}/api/balance", "PATCH", {"userId": 1, "amount": 1}, token=TOKEN)
     assert status == 200 and body["userId"] == 1
 
 
 def test_the_scheme_name_is_case_insensitive(protected_url):
-    assert send(f"{protected_url}/api/users/1", authorization=f"bearer {TOKEN}")[0] == 200
+    assert authorized_call(f"{protected_url}/api/users/1", authorization=f"bearer {TOKEN}")[0] == 200
 
 
 def test_a_refused_request_changes_nothing(protected_url, db):
     before = database_fingerprint(db)
-    assert send(f"{protected_url}/api/balance", "PATCH", {"userId": 1, "amount": 5}, token="wrong")[0] == 401
+    assert authorized_call(f"{protected_url}/api/balance", "PATCH", {"userId": 1, "amount": 5}, token="wrong")[0] == 401
     assert database_fingerprint(db) == before
 
 
@@ -69,11 +69,11 @@ def test_the_api_reference_page_its_assets_and_its_document_need_no_token(protec
     for path in ("/api/docs", "/api/docs/", "/api/docs/static/swagger-ui.css", "/api/docs/openapi.json"):
         with urllib.request.urlopen(f"{protected_url}{path}", timeout=10) as response:
             assert response.status == 200, path
-    assert send(f"{protected_url}/api/docsx")[0] == 401  # only the page's own paths are open
+    assert authorized_call(f"{protected_url}/api/docsx")[0] == 401  # only the page's own paths are open
 
 
 def test_health_and_metrics_need_no_token(protected_url):
-    assert send(f"{protected_url}/api/health")[0] == 200
+    assert authorized_call(f"{protected_url}/api/health")[0] == 200
     with urllib.request.urlopen(f"{protected_url}/metrics", timeout=10) as response:
         assert response.status == 200
 
@@ -81,16 +81,16 @@ def test_health_and_metrics_need_no_token(protected_url):
 def test_every_other_route_needs_the_token(protected_url):
     for method, path in [("GET", "/api/openapi.json"), ("POST", "/api/users"), ("GET", "/api/transfers/1"),
                          ("GET", "/api/users/1/history"), ("GET", "/no/such/route")]:
-        assert send(f"{protected_url}{path}", method)[0] == 401, path
+        assert authorized_call(f"{protected_url}{path}", method)[0] == 401, path
 
 
 def test_a_tokens_file_grants_each_of_its_tokens_and_ignores_comments(database_url, tmp_path):
     tokens_file = tmp_path / "tokens"
     tokens_file.write_text("# one token per line\nfirst-token\n\n  second-token  \n")
     with running_service(tmp_path / "service.log", database_url=database_url, api_tokens_file=str(tokens_file)) as (url, _):
-        assert send(f"{url}/api/users/1", token="first-token")[0] == 200
-        assert send(f"{url}/api/users/1", token="second-token")[0] == 200
-        assert send(f"{url}/api/users/1", token="# one token per line")[0] == 401
+        assert authorized_call(f"{url}/api/users/1", token="first-token")[0] == 200
+        assert authorized_call(f"{url}/api/users/1", token="second-token")[0] == 200
+        assert authorized_call(f"{url}/api/users/1", token="# one token per line")[0] == 401
 
 
 def test_a_missing_tokens_file_is_refused_at_start_up(tmp_path):

@@ -1,9 +1,10 @@
 """The documentation: a README that is a front door, and pages under docs/ that stay true.
 
 Every relative link of the README and the docs pages resolves (the file, and the heading an
-anchor names, as GitHub makes heading anchors); every ``docs/...`` path named anywhere in the
-project exists; and the API page names every route of the OpenAPI document and every problem code
-the service answers, so that a new route or code cannot land undocumented.
+anchor names, as GitHub makes heading anchors); every project path (``docs/...``,
+``tests/...``, ``server/...``) named anywhere in the code and the docs exists; and the API page
+names every route of the OpenAPI document and every problem code the service answers, so that a
+new route or code cannot land undocumented.
 """
 
 from __future__ import annotations
@@ -22,8 +23,8 @@ DOCS = sorted((PROJECT_ROOT / "docs").glob("*.md"))
 PAGES = [README, *DOCS]
 API_PAGE = PROJECT_ROOT / "docs" / "api.md"
 LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
-# a path under docs/ of this project; not the service's routes under /api/docs/
-DOCS_PATH = re.compile(r"(?<![\w/.-])docs/[\w./-]*[\w/]")
+# a path of this project (docs/..., tests/...); not the service's routes such as /api/docs/
+PROJECT_PATH = re.compile(r"(?<![\w/.-])(?:docs|tests|server|loadtest|migrations|scripts)/[\w./*-]*[\w/]")
 
 
 def _prose(text: str) -> str:
@@ -67,15 +68,21 @@ def test_every_relative_link_resolves_to_a_file_and_heading(page):
     assert broken == []
 
 
-def test_every_docs_path_named_in_the_project_exists():
-    named = {}
+def test_every_project_path_named_in_the_code_and_the_docs_exists():
+    """A path such as docs/api.md, tests/test_holds.py or server/ledger/sql/ named in a docstring,
+    a comment or a page names a file or folder that exists (the history migrations, 0001-0011, may
+    name what has moved since)."""
+    files = [README, *(PROJECT_ROOT / name for name in ("schemathesis.toml", "pyproject.toml", "Dockerfile",
+                                                          "docker-compose.yml", ".ci/run"))]
     for root in ("server", "tests", "loadtest", "scripts", "docs", "migrations"):
-        for path in (PROJECT_ROOT / root).rglob("*"):
-            if path.suffix in (".py", ".md", ".sql", ".sh", ".lua", "") and path.is_file():
-                for found in DOCS_PATH.findall(path.read_text(errors="replace")):
-                    named.setdefault(found.rstrip("/."), path.relative_to(PROJECT_ROOT))
-    for found in DOCS_PATH.findall(README.read_text()):
-        named.setdefault(found.rstrip("/."), "README.md")
+        files += [path for path in (PROJECT_ROOT / root).rglob("*")
+                  if path.is_file() and path.suffix in (".py", ".md", ".sql", ".sh", ".lua", "")
+                  and not (root == "migrations" and path.name[:4] <= "0011")]
+    named = {}
+    for path in files:
+        for found in PROJECT_PATH.findall(path.read_text(errors="replace")):
+            if "*" not in found:
+                named.setdefault(found.rstrip("/."), str(path.relative_to(PROJECT_ROOT)))
     assert {path: where for path, where in named.items() if not (PROJECT_ROOT / path).exists()} == {}
 
 

@@ -1,7 +1,6 @@
 """Idempotency keys on every mutating route, with Stripe's semantics."""
 
 import asyncio
-import json
 import time
 import uuid
 
@@ -9,6 +8,7 @@ import aiohttp
 import pytest
 
 from tests.conftest import USER_ACCOUNT, database_fingerprint, ledger_state
+from tests.ledger_api import send
 from tests.service_process import running_service
 
 KEY = "Idempotency-Key"
@@ -27,11 +27,6 @@ def mutation(route: str, user: int, other: int, amount: int = 5) -> tuple[str, s
 ROUTES = ["patch", "credit", "debit", "transfer"]
 
 
-async def send(http, method, path, body, key=None):
-    response = await http.request(method, path, json=body, headers={KEY: key} if key else {})
-    return response.status, await response.read(), response.headers
-
-
 @pytest.mark.parametrize("route", ROUTES)
 async def test_a_retry_with_the_same_key_replays_the_outcome_and_changes_nothing(http, new_user, db, route):
     user, other = new_user(100), new_user(0)
@@ -39,50 +34,50 @@ async def test_a_retry_with_the_same_key_replays_the_outcome_and_changes_nothing
     first = await send(http, method, path, body, key=f"replay-{route}-{user}")
     after_first = database_fingerprint(db)
     second = await send(http, method, path, body, key=f"replay-{route}-{user}")
-    assert second[:2] == first[:2]
-    assert second[2]["Idempotent-Replayed"] == "true" and "Idempotent-Replayed" not in first[2]
-    assert second[2].get("Location") == first[2].get("Location")
+    assert (second.status, second.raw) == (first.status, first.raw)  # byte for byte
+    assert second.headers["Idempotent-Replayed"] == "true" and "Idempotent-Replayed" not in first.headers
+    assert second.headers.get("Location") == first.headers.get("Location")
     assert database_fingerprint(db) == after_first
 
 
 async def test_a_replay_returns_the_stored_outcome_even_after_the_state_changed(http, new_user, db):
     user = new_user(100)
     key = f"stale-{user}"
-    first = await send(http, "POST", f"/api/users/{user}/debit", {"amount": 10}, key)
+    first = await send(http, "POST", f"/api/users/{user}/debit", {"amount": 10}, key=key)
     await send(http, "POST", f"/api/users/{user}/credit", {"amount": 1000})
-    replay = await send(http, "POST", f"/api/users/{user}/debit", {"amount": 10}, key)
-    assert replay[:2] == first[:2] and json.loads(replay[1])["balance"] == 90
+    replay = await send(http, "POST", f"/api/users/{user}/debit", {"amount": 10}, key=key)
+    assert (replay.status, replay.raw) == (first.status, first.raw) and replay.body["balance"] == 90
     assert ledger_state(db, user).balance == 1090
 
 
 async def test_a_refusal_is_stored_and_replayed_too(http, new_user, db):
     user = new_user(5)
     key = f"refused-{user}"
-    first = await send(http, "POST", f"/api/users/{user}/debit", {"amount": 10}, key)
-    assert first[0] == 409
+    first = await send(http, "POST", f"/api/users/{user}/debit", {"amount": 10}, key=key)
+    assert first.status == 409
     await send(http, "POST", f"/api/users/{user}/credit", {"amount": 100})
-    replay = await send(http, "POST", f"/api/users/{user}/debit", {"amount": 10}, key)
-    assert replay[:2] == first[:2] and replay[2]["Idempotent-Replayed"] == "true"
+    replay = await send(http, "POST", f"/api/users/{user}/debit", {"amount": 10}, key=key)
+    assert (replay.status, replay.raw) == (first.status, first.raw) and replay.headers["Idempotent-Replayed"] == "true"
     assert ledger_state(db, user).balance == 105
 
 
 async def test_the_same_key_with_another_body_is_422_idempotency_key_reused(http, new_user, db):
     user = new_user(100)
     key = f"reused-{user}"
-    await send(http, "POST", f"/api/users/{user}/debit", {"amount": 10}, key)
+    await send(http, "POST", f"/api/users/{user}/debit", {"amount": 10}, key=key)
     before = database_fingerprint(db)
-    status, body, _ = await send(http, "POST", f"/api/users/{user}/debit", {"amount": 11}, key)
-    assert status == 422 and b'"code": "idempotency_key_reused"' in body
+    status, body = await send(http, "POST", f"/api/users/{user}/debit", {"amount": 11}, key=key)
+    assert (status, body["code"]) == (422, "idempotency_key_reused")
     assert database_fingerprint(db) == before
 
 
 async def test_the_same_key_on_another_route_is_422_idempotency_key_reused(http, new_user, db):
     user = new_user(100)
     key = f"other-route-{user}"
-    await send(http, "POST", f"/api/users/{user}/debit", {"amount": 10}, key)
+    await send(http, "POST", f"/api/users/{user}/debit", {"amount": 10}, key=key)
     before = database_fingerprint(db)
-    status, body, _ = await send(http, "POST", f"/api/users/{user}/credit", {"amount": 10}, key)
-    assert status == 422 and b"idempotency_key_reused" in body
+    status, body = await send(http, "POST", f"/api/users/{user}/credit", {"amount": 10}, key=key)
+    assert (status, body["code"]) == (422, "idempotency_key_reused")
     assert database_fingerprint(db) == before
 
 
@@ -98,7 +93,7 @@ async def test_the_same_body_written_differently_is_the_same_request(http, new_u
 
 async def test_an_accepted_change_records_its_key_in_the_ledger(http, new_user, db):
     user = new_user(100)
-    await send(http, "PATCH", "/api/balance", {"userId": user, "amount": -1}, f"recorded-{user}")
+    await send(http, "PATCH", "/api/balance", {"userId": user, "amount": -1}, key=f"recorded-{user}")
     assert db.execute(f"SELECT idempotency_key FROM ledger_entries WHERE account_id = {USER_ACCOUNT} ORDER BY id DESC LIMIT 1",
                       (user,)).fetchone() == (f"recorded-{user}",)
 
@@ -116,9 +111,9 @@ async def test_an_invalid_key_is_422_and_changes_nothing(http, new_user, db, key
 async def test_a_request_refused_by_validation_does_not_use_up_its_key(http, new_user):
     user = new_user(100)
     key = f"validation-{user}"
-    assert (await send(http, "POST", f"/api/users/{user}/debit", {"amount": 0}, key))[0] == 422
-    status, body, headers = await send(http, "POST", f"/api/users/{user}/debit", {"amount": 3}, key)
-    assert status == 200 and "Idempotent-Replayed" not in headers
+    assert (await send(http, "POST", f"/api/users/{user}/debit", {"amount": 0}, key=key))[0] == 422
+    answer = await send(http, "POST", f"/api/users/{user}/debit", {"amount": 3}, key=key)
+    assert answer.status == 200 and "Idempotent-Replayed" not in answer.headers
 
 
 @pytest.mark.parametrize("route", ROUTES)
@@ -129,13 +124,13 @@ async def test_100_concurrent_requests_with_one_key_make_exactly_one_change(serv
     before = ledger_state(db, user)
     connector = aiohttp.TCPConnector(limit=0, force_close=True)  # one connection per request
     async with aiohttp.ClientSession(base_url=service_url, connector=connector) as client:
-        results = await asyncio.gather(*(send(client, method, path, body, key) for _ in range(100)))
-    statuses = {status for status, _, _ in results}
+        results = await asyncio.gather(*(send(client, method, path, body, key=key) for _ in range(100)))
+    statuses = {answer.status for answer in results}
     assert statuses <= {200, 201, 409}
-    winners = [r for r in results if r[0] in (200, 201)]
-    assert len({body for _, body, _ in winners}) == 1  # everyone got the same outcome
-    assert sum("Idempotent-Replayed" not in headers for _, _, headers in winners) == 1
-    assert all(b"idempotency_key_in_use" in body for status, body, _ in results if status == 409)
+    winners = [answer for answer in results if answer.status in (200, 201)]
+    assert len({answer.raw for answer in winners}) == 1  # everyone got the same outcome
+    assert sum("Idempotent-Replayed" not in answer.headers for answer in winners) == 1
+    assert all(answer.body["code"] == "idempotency_key_in_use" for answer in results if answer.status == 409)
     assert ledger_state(db, user).entries == before.entries + 1
     assert db.execute("SELECT count(*) FROM ledger_entries WHERE idempotency_key = %s", (key,)).fetchone()[0] == (
         2 if route == "transfer" else 1)
@@ -148,17 +143,17 @@ def test_an_expired_key_is_purged_and_can_be_used_afresh(tmp_path, database_url,
     with running_service(tmp_path / "service.log", **settings) as (url, _):
         async def scenario():
             async with aiohttp.ClientSession(base_url=url) as client:
-                first = await send(client, "POST", f"/api/users/{user}/debit", {"amount": 10}, key)
+                first = await send(client, "POST", f"/api/users/{user}/debit", {"amount": 10}, key=key)
                 assert db.execute("SELECT count(*) FROM idempotency_keys WHERE key = %s", (key,)).fetchone() == (1,)
                 deadline = time.monotonic() + 10
                 while db.execute("SELECT count(*) FROM idempotency_keys WHERE key = %s", (key,)).fetchone() != (0,):
                     assert time.monotonic() < deadline, "expired key never purged"
                     await asyncio.sleep(0.2)
-                second = await send(client, "POST", f"/api/users/{user}/debit", {"amount": 20}, key)
+                second = await send(client, "POST", f"/api/users/{user}/debit", {"amount": 20}, key=key)
                 return first, second
 
         first, second = asyncio.run(scenario())
-    assert first[0] == second[0] == 200 and "Idempotent-Replayed" not in second[2]
+    assert first.status == second.status == 200 and "Idempotent-Replayed" not in second.headers
     assert ledger_state(db, user).balance == 70
 
 

@@ -1,6 +1,6 @@
-"""apply_transfer_batch() (migration 0009): a batch of 6 or more plain transfers that are all
+"""apply_transfer_batch() (server/ledger/sql/transfer_batches.sql): a batch of 6 or more plain transfers that are all
 accepted is written set-based, without one transfer_funds() call per item, and writes exactly what applying
-the items one at a time (apply_transfer_batch_in_order(), 0008's function) writes; any other batch
+the items one at a time (apply_transfer_batch_in_order()) writes; any other batch
 is applied item by item. Each test runs in a transaction it rolls back."""
 
 import random

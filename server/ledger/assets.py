@@ -45,7 +45,7 @@ async def read_asset(db: Db, code: str) -> Asset:
 
 
 async def read_default_asset(db: Db) -> Asset:
-    """The default asset (created by migrate: migrations/0004, DEFAULT_ASSET_CODE)."""
+    """The default asset (made by migrations/0004.assets-accounts-double-entry.sql, code DEFAULT_ASSET_CODE)."""
     return Asset(*(await db.fetchrow(READ_DEFAULT_ASSET)).values())
 
 

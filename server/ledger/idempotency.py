@@ -54,7 +54,7 @@ RETURNING true
 READ_STORED = "SELECT fingerprint, status, body, content_type, location FROM idempotency_keys WHERE key = $1"
 STORE_OUTCOME = "UPDATE idempotency_keys SET status = $2, body = $3, content_type = $4, location = $5 WHERE key = $1"
 
-# The same three steps for many keys at once (server/batching.py). Keys are claimed in key order,
+# The same three steps for many keys at once (server/ledger/batching.py). Keys are claimed in key order,
 # so two batches claiming overlapping keys wait for each other instead of deadlocking.
 CLAIM_KEYS = """
 INSERT INTO idempotency_keys AS stored (key, fingerprint)

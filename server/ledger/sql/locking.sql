@@ -14,7 +14,7 @@
 --    changing the account (a batch of another worker, a transfer, a post, a freeze) to commit and
 --    then reads its newest committed row. The lock is held to the commit, so the balance, limits,
 --    status and pending sums read under it cannot change before the function's own UPDATE: each
---    check is decided on the true state, and CHECK balance_within_limits (migrations/0004) stays
+--    check is decided on the true state, and CHECK balance_within_limits (on accounts) stays
 --    the last line of defence.
 -- 2. Lock order: every function locks the accounts it needs FIRST, all of them, in ascending id
 --    order (SELECT ... ORDER BY id FOR NO KEY UPDATE locks rows in output order: the sort runs

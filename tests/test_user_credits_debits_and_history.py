@@ -5,16 +5,13 @@ import json
 import pytest
 
 from tests.conftest import USER_ACCOUNT, database_fingerprint, ledger_state
+from tests.ledger_api import send
 from tests.seeded_users import seed_user
 
 
-async def post(http, path, body=None, **kwargs):
-    response = await http.post(path, json=body, **kwargs)
-    return response.status, await response.json(content_type=None), response
-
-
 async def test_post_users_opens_a_user_with_balance_0_and_its_location(http):
-    status, body, response = await post(http, "/api/users")
+    response = await send(http, "POST", "/api/users")
+    status, body = response
     assert status == 201
     assert body["balance"] == 0
     assert response.headers["Location"] == f"/api/users/{body['userId']}"
@@ -22,17 +19,17 @@ async def test_post_users_opens_a_user_with_balance_0_and_its_location(http):
 
 
 async def test_post_users_accepts_an_empty_object(http):
-    assert (await post(http, "/api/users", {}))[0] == 201
+    assert (await send(http, "POST", "/api/users", {}))[0] == 201
 
 
 async def test_post_users_refuses_fields(http):
-    status, body, _ = await post(http, "/api/users", {"balance": 100})
+    status, body = await send(http, "POST", "/api/users", {"balance": 100})
     assert (status, body["code"]) == (422, "validation_error")
 
 
 async def test_a_credit_adds_and_records_kind_and_description(http, new_user, db):
     user = new_user(10)
-    status, body, _ = await post(http, f"/api/users/{user}/credit", {"amount": 5, "description": "top-up"})
+    status, body = await send(http, "POST", f"/api/users/{user}/credit", {"amount": 5, "description": "top-up"})
     assert (status, body["userId"], body["balance"]) == (200, user, 15)
     entry = db.execute("SELECT id, amount, balance_after, kind, description FROM ledger_entries WHERE id = %s",
                        (body["entryId"],)).fetchone()
@@ -41,7 +38,7 @@ async def test_a_credit_adds_and_records_kind_and_description(http, new_user, db
 
 async def test_a_debit_takes_and_records_a_negative_entry(http, new_user, db):
     user = new_user(10)
-    status, body, _ = await post(http, f"/api/users/{user}/debit", {"amount": 4})
+    status, body = await send(http, "POST", f"/api/users/{user}/debit", {"amount": 4})
     assert (status, body["balance"]) == (200, 6)
     assert db.execute("SELECT amount, kind FROM ledger_entries WHERE id = %s", (body["entryId"],)).fetchone() == (-4, "debit")
     assert ledger_state(db, user) == (6, 2, 6)
@@ -50,7 +47,7 @@ async def test_a_debit_takes_and_records_a_negative_entry(http, new_user, db):
 async def test_a_debit_that_would_overdraw_is_409_and_changes_nothing(http, new_user, db):
     user = new_user(3)
     before = database_fingerprint(db)
-    status, body, _ = await post(http, f"/api/users/{user}/debit", {"amount": 4})
+    status, body = await send(http, "POST", f"/api/users/{user}/debit", {"amount": 4})
     assert (status, body["code"]) == (409, "insufficient_funds")
     assert database_fingerprint(db) == before
 
@@ -58,7 +55,7 @@ async def test_a_debit_that_would_overdraw_is_409_and_changes_nothing(http, new_
 async def test_a_credit_past_the_largest_balance_is_409_balance_overflow(http, new_user, db):
     user = new_user(2**63 - 1)
     before = database_fingerprint(db)
-    status, body, _ = await post(http, f"/api/users/{user}/credit", {"amount": 1})
+    status, body = await send(http, "POST", f"/api/users/{user}/credit", {"amount": 1})
     assert (status, body["code"]) == (409, "balance_overflow")
     assert database_fingerprint(db) == before
 
@@ -66,7 +63,7 @@ async def test_a_credit_past_the_largest_balance_is_409_balance_overflow(http, n
 @pytest.mark.parametrize("route", ["credit", "debit"])
 async def test_credit_and_debit_of_an_unknown_user_are_404(http, db, route):
     before = database_fingerprint(db)
-    status, body, _ = await post(http, f"/api/users/987654321/{route}", {"amount": 1})
+    status, body = await send(http, "POST", f"/api/users/987654321/{route}", {"amount": 1})
     assert (status, body["code"]) == (404, "user_not_found")
     assert database_fingerprint(db) == before
 
@@ -90,7 +87,7 @@ BAD_CREDITS = {
 async def test_an_invalid_credit_or_debit_is_422_naming_the_field(http, new_user, db, route, body, field):
     user = new_user(100)
     before = database_fingerprint(db)
-    status, problem, _ = await post(http, f"/api/users/{user}/{route}", body)
+    status, problem = await send(http, "POST", f"/api/users/{user}/{route}", body)
     assert (status, problem["code"]) == (422, "validation_error")
     assert field in [error["field"] for error in problem["errors"]]
     assert database_fingerprint(db) == before
@@ -119,7 +116,7 @@ async def history(http, user, **query):
 
 async def test_history_lists_entries_newest_first_with_all_fields(http, new_user):
     user = new_user(100)
-    await post(http, f"/api/users/{user}/credit", {"amount": 7, "description": "gift"}, headers={"Idempotency-Key": "hist-1"})
+    await send(http, "POST", f"/api/users/{user}/credit", {"amount": 7, "description": "gift"}, key="hist-1")
     await http.patch("/api/balance", json={"userId": user, "amount": -3})
     status, page = await history(http, user)
     assert status == 200 and page["userId"] == user and page["nextCursor"] is None
