@@ -4,10 +4,13 @@
 -- depends: 0011.size-independent-plans
 --
 -- One row: the digest of the folder last applied, so that a start-up with an unchanged folder
--- applies nothing (no lock on the view, no invalidated plans in running workers).
+-- applies nothing (no lock on the view, no invalidated plans in running workers), and a SHA-256 of
+-- each function and view as that apply left it ({"function f(bigint)": "<hex>", ...}), so that
+-- `balance-api check` names any changed by hand since (server/ledger/definitions.py).
 
 CREATE TABLE ledger_definitions (
     singleton  boolean     PRIMARY KEY DEFAULT true CONSTRAINT one_row CHECK (singleton),
     digest     text        NOT NULL,
+    catalogue  jsonb       NOT NULL,
     applied_at timestamptz NOT NULL DEFAULT now()
 );

@@ -22,7 +22,7 @@ import aiohttp
 import psycopg
 import pytest
 
-from server.ledger import DEFINITIONS_DIR
+from server.ledger.definitions import DEFINITIONS_DIR
 from server.running.embedded_postgres import replace_database
 from server.running.migrations import (
     MIGRATION_LOCK_KEY,
@@ -214,3 +214,32 @@ def test_applying_the_folder_while_requests_run_answers_every_request_as_usual(s
     rounds = asyncio.run(main())
     assert len(applied) == 5 and all("ledger definitions applied" in out for out in applied)
     assert min(rounds) >= 1
+
+
+def test_check_names_each_function_changed_added_or_dropped_by_hand_and_migrate_restores_them(create_database):
+    url = create_database()
+    _migrate(url)
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("CREATE OR REPLACE FUNCTION expired_holds(p_account_id bigint, OUT debits bigint, OUT credits bigint)"
+                     " LANGUAGE sql STABLE AS 'SELECT 0::bigint, 0::bigint'")  # someone "fixing" expiry in psql
+        conn.execute("CREATE FUNCTION left_over(integer) RETURNS integer LANGUAGE sql AS 'SELECT $1'")
+        conn.execute("DROP FUNCTION resolve_account(bigint, bigint, integer)")
+    result = balance_api("check", env=service_env(database_url=url))
+    assert result.returncode == 1
+    named = [line.strip() for line in result.stdout.splitlines() if line.startswith("     function ")]
+    assert [line.split(":")[0] for line in named] == [
+        "function expired_holds(bigint)", "function left_over(integer)", "function resolve_account(bigint,bigint,integer)"]
+    assert ["changed" in named[0], "added" in named[1], "dropped" in named[2]] == [True, True, True]
+    _migrate(url, "--definitions")
+    assert balance_api("check", env=service_env(database_url=url)).returncode == 0
+
+
+def test_check_says_when_the_applied_folder_is_not_this_installations(create_database):
+    url = create_database()
+    _migrate(url)
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("UPDATE ledger_definitions SET digest = 'an older folder'")
+    result = balance_api("check", env=service_env(database_url=url))
+    assert result.returncode == 1 and "is not this installation's" in result.stdout
+    assert "ledger definitions applied" in _migrate(url).stdout  # its digest differs: applied again
+    assert balance_api("check", env=service_env(database_url=url)).returncode == 0

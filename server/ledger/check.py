@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 import psycopg
 
+from server.ledger.definitions import CATALOGUE, definitions_digest
+
 SAMPLE = 20
 
 # What a transfer moved: a plain transfer its amount, a posted hold what was posted, any other hold 0.
@@ -125,6 +127,29 @@ CHECKS: list[tuple[str, str, str]] = [
          ORDER BY e.id LIMIT {SAMPLE}"""),
 ]
 
+# The functions and views are those server/ledger/sql/ defines (the folder of this installation
+# was applied, and nothing changed them since: each one's fingerprint is the one stored when it
+# was). Run only on a schema that has ledger_definitions (migration 0012 on). %(digest)s: the
+# digest of this installation's folder.
+DEFINITIONS = ("ledger definitions", "the database's functions and views are those server/ledger/sql/ defines: "
+                                     "this installation's folder was applied and none was changed, added or "
+                                     "dropped since", f"""
+        SELECT 'server/ledger/sql/ was never applied (run balance-api migrate)'
+         WHERE NOT EXISTS (SELECT 1 FROM ledger_definitions)
+        UNION ALL
+        SELECT format('the applied server/ledger/sql/ (%%s) is not this installation''s (%%s): run balance-api migrate',
+                      left(d.digest, 12), left(%(digest)s, 12))
+          FROM ledger_definitions d WHERE d.digest <> %(digest)s
+        UNION ALL
+        (SELECT format('%%s: %%s since server/ledger/sql/ was applied (balance-api migrate --definitions restores it)',
+                       coalesce(now.key, was.key),
+                       CASE WHEN now.key IS NULL THEN 'dropped' WHEN was.key IS NULL THEN 'added' ELSE 'changed' END)
+           FROM ({CATALOGUE}) now
+           FULL JOIN (SELECT e.key, e.value FROM ledger_definitions d, jsonb_each_text(d.catalogue) e) was
+             ON was.key = now.key
+          WHERE now.value IS DISTINCT FROM was.value AND EXISTS (SELECT 1 FROM ledger_definitions)
+          ORDER BY 1 LIMIT {SAMPLE})""")
+
 
 @dataclass(frozen=True)
 class CheckResult:
@@ -141,11 +166,17 @@ class CheckResult:
 
 def check_ledger(database_url: str) -> list[CheckResult]:
     """Run every check against ``database_url`` in one REPEATABLE READ snapshot, so that the
-    checks see one consistent state while the service keeps running. Raises ``psycopg.Error``
-    when the database cannot be reached."""
+    checks see one consistent state while the service keeps running; the ledger definitions'
+    check when the schema has them (migration 0012 on). Raises ``psycopg.Error`` when the database
+    cannot be reached."""
     with psycopg.connect(database_url) as conn:
         conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
         conn.read_only = True
         with conn.transaction():
-            return [CheckResult(name, rule, [row[0] for row in conn.execute(query)])
-                    for name, rule, query in CHECKS]
+            results = [CheckResult(name, rule, [row[0] for row in conn.execute(query)])
+                       for name, rule, query in CHECKS]
+            if conn.execute("SELECT to_regclass('ledger_definitions') IS NOT NULL").fetchone()[0]:
+                name, rule, query = DEFINITIONS
+                offenders = conn.execute(query, {"digest": definitions_digest()}).fetchall()
+                results.append(CheckResult(name, rule, [row[0] for row in offenders]))
+            return results

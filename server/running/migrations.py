@@ -11,13 +11,13 @@ row is stale and safe to clear.
 Migrations hold tables, indexes and data moves; the definitions folder holds the current
 definition of every function and view, one file per concept. After the migrations, under the same
 advisory lock, :func:`apply_definitions` runs the whole folder in one transaction unless its digest
-is the one stored in ``ledger_definitions`` (migration 0012). yoyo's post-apply hook would run only
+is the one stored in ``ledger_definitions`` (migration 0012), with a fingerprint of each function
+and view as applied, which ``balance-api check`` compares with the catalogue. yoyo's post-apply hook would run only
 when some migration was applied, so this module calls it itself, on every migrate and start-up.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import urllib.parse
 from dataclasses import dataclass
@@ -26,7 +26,7 @@ from pathlib import Path
 import psycopg
 from yoyo import get_backend, read_migrations
 
-from server.ledger import DEFINITIONS_DIR
+from server.ledger.definitions import CATALOGUE, DEFINITIONS_DIR, definitions_digest
 
 log = logging.getLogger(__name__)
 
@@ -50,14 +50,6 @@ def _with_setting(url: str, name: str, value: str) -> str:
     options = " ".join([*(v for k, v in query if k == "options"), f"-c {name}={value}"])
     query = [(k, v) for k, v in query if k != "options"] + [("options", options)]
     return urllib.parse.urlunsplit(parts._replace(query=urllib.parse.urlencode(query, quote_via=urllib.parse.quote)))
-
-
-def definitions_digest(definitions_dir: Path = DEFINITIONS_DIR) -> str:
-    """SHA-256 (hex) of the folder's ``*.sql`` files: each file's name and bytes, in name order."""
-    digest = hashlib.sha256()
-    for path in sorted(definitions_dir.glob("*.sql")):
-        digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
-    return digest.hexdigest()
 
 
 def apply_definitions(connection: psycopg.Connection, definitions_dir: Path = DEFINITIONS_DIR, *,
@@ -100,8 +92,11 @@ def apply_definitions(connection: psycopg.Connection, definitions_dir: Path = DE
         for (drop,) in leftovers:
             log.info("ledger definitions: %s (no file defines it)", drop)
             connection.execute(drop)
-        connection.execute("INSERT INTO ledger_definitions (digest) VALUES (%s) ON CONFLICT (singleton)"
-                           " DO UPDATE SET digest = excluded.digest, applied_at = now()", (digest,))
+        # what was applied, and a fingerprint of each function and view as it now is (balance-api check)
+        connection.execute("INSERT INTO ledger_definitions (digest, catalogue)"
+                           f" SELECT %s, coalesce(jsonb_object_agg(c.key, c.value), '{{}}') FROM ({CATALOGUE}) c"
+                           " ON CONFLICT (singleton) DO UPDATE SET digest = excluded.digest,"
+                           " catalogue = excluded.catalogue, applied_at = now()", (digest,))
     log.info("applied the ledger definitions (%s)", digest[:12])
     return True
 
