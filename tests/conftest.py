@@ -21,10 +21,11 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from server.running.embedded_postgres import embedded_postgres, replace_database
+from server.running.embedded_postgres import embedded_postgres
 from tests.openapi_contract import OpenApiContract, contract_middleware
 from tests.seeded_users import seed_user
 from tests.service_process import running_service
+from tests.system_postgres import create_database_on, system_postgres
 
 
 @pytest.fixture(scope="session")
@@ -43,15 +44,28 @@ def create_database(postgres_admin_url) -> Iterator[Callable[[], str]]:
 
     def create() -> str:
         name = f"balance_test_{uuid.uuid4().hex[:12]}"
-        with psycopg.connect(postgres_admin_url, autocommit=True) as conn:
-            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
         names.append(name)
-        return replace_database(postgres_admin_url, name)
+        return create_database_on(postgres_admin_url, name)
 
     yield create
     with psycopg.connect(postgres_admin_url, autocommit=True) as conn:
         for name in names:
             conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+@pytest.fixture(scope="module", params=["embedded", "system"])
+def each_postgres_admin_url(request, postgres_admin_url) -> Iterator[str]:
+    """For tests that must hold on every major version users run (15-18): the admin URL of the
+    embedded PostgreSQL (the suite's), then of a throwaway cluster of the machine's own (e.g.
+    Debian's 15; the test skips, saying what to install, where there is none)."""
+    if request.param == "embedded":
+        yield postgres_admin_url
+        return
+    try:
+        with system_postgres() as (url, _version):
+            yield url
+    except LookupError as missing:
+        pytest.skip(f"the machine's own PostgreSQL: {missing}")
 
 
 @pytest.fixture(scope="session")

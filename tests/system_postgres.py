@@ -15,8 +15,14 @@ import pwd
 import shutil
 import subprocess
 import tempfile
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
+
+import psycopg
+from psycopg import sql
+
+from server.running.embedded_postgres import replace_database
 
 
 def system_postgres_bin() -> Path | None:
@@ -69,3 +75,12 @@ def system_postgres() -> Iterator[tuple[str, str]]:
             _run_as(user, str(bindir / "pg_ctl"), "-w", "-D", str(data), "-m", "fast", "stop")
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def create_database_on(admin_url: str, name: str | None = None) -> str:
+    """Create an empty database (``name``, or a new unique one) on the cluster of ``admin_url``
+    (an admin URL that may ``CREATE DATABASE``); return its URL."""
+    name = name or f"balance_test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    return replace_database(admin_url, name)

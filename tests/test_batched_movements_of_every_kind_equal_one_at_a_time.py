@@ -16,12 +16,7 @@ from hypothesis import strategies as st
 from server.ledger.accounts import NewAccount, create_account, read_account
 from server.ledger.assets import create_asset, read_default_asset
 from server.ledger.batching import LedgerBatcher
-from server.ledger.records import (
-    AccountRef,
-    BalanceChangeOrder,
-    ResolvePending,
-    TransferOrder,
-)
+from server.ledger.records import AccountRef, BalanceChangeOrder, ResolvePending, TransferOrder
 from server.problems import Problem
 from server.running.database import Database
 from tests.ledger_api import balance, credit, new_account, new_asset, send

@@ -16,23 +16,18 @@ import re
 import shutil
 import threading
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import aiohttp
 import psycopg
 import pytest
 
 from server.ledger.definitions import DEFINITIONS_DIR
-from server.running.embedded_postgres import replace_database
-from server.running.migrations import (
-    MIGRATION_LOCK_KEY,
-    apply_definitions,
-    apply_migrations,
-)
+from server.running.migrations import MIGRATION_LOCK_KEY, apply_definitions, apply_migrations
 from tests.request_kinds import KINDS, open_world
 from tests.service_process import PROJECT_ROOT, balance_api, service_env
 from tests.sql_catalogue import ledger_catalogue
-from tests.system_postgres import system_postgres
+from tests.system_postgres import create_database_on
 
 MIGRATIONS_DIR = PROJECT_ROOT / "migrations"
 # The migrations written before the folder existed, which defined functions and views themselves.
@@ -44,26 +39,10 @@ DEFINES = re.compile(r"^\s*(CREATE\s+(OR\s+REPLACE\s+)?(FUNCTION|PROCEDURE|VIEW|
                      r"|ALTER\s+(FUNCTION|PROCEDURE|VIEW))\b", re.IGNORECASE | re.MULTILINE)
 
 
-@pytest.fixture(scope="module", params=["embedded", "system"])
-def new_database(request, postgres_admin_url) -> Iterator[Callable[[], str]]:
-    """Factory of empty databases on the embedded PostgreSQL (the suite's) or on a cluster of the
-    machine's own PostgreSQL."""
-    def factory(admin_url: str) -> Callable[[], str]:
-        def create() -> str:
-            name = f"balance_definitions_{uuid.uuid4().hex[:12]}"
-            with psycopg.connect(admin_url, autocommit=True) as conn:
-                conn.execute(f"CREATE DATABASE {name}")
-            return replace_database(admin_url, name)
-        return create
-
-    if request.param == "embedded":
-        yield factory(postgres_admin_url)
-        return
-    try:
-        with system_postgres() as (url, _version):
-            yield factory(url)
-    except LookupError as missing:
-        pytest.skip(f"the machine's own PostgreSQL: {missing}")
+@pytest.fixture
+def new_database(each_postgres_admin_url) -> Callable[[], str]:
+    """Factory of empty databases on the embedded PostgreSQL, then on the machine's own."""
+    return lambda: create_database_on(each_postgres_admin_url)
 
 
 def _history_only(url: str, tmp_path) -> None:
@@ -220,15 +199,17 @@ def test_check_names_each_function_changed_added_or_dropped_by_hand_and_migrate_
     url = create_database()
     _migrate(url)
     with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute("CREATE OR REPLACE FUNCTION expired_holds(p_account_id bigint, OUT debits bigint, OUT credits bigint)"
-                     " LANGUAGE sql STABLE AS 'SELECT 0::bigint, 0::bigint'")  # someone "fixing" expiry in psql
+        # someone "fixing" expiry in psql
+        conn.execute("CREATE OR REPLACE FUNCTION expired_holds(p_account_id bigint, OUT debits bigint,"
+                     " OUT credits bigint) LANGUAGE sql STABLE AS 'SELECT 0::bigint, 0::bigint'")
         conn.execute("CREATE FUNCTION left_over(integer) RETURNS integer LANGUAGE sql AS 'SELECT $1'")
         conn.execute("DROP FUNCTION resolve_account(bigint, bigint, integer)")
     result = balance_api("check", env=service_env(database_url=url))
     assert result.returncode == 1
     named = [line.strip() for line in result.stdout.splitlines() if line.startswith("     function ")]
     assert [line.split(":")[0] for line in named] == [
-        "function expired_holds(bigint)", "function left_over(integer)", "function resolve_account(bigint,bigint,integer)"]
+        "function expired_holds(bigint)", "function left_over(integer)",
+        "function resolve_account(bigint,bigint,integer)"]
     assert ["changed" in named[0], "added" in named[1], "dropped" in named[2]] == [True, True, True]
     _migrate(url, "--definitions")
     assert balance_api("check", env=service_env(database_url=url)).returncode == 0

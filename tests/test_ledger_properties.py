@@ -8,23 +8,11 @@ import uuid
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from server.ledger.accounts import (
-    AccountUpdate,
-    NewAccount,
-    create_account,
-    read_account,
-    set_account_status,
-    update_account,
-)
+from server.ledger.accounts import (AccountUpdate, NewAccount, create_account, read_account, set_account_status,
+                                    update_account)
 from server.ledger.assets import create_asset
 from server.ledger.moving_money import apply_ledger_batch, apply_transfer_batch
-from server.ledger.records import (
-    AccountRef,
-    BalanceChangeOrder,
-    ResolvePending,
-    Transfer,
-    TransferOrder,
-)
+from server.ledger.records import AccountRef, BalanceChangeOrder, ResolvePending, Transfer, TransferOrder
 from server.ledger.transfer_reads import read_transfer
 from server.problems import Problem
 from tests.ledger_model import ACCOUNTS, MAX_BIGINT, SYSTEM, Model

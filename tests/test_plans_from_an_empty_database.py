@@ -17,17 +17,14 @@ no sequential scan of those tables, and no statement that read one of them whole
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 
 import aiohttp
 import psycopg
-import pytest
 
-from server.running.embedded_postgres import replace_database
 from tests import plan_stability
 from tests.request_kinds import KINDS, World, open_world
 from tests.service_process import balance_api, running_service, service_env
-from tests.system_postgres import system_postgres
+from tests.system_postgres import create_database_on
 
 GROWN_ACCOUNTS = 10_000
 GROWN_TRANSFERS = 50_000
@@ -39,27 +36,6 @@ RUNS_ON_THE_GROWN_LEDGER = 3
 # of the grown `transfers`. Each request reads a few rows by key; a plan that reads a table whole
 # (a seq scan, or a full scan of an index) reads 10,000-50,000 at once.
 ROWS_READ_AT_MOST = GROWN_TRANSFERS // 10
-
-
-@pytest.fixture(scope="module", params=["embedded", "system"])
-def admin_url(request, postgres_admin_url) -> Iterator[str]:
-    """The admin URL of the embedded PostgreSQL (the suite's), or of a cluster of the machine's own."""
-    if request.param == "embedded":
-        yield postgres_admin_url
-        return
-    try:
-        with system_postgres() as (url, _version):
-            yield url
-    except LookupError as missing:
-        pytest.skip(f"the machine's own PostgreSQL: {missing}")
-
-
-def _fresh_database(admin_url: str) -> str:
-    name = "balance_plans_from_empty"
-    with psycopg.connect(admin_url, autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-        conn.execute(f"CREATE DATABASE {name}")
-    return replace_database(admin_url, name)
 
 
 def _rows_read(conn: psycopg.Connection) -> dict[str, int]:
@@ -86,8 +62,8 @@ async def _world(base_url: str) -> World:
 
 
 def test_no_request_path_scans_a_table_after_the_ledger_grew_behind_plans_made_on_empty_tables(
-        admin_url, tmp_path):
-    database_url = _fresh_database(admin_url)
+        each_postgres_admin_url, tmp_path):
+    database_url = create_database_on(each_postgres_admin_url)
     with psycopg.connect(database_url, autocommit=True) as db:
         with running_service(tmp_path / "service.log", database_url=database_url, db_pool_min_size="2",
                              db_pool_max_size="2") as (base_url, _process):

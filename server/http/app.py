@@ -15,14 +15,7 @@ from swagger_ui import aiohttp_api_doc
 
 from server.http.app_keys import ASSETS, BATCHER, DATABASE, DB_POOL, READS, SETTINGS
 from server.http.bearer_auth import DOCS_PATH, bearer_auth_middleware
-from server.http.handlers import (
-    accounts,
-    assets,
-    balance_changes,
-    operations,
-    transfers,
-    users,
-)
+from server.http.handlers import accounts, assets, balance_changes, operations, transfers, users
 from server.http.http_edges import expect_handler, static_files
 from server.http.observability import observability_middleware
 from server.ledger.assets import AssetDirectory

@@ -13,16 +13,8 @@ from dataclasses import dataclass
 from decimal import Decimal
 
 from server.ledger.records import Asset, Db
-from server.problems import (
-    AccountClosed,
-    AccountExists,
-    AccountNotEmpty,
-    AccountNotFound,
-    LimitViolated,
-    Problem,
-    SystemAccount,
-    UserNotFound,
-)
+from server.problems import (AccountClosed, AccountExists, AccountNotEmpty, AccountNotFound, LimitViolated, Problem,
+                             SystemAccount, UserNotFound)
 
 IS_SYSTEM = "SELECT is_system FROM accounts WHERE id = $1"
 

@@ -12,8 +12,9 @@ between an account and its asset's system account, whose row is never locked), `
 ``apply_balance_changes()`` (server/ledger/sql/balance_changes.sql) when it holds only balance
 changes, of ``apply_transfer_batch()`` (transfer_batches.sql, not atomic: each item accepted or
 refused on its own, set-based when all are plain transfers that pass) when it holds no balance
-change, and of ``apply_ledger_batch()`` (ledger_batches.sql) when it mixes them: the items in arrival order, each run of one
-kind through that kind's function, after every account of the batch is locked.
+change, and of ``apply_ledger_batch()`` (ledger_batches.sql) when it mixes them: the items in
+arrival order, each run of one kind through that kind's function, after every account of the
+batch is locked.
 
 ``BATCHING=false`` is the same code path with batches of one (``max_batch=1``).
 
@@ -58,29 +59,10 @@ from typing import Generic, TypeVar
 
 import asyncpg
 
-from server.ledger.idempotency import (
-    CLAIM_KEYS,
-    READ_STORED_MANY,
-    STORE_OUTCOMES,
-    KeyedRequest,
-    KeyVanished,
-    Outcome,
-    retry_transaction,
-    stored_outcome,
-)
-from server.ledger.moving_money import (
-    apply_balance_changes,
-    apply_ledger_batch,
-    apply_transfer_batch,
-)
-from server.ledger.records import (
-    AccountRef,
-    AppliedChange,
-    BalanceChangeOrder,
-    ResolvePending,
-    Transfer,
-    TransferOrder,
-)
+from server.ledger.idempotency import (CLAIM_KEYS, READ_STORED_MANY, STORE_OUTCOMES, KeyedRequest, KeyVanished, Outcome,
+                                       retry_transaction, stored_outcome)
+from server.ledger.moving_money import apply_balance_changes, apply_ledger_batch, apply_transfer_batch
+from server.ledger.records import AccountRef, AppliedChange, BalanceChangeOrder, ResolvePending, Transfer, TransferOrder
 from server.problems import DATABASE_UNAVAILABLE_ERRORS, DatabaseUnavailable, Problem
 from server.running.database import Database
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import psycopg
 
-from server.ledger.definitions import CATALOGUE, definitions_digest
+from server.ledger.definitions import CATALOGUE, HAS_DEFINITIONS_TABLE, definitions_digest
 
 SAMPLE = 20
 
@@ -175,7 +175,7 @@ def check_ledger(database_url: str) -> list[CheckResult]:
         with conn.transaction():
             results = [CheckResult(name, rule, [row[0] for row in conn.execute(query)])
                        for name, rule, query in CHECKS]
-            if conn.execute("SELECT to_regclass('ledger_definitions') IS NOT NULL").fetchone()[0]:
+            if conn.execute(HAS_DEFINITIONS_TABLE).fetchone()[0]:
                 name, rule, query = DEFINITIONS
                 offenders = conn.execute(query, {"digest": definitions_digest()}).fetchall()
                 results.append(CheckResult(name, rule, [row[0] for row in offenders]))

@@ -17,13 +17,14 @@ DEFINITIONS_DIR = Path(__file__).parent / "sql"
 
 # Every function and view of schema public with a SHA-256 of what defines it, one row each
 # (key, value): a function by its signature, with its arguments as declared, result, language,
-# volatility, strictness, security, settings and source; a view by its definition as the server
-# prints it (pg_get_viewdef: the same text for the same definition on one server version).
+# volatility, strictness, security, parallel safety, cost, rows, settings and source; a view by
+# its definition as the server prints it (pg_get_viewdef: the same text for the same definition on
+# one server version).
 CATALOGUE = """
 SELECT 'function ' || p.oid::regprocedure::text AS key,
        encode(sha256(convert_to(concat_ws(E'\\x1f', pg_get_function_arguments(p.oid), pg_get_function_result(p.oid),
                                           l.lanname, p.provolatile, p.proisstrict, p.prosecdef, p.proparallel,
-                                          p.proconfig::text, p.prosrc), 'UTF8')), 'hex') AS value
+                                          p.procost, p.prorows, p.proconfig::text, p.prosrc), 'UTF8')), 'hex') AS value
   FROM pg_proc p JOIN pg_language l ON l.oid = p.prolang
  WHERE p.pronamespace = 'public'::regnamespace
 UNION ALL
@@ -32,10 +33,22 @@ SELECT 'view ' || c.oid::regclass::text, encode(sha256(convert_to(pg_get_viewdef
  WHERE c.relkind IN ('v', 'm') AND c.relnamespace = 'public'::regnamespace
 """
 
+# Whether the schema has the ledger_definitions table (migration 0012 on): before it, there is
+# nothing to apply the folder to or to check it against.
+HAS_DEFINITIONS_TABLE = "SELECT to_regclass('ledger_definitions') IS NOT NULL"
+
+
+def read_definitions(definitions_dir: Path = DEFINITIONS_DIR) -> tuple[str, list[str]]:
+    """The folder's ``*.sql`` files, read once, in name order: ``(digest, texts)``, the digest a
+    SHA-256 (hex) of each file's name and bytes."""
+    digest, texts = hashlib.sha256(), []
+    for path in sorted(definitions_dir.glob("*.sql")):
+        content = path.read_bytes()
+        digest.update(path.name.encode() + b"\0" + content + b"\0")
+        texts.append(content.decode())
+    return digest.hexdigest(), texts
+
 
 def definitions_digest(definitions_dir: Path = DEFINITIONS_DIR) -> str:
-    """SHA-256 (hex) of the folder's ``*.sql`` files: each file's name and bytes, in name order."""
-    digest = hashlib.sha256()
-    for path in sorted(definitions_dir.glob("*.sql")):
-        digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
-    return digest.hexdigest()
+    """The digest of :func:`read_definitions`."""
+    return read_definitions(definitions_dir)[0]

@@ -33,12 +33,7 @@ from typing import TypeVar
 import asyncpg
 import orjson
 
-from server.problems import (
-    DATABASE_UNAVAILABLE_ERRORS,
-    PROBLEM_CONTENT_TYPE,
-    IdempotencyKeyReused,
-    Problem,
-)
+from server.problems import DATABASE_UNAVAILABLE_ERRORS, PROBLEM_CONTENT_TYPE, IdempotencyKeyReused, Problem
 
 log = logging.getLogger(__name__)
 

@@ -20,40 +20,14 @@ from collections.abc import Sequence
 
 import asyncpg
 
-from server.ledger.records import (
-    AccountRef,
-    AppliedChange,
-    BalanceChangeOrder,
-    Db,
-    ResolvePending,
-    Transfer,
-    TransferOrder,
-    transfer_from_row,
-)
+from server.ledger.records import (AccountRef, AppliedChange, BalanceChangeOrder, Db, ResolvePending, Transfer,
+                                   TransferOrder, transfer_from_row)
 from server.ledger.transfer_reads import read_transfer
-from server.problems import (
-    AccountClosed,
-    AccountFrozen,
-    AccountNotFound,
-    AssetMismatch,
-    BalanceOverflow,
-    ExceedsPendingAmount,
-    ExceedsReversibleAmount,
-    InsufficientFunds,
-    LinkedTransferFailed,
-    MaxBalanceExceeded,
-    PendingTransferAlreadyPosted,
-    PendingTransferAlreadyVoided,
-    PendingTransferExpired,
-    Problem,
-    ReferenceReused,
-    SameAccount,
-    SystemAccount,
-    TransferNotFound,
-    TransferNotPending,
-    TransferNotPosted,
-    UserNotFound,
-)
+from server.problems import (AccountClosed, AccountFrozen, AccountNotFound, AssetMismatch, BalanceOverflow,
+                             ExceedsPendingAmount, ExceedsReversibleAmount, InsufficientFunds, LinkedTransferFailed,
+                             MaxBalanceExceeded, PendingTransferAlreadyPosted, PendingTransferAlreadyVoided,
+                             PendingTransferExpired, Problem, ReferenceReused, SameAccount, SystemAccount,
+                             TransferNotFound, TransferNotPending, TransferNotPosted, UserNotFound)
 
 # One call applies a batch of changes to any accounts (balance_changes.sql says why it is safe):
 # per change its account id, or user id and asset id, then its fields; one array each.

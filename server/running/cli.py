@@ -67,10 +67,7 @@ def _serve_in_this_process(settings: Settings) -> int:
     from aiohttp import web
 
     from server.http.app import create_app
-    from server.running.process_limits import (
-        raise_open_file_limit,
-        tune_garbage_collection,
-    )
+    from server.running.process_limits import raise_open_file_limit, tune_garbage_collection
 
     open_files = raise_open_file_limit()
     app = create_app(settings)

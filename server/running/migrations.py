@@ -12,8 +12,9 @@ Migrations hold tables, indexes and data moves; the definitions folder holds the
 definition of every function and view, one file per concept. After the migrations, under the same
 advisory lock, :func:`apply_definitions` runs the whole folder in one transaction unless its digest
 is the one stored in ``ledger_definitions`` (migration 0012), with a fingerprint of each function
-and view as applied, which ``balance-api check`` compares with the catalogue. yoyo's post-apply hook would run only
-when some migration was applied, so this module calls it itself, on every migrate and start-up.
+and view as applied, which ``balance-api check`` compares with the catalogue. yoyo's post-apply
+hook would run only when some migration was applied, so this module calls it itself, on every
+migrate and start-up.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from pathlib import Path
 import psycopg
 from yoyo import get_backend, read_migrations
 
-from server.ledger.definitions import CATALOGUE, DEFINITIONS_DIR, definitions_digest
+from server.ledger.definitions import CATALOGUE, DEFINITIONS_DIR, HAS_DEFINITIONS_TABLE, read_definitions
 
 log = logging.getLogger(__name__)
 
@@ -70,14 +71,14 @@ def apply_definitions(connection: psycopg.Connection, definitions_dir: Path = DE
     a statement fails (nothing is applied), e.g. a signature change that ``CREATE OR REPLACE``
     cannot make, which then needs a migration that drops the old function.
     """
-    digest = definitions_digest(definitions_dir)
+    digest, texts = read_definitions(definitions_dir)
     with connection.transaction():
         stored = connection.execute("SELECT digest FROM ledger_definitions").fetchone()
         if stored is not None and stored[0] == digest and not force:
             return False
         connection.execute("SET LOCAL check_function_bodies = off")
-        for path in sorted(definitions_dir.glob("*.sql")):
-            connection.execute(path.read_text())
+        for text in texts:
+            connection.execute(text)
         # what no file (re)defined in this transaction is left over from an older folder or migration
         leftovers = connection.execute(
             "SELECT format('DROP FUNCTION %s', p.oid::regprocedure) FROM pg_proc p"
@@ -99,11 +100,6 @@ def apply_definitions(connection: psycopg.Connection, definitions_dir: Path = DE
                            " catalogue = excluded.catalogue, applied_at = now()", (digest,))
     log.info("applied the ledger definitions (%s)", digest[:12])
     return True
-
-
-def _at_definitions_head(connection: psycopg.Connection) -> bool:
-    """Whether the schema has the ``ledger_definitions`` table (migration 0012 and on)."""
-    return connection.execute("SELECT to_regclass('ledger_definitions') IS NOT NULL").fetchone()[0]
 
 
 @dataclass(frozen=True)
@@ -147,7 +143,7 @@ def apply_migrations(database_url: str, migrations_dir: Path, default_asset_code
                 else:
                     done = backend.to_apply(migrations)
                     backend.apply_migrations(done)
-                    if _at_definitions_head(backend.connection):
+                    if backend.connection.execute(HAS_DEFINITIONS_TABLE).fetchone()[0]:
                         definitions_applied = apply_definitions(backend.connection, force=force_definitions)
         finally:
             backend.execute("SELECT pg_advisory_unlock(%d)" % MIGRATION_LOCK_KEY)

@@ -9,21 +9,10 @@ from aiohttp import web
 
 from server.http.app_keys import ASSETS
 from server.http.handlers.documents import account_json, entry_json, timestamp
-from server.http.handlers.paths import (
-    FILTERS,
-    id_from_path,
-    page_query,
-    rfc3339,
-    split_page,
-)
+from server.http.handlers.paths import FILTERS, id_from_path, page_query, rfc3339, split_page
 from server.http.idempotent_requests import respond
 from server.http.reads import read_only, reading
-from server.http.request_bodies import (
-    AccountPatch,
-    EmptyBody,
-    NewAccount,
-    read_json_body,
-)
+from server.http.request_bodies import AccountPatch, EmptyBody, NewAccount, read_json_body
 from server.ledger import accounts, history
 from server.ledger.idempotency import Outcome
 from server.ledger.records import PageQuery

@@ -13,18 +13,8 @@ from server.http.app_keys import ASSETS, BATCHER, DATABASE
 from server.http.handlers.documents import change_json, entry_applied_json
 from server.http.handlers.lookups import asset_id_of, asset_of
 from server.http.handlers.paths import id_from_path
-from server.http.idempotent_requests import (
-    IDEMPOTENCY_KEY_HEADER,
-    keyed_request,
-    outcome_response,
-)
-from server.http.request_bodies import (
-    AccountCreditOrDebit,
-    BalanceChange,
-    CreditOrDebit,
-    StrictBody,
-    read_json_body,
-)
+from server.http.idempotent_requests import IDEMPOTENCY_KEY_HEADER, keyed_request, outcome_response
+from server.http.request_bodies import AccountCreditOrDebit, BalanceChange, CreditOrDebit, StrictBody, read_json_body
 from server.ledger import accounts
 from server.ledger.idempotency import Outcome
 from server.ledger.records import AccountRef, AppliedChange, BalanceChangeOrder

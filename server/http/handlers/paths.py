@@ -9,12 +9,7 @@ from collections.abc import Callable
 
 from aiohttp import web
 
-from server.http.request_bodies import (
-    ASSET_CODE_PATTERN,
-    HISTORY_DEFAULT_LIMIT,
-    HISTORY_MAX_LIMIT,
-    MAX_BIGINT,
-)
+from server.http.request_bodies import ASSET_CODE_PATTERN, HISTORY_DEFAULT_LIMIT, HISTORY_MAX_LIMIT, MAX_BIGINT
 from server.ledger.records import PageQuery
 from server.problems import ValidationFailed
 

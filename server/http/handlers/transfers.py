@@ -10,34 +10,14 @@ from aiohttp import web
 from server.http.app_keys import BATCHER, SETTINGS
 from server.http.handlers.documents import transfer_json
 from server.http.handlers.lookups import asset_id_of, asset_of
-from server.http.handlers.paths import (
-    FILTERS,
-    bounded_int,
-    id_from_path,
-    page_query,
-    split_page,
-)
+from server.http.handlers.paths import FILTERS, bounded_int, id_from_path, page_query, split_page
 from server.http.idempotent_requests import keyed_request, outcome_response, respond
 from server.http.reads import read_only, reading
-from server.http.request_bodies import (
-    MAX_BIGINT,
-    EmptyBody,
-    PostItem,
-    PostPendingTransfer,
-    ReverseTransfer,
-    TransferBatch,
-    TransferRequest,
-    read_json_body,
-)
+from server.http.request_bodies import (MAX_BIGINT, EmptyBody, PostItem, PostPendingTransfer, ReverseTransfer,
+                                        TransferBatch, TransferRequest, read_json_body)
 from server.ledger import moving_money, transfer_reads
 from server.ledger.idempotency import Outcome
-from server.ledger.records import (
-    AccountRef,
-    PageQuery,
-    ResolvePending,
-    Transfer,
-    TransferOrder,
-)
+from server.ledger.records import AccountRef, PageQuery, ResolvePending, Transfer, TransferOrder
 from server.problems import Problem, SameAccount, TransferNotFound, ValidationFailed
 
 
