@@ -447,10 +447,10 @@ def format_table(results: list[Measurement], verdicts: dict[str, str] | None = N
     for m in results:
         statuses = ", ".join(f"{count:,} {kind}" for kind, count in m.statuses.items())
         transfers = "-" if m.server == "ceiling" else f"{m.requests_per_s * m.per_request:,.0f}"
+        cpu = ("-" if m.server == BARE_SQL  # pgbench's own rate: no service, its CPU not sampled
+               else f"{m.cpu_us_per_request(m.server_cpu_s):,.0f} + {m.cpu_us_per_request(m.postgres_cpu_s):,.0f} us")
         lines.append(f"| {m.workload} | {m.server} | {m.wall_s:.2f} s | {m.requests_per_s:,.0f} | {transfers} "
-                     f"| {m.p50_ms:.1f} ms | {m.p99_ms:.1f} ms | {_versus_ceiling(m)} "
-                     f"| {m.cpu_us_per_request(m.server_cpu_s):,.0f} + {m.cpu_us_per_request(m.postgres_cpu_s):,.0f} us "
-                     f"| {statuses} |")
+                     f"| {m.p50_ms:.1f} ms | {m.p99_ms:.1f} ms | {_versus_ceiling(m)} | {cpu} | {statuses} |")
     lines.append("")
     for workload, goal, met in GOALS:
         found = [m for m in results if m.workload == workload and m.server == "batching on"]
