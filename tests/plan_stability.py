@@ -93,3 +93,5 @@ def grow_ledger(conn: psycopg.Connection, accounts: int, transfers: int) -> None
               FROM (SELECT x.account_id, sum(x.amount) AS total FROM ledger_entries x
                       JOIN accounts b ON b.id = x.account_id AND b.user_id >= %s GROUP BY x.account_id) e
              WHERE a.id = e.account_id""", (first_user,))
+        conn.execute("SELECT add_to_system_balances(ARRAY[s.id], ARRAY[-%s::bigint]) FROM assets s WHERE s.is_default",
+                     (transfers,))

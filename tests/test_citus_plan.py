@@ -10,7 +10,7 @@ import pytest
 
 PLAN = (Path(__file__).resolve().parent.parent / "docs" / "scaling.md").read_text()
 DISTRIBUTED = {"accounts": "id", "ledger_entries": "account_id", "transfers": "from_account_id",
-               "idempotency_keys": "key"}
+               "idempotency_keys": "key", "system_balance_shards": "shard", "system_balance_changes": "shard"}
 CO_LOCATED_WITH_ACCOUNTS = ("ledger_entries", "transfers")
 REFERENCE = {"assets", "users"}
 LOCAL = {"_yoyo_log", "_yoyo_migration", "_yoyo_version", "yoyo_lock", "ledger_definitions"}  # the coordinator's

@@ -186,6 +186,7 @@ def test_history_of_an_account_with_many_entries_reads_only_one_page_through_the
                    "SELECT %s, id, 1, to_balance, 'credit' FROM transfers WHERE to_account_id = %s ORDER BY id",
                    (account, account))
         db.execute("UPDATE accounts SET balance = %s WHERE id = %s", (n, account))
+        db.execute("SELECT add_to_system_balances(ARRAY[1], ARRAY[-%s::bigint])", (n,))
     db.execute("ANALYZE ledger_entries")
     db.execute("ANALYZE transfers")
     query = READ_ENTRIES

@@ -27,13 +27,13 @@ async def account_is_system(db: Db, account_id: int) -> bool:
     return is_system
 
 
-# A system account has no stored balance (server/ledger/sql/locking.sql, rule 3): each transfer row moves one
-# amount out of one account and into another, so its balance is minus the sum of the asset's other
-# balances, exactly (balance-api check recomputes it from the transfer rows).
+# A system account's balance is not in its row (server/ledger/sql/locking.sql, rule 3) but in its
+# asset's shards (system_balances.sql): their sum, as many rows as changes of it ever ran at once,
+# whatever the size of the ledger (balance-api check recomputes it from the transfer rows).
 _ACCOUNT_COLUMNS = """
 SELECT a.id, s.code AS asset, a.user_id, a.name, a.is_system,
-       CASE WHEN a.is_system THEN (SELECT -coalesce(sum(o.balance), 0) FROM accounts o
-                                    WHERE o.asset_id = a.asset_id AND NOT o.is_system)
+       CASE WHEN a.is_system THEN (SELECT coalesce(sum(b.balance), 0) FROM system_balance_shards b
+                                    WHERE b.asset_id = a.asset_id)
             ELSE a.balance END AS balance,
        a.overdraft_limit, a.max_balance, a.status, a.metadata, a.created_at, a.updated_at,
        a.pending_debits - coalesce(x.debits, 0) AS pending_debits,

@@ -17,7 +17,6 @@ WITH asset AS (
 SELECT asset.*, (SELECT id FROM system_account) AS system_account_id FROM asset
 """
 
-# The asset's supply: the sum of its non-system balances, i.e. minus the system account's balance.
 _ASSET_COLUMNS = """
 SELECT s.id, s.code, s.scale, s.name, s.is_default, s.created_at, a.id AS system_account_id
   FROM assets s JOIN accounts a ON a.asset_id = s.id AND a.is_system
@@ -25,7 +24,8 @@ SELECT s.id, s.code, s.scale, s.name, s.is_default, s.created_at, a.id AS system
 READ_ASSET = _ASSET_COLUMNS + " WHERE s.code = $1"
 READ_DEFAULT_ASSET = _ASSET_COLUMNS + " WHERE s.is_default"
 LIST_ASSETS = _ASSET_COLUMNS + " ORDER BY s.id"
-ASSET_SUPPLY = "SELECT coalesce(sum(balance), 0) FROM accounts WHERE asset_id = $1 AND NOT is_system"
+# minus the system account's balance: the sum of its shards (server/ledger/sql/system_balances.sql)
+ASSET_SUPPLY = "SELECT -coalesce(sum(balance), 0) FROM system_balance_shards WHERE asset_id = $1"
 
 
 async def create_asset(db: Db, code: str, scale: int, name: str | None) -> Asset:

@@ -127,6 +127,48 @@ CHECKS: list[tuple[str, str, str]] = [
          ORDER BY e.id LIMIT {SAMPLE}"""),
 ]
 
+# The stored system balances (migration 0013 on): run only on a schema that has them, as a
+# rollback below 0013 leaves the transfers as the only record of them.
+SYSTEM_BALANCES = ("system balances", "each asset's stored system balance (the sum of its shards, server/ledger/sql/"
+                    "system_balances.sql) is what its transfers moved into its system account minus out; each "
+                    "shard's history is numbered 1, 2, ... without a gap, its times never go back, each "
+                    "balance_after is the running sum of its changes and the last one is the shard's balance", f"""
+    SELECT format('asset %s: system balance stored %s, transfers say %s', s.code, coalesce(b.total, 0),
+                  coalesce(x.total, 0))
+      FROM assets s
+      LEFT JOIN (SELECT asset_id, sum(balance) AS total FROM system_balance_shards GROUP BY asset_id) b
+        ON b.asset_id = s.id
+      LEFT JOIN (SELECT a.asset_id, sum(CASE WHEN t.to_account_id = a.id THEN {MOVED} ELSE -{MOVED} END) AS total
+                   FROM transfers t JOIN accounts a ON a.is_system AND a.id IN (t.from_account_id, t.to_account_id)
+                  GROUP BY a.asset_id) x
+        ON x.asset_id = s.id
+     WHERE coalesce(b.total, 0) <> coalesce(x.total, 0)
+    UNION ALL
+    SELECT format('shard %s of asset %s: change %s (%s, balance_after %s) %s', c.shard, c.asset_id, c.number,
+                  c.at, c.balance_after,
+                  CASE WHEN c.number <> c.position THEN 'is out of sequence'
+                       WHEN c.at < c.previous_at THEN 'is earlier than the change before it'
+                       ELSE format('is not the running sum %s', c.running) END)
+      FROM (SELECT h.*, row_number() OVER w AS position, lag(h.at) OVER w AS previous_at,
+                   sum(h.amount) OVER (w ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS running
+              FROM system_balance_changes h
+            WINDOW w AS (PARTITION BY h.asset_id, h.shard ORDER BY h.number)) c
+     WHERE c.number <> c.position OR c.at < c.previous_at OR c.balance_after <> c.running
+    UNION ALL
+    SELECT format('shard %s of asset %s: balance %s after %s changes, its history says %s after %s', b.shard,
+                  b.asset_id, b.balance, b.changes, coalesce(l.balance_after, 0), coalesce(l.number, 0))
+      FROM system_balance_shards b
+      LEFT JOIN LATERAL (SELECT h.number, h.balance_after FROM system_balance_changes h
+                          WHERE h.asset_id = b.asset_id AND h.shard = b.shard
+                          ORDER BY h.number DESC LIMIT 1) l ON true
+     WHERE b.balance <> coalesce(l.balance_after, 0) OR b.changes <> coalesce(l.number, 0)
+    UNION ALL
+    SELECT format('change %s of shard %s: asset %s has no such shard', h.number, h.shard, h.asset_id)
+      FROM system_balance_changes h
+     WHERE NOT EXISTS (SELECT 1 FROM system_balance_shards b WHERE b.asset_id = h.asset_id AND b.shard = h.shard)
+    LIMIT {SAMPLE}""")
+HAS_SYSTEM_BALANCES = "SELECT to_regclass('system_balance_shards') IS NOT NULL"
+
 # The functions and views are those server/ledger/sql/ defines (the folder of this installation
 # was applied, and nothing changed them since: each one's fingerprint is the one stored when it
 # was). Run only on a schema that has ledger_definitions (migration 0012 on). %(digest)s: the
@@ -166,15 +208,16 @@ class CheckResult:
 
 def check_ledger(database_url: str) -> list[CheckResult]:
     """Run every check against ``database_url`` in one REPEATABLE READ snapshot, so that the
-    checks see one consistent state while the service keeps running; the ledger definitions'
-    check when the schema has them (migration 0012 on). Raises ``psycopg.Error`` when the database
+    checks see one consistent state while the service keeps running; the system balances' and the
+    ledger definitions' checks when the schema has them (migrations 0013 and 0012 on). Raises ``psycopg.Error`` when the database
     cannot be reached."""
     with psycopg.connect(database_url) as conn:
         conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
         conn.read_only = True
         with conn.transaction():
+            checks = CHECKS + ([SYSTEM_BALANCES] if conn.execute(HAS_SYSTEM_BALANCES).fetchone()[0] else [])
             results = [CheckResult(name, rule, [row[0] for row in conn.execute(query)])
-                       for name, rule, query in CHECKS]
+                       for name, rule, query in checks]
             if conn.execute(HAS_DEFINITIONS_TABLE).fetchone()[0]:
                 name, rule, query = DEFINITIONS
                 offenders = conn.execute(query, {"digest": definitions_digest()}).fetchall()

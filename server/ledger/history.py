@@ -25,13 +25,14 @@ SELECT e.id, e.transfer_id, e.amount, e.balance_after,
 """
 
 # The account's balance right after its last entry at or before $2 (0 before its first). A system
-# account has no entries: its balance then is what its transfers up to $2 moved in, minus out.
+# account has no entries: its balance then is the sum, over its asset's shards, of each one's
+# balance after its last change at or before $2 (system_balances.sql): one index descent per shard.
 BALANCE_AT = """
 SELECT CASE WHEN a.is_system
-            THEN (SELECT coalesce(sum(CASE WHEN t.to_account_id = a.id THEN t.amount ELSE -t.amount END), 0)
-                    FROM transfers t
-                   WHERE t.asset_id = a.asset_id AND (t.from_account_id = a.id OR t.to_account_id = a.id)
-                     AND t.created_at <= $2)
+            THEN (SELECT coalesce(sum((SELECT c.balance_after FROM system_balance_changes c
+                                        WHERE c.asset_id = b.asset_id AND c.shard = b.shard AND c.at <= $2
+                                        ORDER BY c.at DESC, c.number DESC LIMIT 1)), 0)
+                    FROM system_balance_shards b WHERE b.asset_id = a.asset_id)
             ELSE coalesce((SELECT e.balance_after FROM ledger_entries e
                             WHERE e.account_id = a.id AND e.created_at <= $2
                             ORDER BY e.id DESC LIMIT 1), 0)

@@ -23,7 +23,8 @@
 -- Why it is safe under concurrency (locking.sql, rules 1-4): the one SELECT ... ORDER BY a.id
 -- FOR NO KEY UPDATE OF a takes the row locks of every account named, in ascending id order; the
 -- expired holds are subtracted in a statement run after the locks are held. The system accounts'
--- rows are joined only to learn their ids, neither locked nor written. The checks are written so
+-- rows are joined only to learn their ids, neither locked nor written; their balance is added to
+-- after the writes (add_to_system_balances(), which waits for nothing). The checks are written so
 -- that they cannot overflow bigint. Writes are set-based: the loop only decides (and draws the ids,
 -- ascending in the order decided), then ONE statement inserts all transfers and entries and
 -- updates all balances. A change whose account is not found stays a look-up of `users` (OFFSET 0),
@@ -158,6 +159,9 @@ BEGIN
                p_idempotency_keys[w.i]
           FROM unnest(w_entry, w_transfer, w_account, w_amount, w_running, w_index)
                AS w (entry_id, transfer_id, account_id, amount, running, i);
+        -- each change moved its amount out of (a credit: into) its asset's system account
+        PERFORM add_to_system_balances(w_asset, ARRAY(SELECT -w.amount FROM unnest(w_amount) WITH ORDINALITY
+                                                                                AS w (amount, i) ORDER BY w.i));
     END IF;
 
     RETURN QUERY

@@ -101,6 +101,9 @@ BEGIN
                        (dst.id,  moved, v_to,   'transfer_in',  dst.is_system))
                AS side (id, amount, balance_after, kind, is_system)
          WHERE NOT side.is_system;
+        IF src.is_system OR dst.is_system THEN  -- after the account locks; waits for nothing
+            PERFORM add_to_system_balances(ARRAY[h.asset_id], ARRAY[CASE WHEN dst.is_system THEN moved ELSE -moved END]);
+        END IF;
     END IF;
     UPDATE transfers t
        SET status = CASE WHEN p_post THEN 'posted' ELSE 'voided' END,

@@ -27,8 +27,9 @@
 -- 3. A system account's row is never locked, updated or written by a money movement: credits and
 --    debits of different accounts never queue on it. Its `balance` column stays 0 and it has no
 --    ledger entries; its balance is what the transfer rows say (each moves one amount out of one
---    account and into the other), read as minus the sum of the asset's other balances, and
---    recomputed from the transfers by `balance-api check`.
+--    account and into the other). It is stored in shards that no one waits for (system_balances.sql):
+--    each money movement to or from a system account adds to a shard no other transaction holds,
+--    after its account locks; `balance-api check` recomputes the shards from the transfers.
 -- 4. A refusal returns before writing anything, so a refused request changes nothing.
 --
 -- ## Plans: the same at every size of the ledger (PostgreSQL docs §43.11.2, §19.7.1; issue 27)

@@ -179,6 +179,14 @@ BEGIN
                    AS s (side, account_id, amount, balance_after, kind)
              WHERE s.balance_after IS NOT NULL  -- a system account has no entries
              ORDER BY x.i, s.side;
+            -- what moved into or out of system accounts, after the account locks; waits for nothing
+            PERFORM add_to_system_balances(array_agg(s.asset_id),
+                                           array_agg(CASE WHEN s.id = x.to_id THEN x.amount ELSE -x.amount END))
+               FROM unnest(v_from, v_to, p_amounts) AS x (from_id, to_id, amount)
+               -- the system accounts read once (an asset has one, accounts_one_system_account_per_asset),
+               -- not one look-up per item
+               JOIN (SELECT a.id, a.asset_id FROM accounts a WHERE a.is_system OFFSET 0) s
+                 ON s.id IN (x.from_id, x.to_id);
             r_outcomes := array_fill('transferred'::text, ARRAY[n]);
             r_roles := array_fill(NULL::text, ARRAY[n]);
         END IF;

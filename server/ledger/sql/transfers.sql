@@ -148,6 +148,9 @@ BEGIN
                    (dst.id,  p_amount, to_balance,   'transfer_in',  dst.is_system))
            AS side (id, amount, balance_after, kind, is_system)
      WHERE NOT side.is_system;
+    IF src.is_system OR dst.is_system THEN  -- after the account locks; waits for nothing
+        PERFORM add_to_system_balances(ARRAY[src.asset_id], ARRAY[CASE WHEN dst.is_system THEN p_amount ELSE -p_amount END]);
+    END IF;
     RETURN QUERY SELECT 'transferred'::text, NULL::text, transfer_id, from_account_id, to_account_id,
                         from_balance, to_balance, created_at;
 END
