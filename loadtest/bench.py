@@ -55,11 +55,12 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import psutil
+import psycopg
 from hdrh.histogram import HdrHistogram
 
 from loadtest.progress import RunProgress
@@ -183,6 +184,41 @@ def _postgres(directory: Path) -> Iterator[tuple[str, psutil.Process, Path]]:
         yield server.get_uri().replace("/postgres?", "/{}?"), psutil.Process(server.get_pid()), Path(server.bin_path)
     finally:
         server.cleanup()
+
+
+@contextlib.contextmanager
+def postgres_databases(directory: Path, admin_url: str | None = None) -> Iterator[tuple[Callable[[str], str], Path]]:
+    """Databases for a run: yields ``(create, bin_path)``, ``create(name)`` making a new database
+    and returning its URL, ``bin_path`` the directory of the server's binaries (pgbench, psql).
+    Without ``admin_url``, on an embedded PostgreSQL in ``directory``, deleted afterwards; with it,
+    on that server (e.g. Debian's PostgreSQL 15; its binaries from /usr/lib/postgresql/<major>/bin),
+    the databases made being dropped afterwards."""
+    if admin_url is None:
+        with _postgres(directory) as (url_template, _postmaster, bin_path):
+            def create(name: str) -> str:
+                with psycopg.connect(url_template.format("postgres"), autocommit=True) as conn:
+                    conn.execute(f'CREATE DATABASE "{name}"')
+                return url_template.format(name)
+            yield create, bin_path
+        return
+    made: list[str] = []
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        major = conn.info.server_version // 10000
+    debian = Path(f"/usr/lib/postgresql/{major}/bin")
+    bin_path = debian if debian.is_dir() else Path(shutil.which("pgbench") or "pgbench").parent
+
+    def create(name: str) -> str:
+        name = f"{name}_{os.getpid()}"
+        with psycopg.connect(admin_url, autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+        made.append(name)
+        return psycopg.conninfo.make_conninfo(admin_url, dbname=name)
+    try:
+        yield create, bin_path
+    finally:
+        with psycopg.connect(admin_url, autocommit=True) as conn:
+            for name in made:
+                conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 PGBENCH_CLIENTS = 20
@@ -528,16 +564,39 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pgledger", metavar="DIR", type=Path,
                         help="with --from-empty: also pgbench pgledger's own SQL functions, loaded from DIR, "
                              "a checkout of github.com/pgr0ss/pgledger (loadtest/pgledger.py)")
+    parser.add_argument("--scale", action="store_true",
+                        help="instead: grow a ledger through the API in steps and measure every read route, the "
+                             "transfer rates, bytes per transfer and check at each (loadtest/scale.py)")
+    parser.add_argument("--steps", metavar="A/T,...", help="with --scale: accounts/transfers of each step "
+                        "(default 1000/20000,10000/100000,100000/300000,300000/1000000)")
+    parser.add_argument("--postgres", metavar="ADMIN_URL", help="with --scale or --from-empty: databases on this "
+                        "server (e.g. Debian's PostgreSQL 15) instead of an embedded one")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     if args.pgledger and not args.from_empty:
         parser.error("--pgledger goes with --from-empty")
+    if args.steps and not args.scale:
+        parser.error("--steps goes with --scale")
+    if args.postgres and not (args.scale or args.from_empty):
+        parser.error("--postgres goes with --scale or --from-empty")
     workloads = tuple(w for w in WORKLOADS if not args.only or w.name in args.only)
     raise_open_file_limit()
+    if args.scale:
+        from loadtest import scale
+
+        try:
+            steps = scale.parse_steps(args.steps) if args.steps else scale.STEPS
+        except ValueError as error:
+            parser.error(f"--steps: {error}")
+        with tempfile.TemporaryDirectory(prefix="balance-api-bench-") as work:
+            table = scale.main(steps, Path(work), args.postgres, args.workers)
+        print()
+        print(table)
+        return 0
     if args.from_empty:
         from loadtest import from_empty
 
         with tempfile.TemporaryDirectory(prefix="balance-api-bench-") as work:
-            table = from_empty.main(args.workers, Path(work), args.pgledger)
+            table = from_empty.main(args.workers, Path(work), args.pgledger, args.postgres)
         print()
         print(table)
         return 0

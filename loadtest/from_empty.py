@@ -9,8 +9,9 @@ workload, in one run on one embedded PostgreSQL:
 3. WINDOWS consecutive windows of WINDOW_SECONDS of ``POST /api/transfers`` between two random
    accounts, of a random amount from 1 to AMOUNT_MAX minor units (wrk, 200 connections,
    ``loadtest/transfers.lua``); each window's rate is printed; then one window of bulk batches,
-   ``POST /api/transfers/batch`` of BATCH_SIZE such transfers from BULK_SENDERS concurrent senders
-   (issues 23 and 27: every batch answered 200 after other traffic);
+   ``POST /api/transfers/batch`` of BATCH_SIZE such transfers from BULK_SENDERS concurrent senders,
+   and one from twice as many; before the first window, one bulk window on the fresh database
+   (issues 23 and 27: every batch answered 200 after other traffic, at BULK_GOAL x the fresh rate);
 4. the same service is restarted on the same database (its connections, and the plans they
    cached, are new) and RESTARTED_WINDOWS more windows and a bulk window are run: the rates the
    first ones are compared with;
@@ -42,7 +43,7 @@ import aiohttp
 import psycopg
 
 from loadtest.bench import (
-    ACCOUNTS, Workload, _cpu_seconds, _free_port, _postgres, _server, _wrk, pgbench_transfers,
+    ACCOUNTS, Workload, _cpu_seconds, _free_port, _server, _wrk, pgbench_transfers, postgres_databases,
 )
 from loadtest.progress import RunProgress
 
@@ -58,6 +59,8 @@ PGLEDGER_GOAL = 2.0  # the service from empty, against pgledger's SQL by pgbench
 TRANSFERS = Workload("transfers from empty", 0, 200, "transfers", ACCOUNTS - 1)  # wrk picks among 9,999
 BATCH_SIZE, BULK_SENDERS = 1000, 4
 BULK = Workload("bulk from empty", 0, BULK_SENDERS, "bulk", ACCOUNTS - 1, per_request=BATCH_SIZE)
+BULK_8 = Workload("bulk from empty, 8 senders", 0, 2 * BULK_SENDERS, "bulk", ACCOUNTS - 1, per_request=BATCH_SIZE)
+BULK_GOAL = 0.8  # bulk after the windows of transfers, against bulk on the fresh database (issue 23)
 
 
 @dataclass
@@ -74,6 +77,7 @@ class Window:
     statuses: dict[str, int]
     service_cpu_us: float = 0.0
     bulk: bool = False
+    senders: int = 0  # bulk: concurrent senders of batches
 
 
 @dataclass
@@ -132,18 +136,18 @@ def _wait_for_service_connections_to_close(conn: psycopg.Connection, seconds: fl
         time.sleep(0.1)
 
 
-def run(workers: int, work: Path, progress: RunProgress, pgledger: Path | None = None) -> FromEmptyRun:
+def run(workers: int, work: Path, progress: RunProgress, pgledger: Path | None = None,
+        postgres: str | None = None) -> FromEmptyRun:
     """Measure steps 1-7 of the module's docstring, reporting each step to ``progress``; step 6
-    only with ``pgledger``, a checkout of pgledger."""
+    only with ``pgledger``, a checkout of pgledger; on the server at admin URL ``postgres``
+    instead of an embedded one when given."""
     from server.ledger.check import check_ledger
 
     result = FromEmptyRun()
     base_env = {key: value for key, value in os.environ.items()
                 if key not in ("DATABASE_URL", "PORT", "HOST", "PROMETHEUS_MULTIPROC_DIR", "API_TOKEN")}
-    with _postgres(work / "postgres") as (url_template, _postmaster, bin_path):
-        with psycopg.connect(url_template.format("postgres"), autocommit=True) as conn:
-            conn.execute('CREATE DATABASE "from_empty"')
-        url = url_template.format("from_empty")
+    with postgres_databases(work / "postgres", postgres) as (create_database, bin_path):
+        url = create_database("from_empty")
         port = _free_port()
         env = {**base_env, "DATABASE_URL": url, "PORT": str(port), "LOG_LEVEL": "WARNING", "WORKERS": str(workers)}
         command = [sys.executable, "-m", "server", "serve"]
@@ -158,7 +162,12 @@ def run(workers: int, work: Path, progress: RunProgress, pgledger: Path | None =
                     with psycopg.connect(url) as db:
                         first_account = db.execute(
                             "SELECT min(id) FROM accounts WHERE NOT is_system AND user_id IS NULL").fetchone()[0]
-                for number, workload in [*((n, TRANSFERS) for n in range(1, windows + 1)), (windows + 1, BULK)]:
+                # from empty: bulk on the fresh database (its accounts only), the windows of single
+                # transfers, then bulk from 4 and 8 senders; restarted: windows, then bulk
+                plan = [*((n, TRANSFERS) for n in range(1, windows + 1)), (windows + 1, BULK)]
+                if phase == "from empty":
+                    plan = [(0, BULK), *plan, (windows + 2, BULK_8)]
+                for number, workload in plan:
                     progress.start(f"{phase}: window {number}")
                     cpu_before = _cpu_seconds([process])
                     _wall, rate, p50, p99, statuses = _wrk(base_url, workload, work, first_account,
@@ -166,9 +175,11 @@ def run(workers: int, work: Path, progress: RunProgress, pgledger: Path | None =
                     rate *= workload.per_request
                     cpu = _cpu_seconds([process]) - cpu_before
                     window = Window(phase, number, rate, p50, p99, statuses,
-                                    cpu / (rate * WINDOW_SECONDS) * 1e6 if rate else 0.0, workload is BULK)
+                                    cpu / (rate * WINDOW_SECONDS) * 1e6 if rate else 0.0, workload.kind == "bulk",
+                                    workload.connections if workload.kind == "bulk" else 0)
                     result.windows.append(window)
-                    kind = f"bulk of {BATCH_SIZE:,}" if window.bulk else f"window {number}"
+                    kind = (f"bulk of {BATCH_SIZE:,} ({window.senders} senders{', fresh' if number == 0 else ''})"
+                            if window.bulk else f"window {number}")
                     progress.done(f"  {phase:<10} {kind}: {rate:9,.0f} transfers/s  p50 {p50:6.1f} ms  "
                                   f"p99 {p99:7.1f} ms  service CPU {window.service_cpu_us:5.0f} us/transfer  "
                                   f"{statuses}")
@@ -185,9 +196,7 @@ def run(workers: int, work: Path, progress: RunProgress, pgledger: Path | None =
             from loadtest.pgledger import pgbench_pgledger
 
             progress.start("pgbench: pgledger's own functions")
-            with psycopg.connect(url_template.format("postgres"), autocommit=True) as conn:
-                conn.execute('CREATE DATABASE "pgledger"')
-            result.pgledger_per_s = pgbench_pgledger(url_template.format("pgledger"), bin_path, pgledger,
+            result.pgledger_per_s = pgbench_pgledger(create_database("pgledger"), bin_path, pgledger,
                                                      ACCOUNTS, WINDOW_SECONDS, work, AMOUNT_MAX)
             progress.done(f"  pgbench, pgledger_create_transfer(), {WINDOW_SECONDS} s: "
                           f"{result.pgledger_per_s:,.0f} transfers/s")
@@ -197,21 +206,23 @@ def run(workers: int, work: Path, progress: RunProgress, pgledger: Path | None =
     return result
 
 
-STEPS = 1 + WINDOWS + RESTARTED_WINDOWS + 2 + 1  # and 1 with pgledger
+STEPS = 1 + WINDOWS + RESTARTED_WINDOWS + 4 + 1  # and 1 with pgledger
 
 
 def format_table(result: FromEmptyRun) -> str:
     """The windows as a Markdown table (rate, its ratio to the restarted service, latencies, the
     service's CPU per transfer), then the baseline, the sequential scans and each goal's verdict."""
     restarted = result.rate("restarted")
-    lines = [f"| window ({WINDOW_SECONDS} s) | transfers/s | vs restarted | p50 | p99 | service CPU/transfer | statuses |",
+    lines = [f"| window ({WINDOW_SECONDS} s) | transfers/s | vs restarted (bulk: vs fresh bulk) | p50 | p99 "
+             f"| service CPU/transfer | statuses |",
              "|---|---|---|---|---|---|---|"]
-    restarted_bulk = [w.transfers_per_s for w in result.windows if w.bulk and w.phase == "restarted"]
+    fresh_bulk = [w.transfers_per_s for w in result.windows if w.bulk and w.number == 0]
     for w in result.windows:
         statuses = ", ".join(f"{count:,} {status}" for status, count in sorted(w.statuses.items()))
-        against = restarted_bulk[0] if w.bulk and restarted_bulk else restarted
+        against = fresh_bulk[0] if w.bulk and fresh_bulk else restarted
         ratio = f"{w.transfers_per_s / against:.2f}x" if against else "-"
-        name = f"{w.phase}, bulk of {BATCH_SIZE:,} ({BULK_SENDERS} senders)" if w.bulk else f"{w.phase} {w.number}"
+        name = (f"{w.phase}, bulk of {BATCH_SIZE:,} ({w.senders} senders{', fresh database' if w.number == 0 else ''})"
+                if w.bulk else f"{w.phase} {w.number}")
         lines.append(f"| {name} | {w.transfers_per_s:,.0f} | {ratio} | {w.p50_ms:.1f} ms "
                      f"| {w.p99_ms:.1f} ms | {w.service_cpu_us:,.0f} us | {statuses} |")
     lines.append("")
@@ -240,15 +251,20 @@ def format_table(result: FromEmptyRun) -> str:
     bulk = [w for w in result.windows if w.bulk]
     if bulk:
         refused = sum(count for w in bulk for status, count in w.statuses.items() if status != "2xx")
-        lines.append(f"- every bulk batch answered 200, after the windows and after the restart: "
+        lines.append(f"- every bulk batch answered 200, fresh, after the windows and after the restart: "
                      f"{'MET' if not refused else f'NOT MET ({refused:,} not 2xx)'}")
+        after = [w.transfers_per_s for w in bulk if w.number != 0]
+        if fresh_bulk and after:
+            worst = min(after) / fresh_bulk[0]
+            lines.append(f"- bulk after the windows of transfers >= {BULK_GOAL:g}x bulk on the fresh database: "
+                         f"{'MET' if worst >= BULK_GOAL else 'NOT MET'} (lowest {worst:.2f}x)")
     lines.append(f"- balance-api check after the run: {result.check}")
     return "\n".join(lines)
 
 
-def main(workers: int, work: Path, pgledger: Path | None = None) -> str:
-    """Run the workload (with pgledger's comparison when ``pgledger``, a checkout of it, is given)
-    and return its table (:func:`format_table`)."""
+def main(workers: int, work: Path, pgledger: Path | None = None, postgres: str | None = None) -> str:
+    """Run the workload (with pgledger's comparison when ``pgledger``, a checkout of it, is given;
+    on the server at admin URL ``postgres`` when given) and return its table (:func:`format_table`)."""
     with RunProgress(STEPS + (pgledger is not None)) as progress:
-        result = run(workers, work, progress, pgledger)
+        result = run(workers, work, progress, pgledger, postgres)
     return format_table(result)

@@ -383,10 +383,10 @@ class Unauthorized(Problem):
 class ServiceOverloaded(Problem):
     status, code, title = 503, "service_overloaded", "Service overloaded"
 
-    def __init__(self, max_pending: int):
+    def __init__(self, max_pending: int = 0, detail: str | None = None):
         super().__init__(
-            f"{max_pending} requests are already waiting for the database in this worker; nothing was "
-            "changed. Retry later.", headers={"Retry-After": "1"},
+            detail or f"{max_pending} requests are already waiting for the database in this worker; nothing "
+            "was changed. Retry later.", headers={"Retry-After": "1"},
         )
 
 

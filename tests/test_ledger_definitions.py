@@ -131,7 +131,9 @@ def test_a_database_at_the_history_head_gets_the_same_catalogue_as_a_fresh_one(n
     url, fresh = new_database(), new_database()
     _history_only(url, tmp_path)
     result = _migrate(url)
-    assert "applied 2 migration(s): 0012.ledger-definitions, 0013.system-balances" in result.stdout
+    later = sorted(path.stem for path in MIGRATIONS_DIR.glob("*.sql")
+                   if path.name[:4] > LAST_MIGRATION_WITH_DEFINITIONS and not path.stem.endswith(".rollback"))
+    assert f"applied {len(later)} migration(s): {', '.join(later)}" in result.stdout
     assert "ledger definitions applied" in result.stdout
     _migrate(fresh)
     assert _catalogue(url) == _catalogue(fresh)

@@ -13,7 +13,7 @@ import swagger_ui
 from aiohttp import web
 from swagger_ui import aiohttp_api_doc
 
-from server.http.app_keys import ASSETS, BATCHER, DATABASE, DB_POOL, READS, SETTINGS
+from server.http.app_keys import ASSETS, BATCHER, DATABASE, DB_POOL, READS, SETTINGS, TRANSFER_BATCHES
 from server.http.bearer_auth import DOCS_PATH, bearer_auth_middleware
 from server.http.handlers import accounts, assets, balance_changes, operations, transfers, users
 from server.http.http_edges import expect_handler, static_files
@@ -24,7 +24,7 @@ from server.ledger.idempotency import purge_expired_keys_forever
 from server.problems import problem_middleware
 from server.running import metrics
 from server.running.config import Settings
-from server.running.database import Database, create_pool
+from server.running.database import Database, Turns, create_pool
 from server.running.replica import ReplicaRouting
 
 log = logging.getLogger(__name__)
@@ -47,6 +47,7 @@ async def _database(app: web.Application) -> AsyncIterator[None]:
     replica = replica_pool and Database(replica_pool, settings.db_max_pending, settings.db_acquire_timeout)
     app[READS] = ReplicaRouting(app[DATABASE], replica, settings.replica_max_lag, settings.replica_check_interval)
     app[ASSETS] = AssetDirectory()
+    app[TRANSFER_BATCHES] = Turns(settings.transfer_batch_concurrency, settings.transfer_batch_queue_timeout)
     # BATCHING=false: batches of one, as many in flight as the pool has connections
     max_batch, in_flight = ((settings.batch_max_size, settings.batch_max_in_flight) if settings.batching
                             else (1, settings.db_pool_max_size))

@@ -8,7 +8,7 @@ import asyncpg
 from aiohttp import web
 
 from server.running.config import Settings
-from server.running.database import Database
+from server.running.database import Database, Turns
 from server.running.replica import ReplicaRouting
 
 if TYPE_CHECKING:  # server.ledger.batching imports modules that import this one
@@ -23,3 +23,4 @@ READS = web.AppKey("reads", ReplicaRouting)  # where read-only routes read (serv
 # through it (server.ledger.batching); BATCHING=false: batches of one
 BATCHER: web.AppKey[LedgerBatcher] = web.AppKey("batcher")
 ASSETS: web.AppKey[AssetDirectory] = web.AppKey("assets")  # the default asset, and assets looked up
+TRANSFER_BATCHES = web.AppKey("transfer_batches", Turns)  # POST /api/transfers/batch: a worker's turns

@@ -43,7 +43,8 @@ SELECT CASE WHEN a.is_system
 
 
 # A system account's history: its transfers, shown as entries (entryId = transferId; no running
-# balance), newest first by transfer id; parameters as in READ_ENTRIES.
+# balance), newest first by transfer id, through the partial index transfers_of_system_accounts
+# (migration 0014); parameters as in READ_ENTRIES.
 READ_SYSTEM_ENTRIES = """
 SELECT t.id, t.id AS transfer_id, CASE WHEN t.to_account_id = $1 THEN t.amount ELSE -t.amount END AS amount,
        NULL::bigint AS balance_after,
@@ -52,6 +53,7 @@ SELECT t.id, t.id AS transfer_id, CASE WHEN t.to_account_id = $1 THEN t.amount E
        t.metadata, NULL::text AS idempotency_key, t.created_at
   FROM transfers t
  WHERE (t.from_account_id = $1 OR t.to_account_id = $1) AND t.id < $2 AND ($3::text IS NULL OR t.code = $3)
+   AND (t.from_balance IS NULL OR t.to_balance IS NULL)  -- always true of its transfers: the partial index
    AND ($4::timestamptz IS NULL OR t.created_at >= $4) AND ($5::timestamptz IS NULL OR t.created_at < $5)
  ORDER BY t.id DESC
  LIMIT $6

@@ -207,8 +207,8 @@ class _AtomicBatchFailed(Exception):
 
 
 async def apply_transfer_batch(conn: asyncpg.Connection, orders: Sequence[TransferOrder | ResolvePending | Problem],
-                               atomic: bool, idempotency_keys: Sequence[str | None] | None = None
-                               ) -> tuple[bool, list[Transfer | Problem]]:
+                               atomic: bool, idempotency_keys: Sequence[str | None] | None = None,
+                               statement_timeout: float | None = None) -> tuple[bool, list[Transfer | Problem]]:
     """Apply ``orders`` in order in ONE transaction on ``conn`` (a savepoint inside a caller's
     transaction), each seeing the effects of those before it: ONE call of ``apply_transfer_batch()``
     (transfer_batches.sql: set-based when all are plain transfers that pass), which also returns the
@@ -221,14 +221,21 @@ async def apply_transfer_batch(conn: asyncpg.Connection, orders: Sequence[Transf
     item's result and every other item's is :class:`LinkedTransferFailed`; ``committed`` is False.
     Otherwise each order succeeds or fails on its own (a refusal writes nothing) and the rest commit.
     ``idempotency_keys`` (one per order, or None): the key each transfer made now records on its
-    ledger entries, as :func:`transfer_funds` records it. Database errors propagate (nothing committed).
+    ledger entries, as :func:`transfer_funds` records it. ``statement_timeout`` (seconds, None: the
+    connection's own): the batch's bound in place of the connection's statement_timeout, set for its
+    transaction alone (SET LOCAL, PostgreSQL docs §19.11.2), its waits for row locks included.
+    Database errors propagate (nothing committed).
     """
     results: list[Transfer | Problem] = []
     try:
-        # one statement is its own transaction; an atomic batch may have to be rolled back after it
-        async with conn.transaction() if atomic else contextlib.nullcontext():
+        # one statement is its own transaction; an atomic batch may have to be rolled back after it,
+        # and a statement_timeout of its own lasts for a transaction
+        async with conn.transaction() if atomic or statement_timeout else contextlib.nullcontext():
+            if statement_timeout:
+                await conn.execute(f"SET LOCAL statement_timeout = {round(statement_timeout * 1000)}")
             rows = await conn.fetch(APPLY_TRANSFER_BATCH, atomic, *_batch_columns(orders),
-                                    list(idempotency_keys) if idempotency_keys is not None else [None] * len(orders))
+                                    list(idempotency_keys) if idempotency_keys is not None else [None] * len(orders),
+                                    timeout=statement_timeout and statement_timeout + 5)
             for index, (order, row) in enumerate(zip(orders, rows)):
                 try:
                     results.append(_batch_item_result(order, row))

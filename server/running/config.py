@@ -99,6 +99,15 @@ class Settings(BaseSettings):
     # POST /api/transfers/batch: most items, and most bytes of its body (other routes: MAX_BODY_BYTES)
     transfer_batch_max_items: Annotated[int, Field(ge=1, le=10_000)] = 1000
     transfer_batch_max_bytes: Annotated[int, Field(ge=1024, le=64 * 1024 * 1024)] = 1024 * 1024
+    # POST /api/transfers/batch requests a worker runs at once; the others wait their turn in the
+    # worker, holding no connection and no lock, for at most TRANSFER_BATCH_QUEUE_TIMEOUT seconds
+    # (then 503 service_overloaded, Retry-After). 0 = no limit (docs/concurrency.md, Bulk batches)
+    transfer_batch_concurrency: Annotated[int, Field(ge=0, le=1000)] = 2
+    transfer_batch_queue_timeout: Annotated[float, Field(gt=0, le=3600)] = 10.0
+    # statement_timeout of one such batch, its waits for row locks included: with the global lock
+    # order a batch always gets its locks, after the batches ahead of it, so its bound is not the
+    # single statement's DB_STATEMENT_TIMEOUT. 0 = DB_STATEMENT_TIMEOUT
+    transfer_batch_timeout: Annotated[float, Field(ge=0, le=3600)] = 30.0
     shutdown_timeout: Annotated[float, Field(ge=0, le=3600)] = 10.0
     workers: Annotated[int, Field(ge=1, le=256)] = 1
     reuse_port: bool = False

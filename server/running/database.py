@@ -72,6 +72,35 @@ def create_pool(settings: Settings) -> asyncpg.Pool:
     )
 
 
+class Turns:
+    """At most ``limit`` holders at once (0: no limit), the others waiting in arrival order for at
+    most ``queue_timeout`` seconds: a worker's admission of ``POST /api/transfers/batch``, decided
+    before the request takes a connection or any row lock (docs/concurrency.md, Bulk batches)."""
+
+    def __init__(self, limit: int, queue_timeout: float):
+        self.limit = limit
+        self.queue_timeout = queue_timeout
+        self._semaphore = asyncio.Semaphore(limit) if limit else None
+
+    @contextlib.asynccontextmanager
+    async def turn(self) -> AsyncIterator[None]:
+        """Hold one of the turns for the block. Raises :class:`ServiceOverloaded` (503, nothing
+        changed, ``Retry-After``) when none came within ``queue_timeout``."""
+        if self._semaphore is None:
+            yield
+            return
+        try:
+            async with asyncio.timeout(self.queue_timeout):
+                await self._semaphore.acquire()
+        except TimeoutError:
+            raise ServiceOverloaded(detail=f"No turn among the {self.limit} batches this worker runs at once came "
+                                           f"within {self.queue_timeout:g} s; nothing was changed. Retry later.") from None
+        try:
+            yield
+        finally:
+            self._semaphore.release()
+
+
 class Database:
     """The pool as request handlers use it: :meth:`connection`, bounded and with a deadline.
 

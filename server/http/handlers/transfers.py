@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 from aiohttp import web
 
-from server.http.app_keys import BATCHER, SETTINGS
+from server.http.app_keys import BATCHER, SETTINGS, TRANSFER_BATCHES
 from server.http.handlers.documents import transfer_json
 from server.http.handlers.lookups import asset_id_of, asset_of
 from server.http.handlers.paths import FILTERS, bounded_int, id_from_path, page_query, split_page
@@ -79,13 +79,17 @@ async def create_transfer_batch(request: web.Request) -> web.Response:
     if len(body.transfers) > settings.transfer_batch_max_items:
         raise ValidationFailed([{"field": "transfers", "reason": f"at most {settings.transfer_batch_max_items} items"}])
     orders = [await _batch_order(request, item) for item in body.transfers]
+    timeout = settings.transfer_batch_timeout or None
 
     async def operation(db, key):
-        committed, results = await moving_money.apply_transfer_batch(db, orders, body.atomic)
+        committed, results = await moving_money.apply_transfer_batch(db, orders, body.atomic,
+                                                                     statement_timeout=timeout)
         return Outcome.of(200, {"committed": committed,
                                 "results": [_batch_result(order, result) for order, result in zip(orders, results)]})
 
-    return await respond(request, body, operation)
+    # its turn first, holding nothing: a batch waits here, not on row locks (docs/concurrency.md)
+    async with request.app[TRANSFER_BATCHES].turn():
+        return await respond(request, body, operation)
 
 
 async def _batch_order(request: web.Request, item) -> TransferOrder | ResolvePending | Problem:
