@@ -54,6 +54,7 @@ import sys
 import tempfile
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
@@ -190,8 +191,8 @@ def _postgres(directory: Path) -> Iterator[tuple[str, psutil.Process, Path]]:
 def postgres_databases(directory: Path, admin_url: str | None = None) -> Iterator[tuple[Callable[[str], str], Path]]:
     """Databases for a run: yields ``(create, bin_path)``, ``create(name)`` making a new database
     and returning its URL, ``bin_path`` the directory of the server's binaries (pgbench, psql).
-    Without ``admin_url``, on an embedded PostgreSQL in ``directory``, deleted afterwards; with it,
-    on that server (e.g. Debian's PostgreSQL 15; its binaries from /usr/lib/postgresql/<major>/bin),
+    Without ``admin_url``, on an embedded PostgreSQL in ``directory``, deleted afterwards; with it
+    (a postgresql:// URL), on that server (e.g. Debian's PostgreSQL 15; its binaries from /usr/lib/postgresql/<major>/bin),
     the databases made being dropped afterwards."""
     if admin_url is None:
         with _postgres(directory) as (url_template, _postmaster, bin_path):
@@ -212,7 +213,7 @@ def postgres_databases(directory: Path, admin_url: str | None = None) -> Iterato
         with psycopg.connect(admin_url, autocommit=True) as conn:
             conn.execute(f'CREATE DATABASE "{name}"')
         made.append(name)
-        return psycopg.conninfo.make_conninfo(admin_url, dbname=name)
+        return urllib.parse.urlsplit(admin_url)._replace(path=f"/{name}").geturl()
     try:
         yield create, bin_path
     finally:

@@ -194,7 +194,8 @@ def run(steps: tuple[tuple[int, int], ...], work: Path, progress: RunProgress, p
                 step = Step(accounts, transfers, growth_s=time.monotonic() - started)
                 with psycopg.connect(url, autocommit=True) as db:
                     db.execute("VACUUM ANALYZE")  # as autovacuum would have by now: the tables' statistics
-                    low, high, step.transfers = db.execute("SELECT min(id), max(id), count(*) FROM transfers").fetchone()
+                    low, high, step.transfers = db.execute(
+                        "SELECT min(id), max(id), count(*) FROM transfers").fetchone()
                 routes = read_routes(account_ids, old_account_ids, system_id, (low, high), old_from, old_to, rng)
                 step.reads_ms = asyncio.run(measure_reads(base_url, routes))
                 first = account_ids[0]  # wrk picks among the first ACCOUNTS accounts, consecutive ids
@@ -213,7 +214,8 @@ def run(steps: tuple[tuple[int, int], ...], work: Path, progress: RunProgress, p
                 with psycopg.connect(url, autocommit=True) as db:
                     parts = db.execute(
                         "SELECT t::text, pg_total_relation_size(t) - pg_indexes_size(t), pg_indexes_size(t) "
-                        "FROM unnest(%s::regclass[]) AS t", (list(TABLES),)).fetchall()
+                        "FROM unnest(%s::text[]) AS n, to_regclass(n) AS t WHERE t IS NOT NULL",
+                        (list(TABLES),)).fetchall()  # those this version has
                     written = db.execute("SELECT count(*) FROM transfers").fetchone()[0]  # the windows' too
                 for table, rows, indexes in parts:
                     step.bytes_by_part[f"{table} rows"] = rows / written

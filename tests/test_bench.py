@@ -77,16 +77,51 @@ def test_the_from_empty_table_compares_each_window_with_the_restarted_server_and
     assert table.endswith("- balance-api check after the run: passed")
 
 
-def test_the_from_empty_table_compares_bulk_batches_with_the_restarted_server_and_counts_refused_ones():
+def test_the_from_empty_table_compares_bulk_batches_with_bulk_on_the_fresh_database_and_counts_refused_ones():
     from loadtest.from_empty import FromEmptyRun, Window, format_table as from_empty_table
 
     run = FromEmptyRun(
-        windows=[Window("from empty", 1, 4000, 40.0, 90.0, {"2xx": 32000}),
-                 Window("from empty", 2, 40000, 100.0, 200.0, {"2xx": 300, "5xx": 20}, bulk=True),
+        windows=[Window("from empty", 0, 50000, 100.0, 200.0, {"2xx": 400}, bulk=True, senders=4),
+                 Window("from empty", 1, 4000, 40.0, 90.0, {"2xx": 32000}),
+                 Window("from empty", 2, 40000, 100.0, 200.0, {"2xx": 300, "5xx": 20}, bulk=True, senders=4),
+                 Window("from empty", 3, 35000, 200.0, 300.0, {"2xx": 280}, bulk=True, senders=8),
                  Window("restarted", 1, 5000, 30.0, 80.0, {"2xx": 40000}),
-                 Window("restarted", 2, 50000, 80.0, 150.0, {"2xx": 400}, bulk=True)],
+                 Window("restarted", 2, 50000, 80.0, 150.0, {"2xx": 400}, bulk=True, senders=4)],
         check="passed")
     table = from_empty_table(run)
+    assert "| from empty, bulk of 1,000 (4 senders, fresh database) | 50,000 | 1.00x |" in table
     assert "| from empty, bulk of 1,000 (4 senders) | 40,000 | 0.80x |" in table
+    assert "| from empty, bulk of 1,000 (8 senders) | 35,000 | 0.70x |" in table
     assert "| from empty 1 | 4,000 | 0.80x |" in table  # the bulk windows are not in the transfers' mean
-    assert "- every bulk batch answered 200, after the windows and after the restart: NOT MET (20 not 2xx)" in table
+    assert "- every bulk batch answered 200, fresh, after the windows and after the restart: NOT MET " \
+           "(20 not 2xx)" in table
+    assert "- bulk after the windows of transfers >= 0.8x bulk on the fresh database: NOT MET (lowest 0.70x)" in table
+
+
+def test_the_scale_table_puts_the_steps_side_by_side_with_the_last_to_first_ratio_and_the_reads_goal():
+    from loadtest.scale import Step, format_table as scale_table
+
+    steps = [Step(1000, 20000, {"GET an account": 0.5, "transfers, old window": 2.0}, 12000, 30000,
+                  {"transfers 2xx": 100}, 500.0, {"transfers rows": 300.0, "transfers indexes": 200.0}, 0.5,
+                  "passed", 1),
+             Step(100000, 300000, {"GET an account": 0.6, "transfers, old window": 7.0}, 11000, 27000,
+                  {"transfers 2xx": 90, "bulk 5xx": 1}, 450.0, {"transfers rows": 280.0, "transfers indexes": 170.0},
+                  3.0, "passed", 40)]
+    table = scale_table(steps)
+    assert "| accounts / transfers | 1,000 / 20,000 | 100,000 / 300,000 | last / first |" in table
+    assert "| GET an account | 0.5 ms | 0.6 ms | 1.20x |" in table
+    assert "| - transfers indexes | 200 B | 170 B | 0.85x |" in table
+    assert "- no read route more than 3x slower from the smallest step to the largest: NOT MET " \
+           "(slowest to grow: transfers, old window, 3.50x)" in table
+    assert "- every write answered 2xx: NOT MET {'bulk 5xx': 1}" in table
+
+
+def test_the_scale_steps_are_accounts_slash_transfers_each_at_least_the_one_before():
+    import pytest
+
+    from loadtest.scale import parse_steps
+
+    assert parse_steps("1000/20000,10000/100000") == ((1000, 20000), (10000, 100000))
+    for wrong in ("1000", "1000/20000,500/30000", "1000/20000,2000/20000", "1/10"):
+        with pytest.raises(ValueError):
+            parse_steps(wrong)

@@ -43,6 +43,8 @@ CHANGED_SINCE_HISTORY = {  # issue 23: money to or from a system account adds to
     "function apply_transfer_batch(boolean,text[],bigint[],bigint[],bigint[],bigint[],integer[],bigint[],text[],"
     "text[],jsonb[],boolean[],integer[],text[],bigint[],text[])",
     "function resolve_pending_transfer(bigint,boolean,bigint)",
+    # issue 23: the batch's accounts locked through unnest(), not = ANY (PostgreSQL 15's re-checks)
+    "function lock_transfer_batch_accounts(bigint[],bigint[],bigint[],bigint[],integer[],bigint[])",
 }
 ADDED_SINCE_HISTORY = {"function add_to_system_balances(integer[],bigint[])"}  # issue 23
 DEFINES = re.compile(r"^\s*(CREATE\s+(OR\s+REPLACE\s+)?(FUNCTION|PROCEDURE|VIEW|MATERIALIZED\s+VIEW|TRIGGER)"

@@ -42,9 +42,26 @@ SELECT CASE WHEN a.is_system
 """
 
 
+# The ids of a system account's transfers for a page ($1 the account, below $2, filters $3 code,
+# $4 from, $5 to, $6 the page's size): the newest of those it sent and of those it received, each
+# one descent of its partial index (transfers_system_senders, transfers_system_receivers: a system
+# side stores no balance; migration 0014), then the newest of both.
+SYSTEM_TRANSFER_IDS = """
+SELECT y.id FROM (
+    (SELECT x.id FROM transfers x
+      WHERE x.from_account_id = $1 AND x.from_balance IS NULL AND x.id < $2 AND ($3::text IS NULL OR x.code = $3)
+        AND ($4::timestamptz IS NULL OR x.created_at >= $4) AND ($5::timestamptz IS NULL OR x.created_at < $5)
+      ORDER BY x.id DESC LIMIT $6)
+    UNION ALL
+    (SELECT x.id FROM transfers x
+      WHERE x.to_account_id = $1 AND x.to_balance IS NULL AND x.id < $2 AND ($3::text IS NULL OR x.code = $3)
+        AND ($4::timestamptz IS NULL OR x.created_at >= $4) AND ($5::timestamptz IS NULL OR x.created_at < $5)
+      ORDER BY x.id DESC LIMIT $6)) y
+ ORDER BY y.id DESC LIMIT $6
+"""
+
 # A system account's history: its transfers, shown as entries (entryId = transferId; no running
-# balance), newest first by transfer id, through the partial index transfers_of_system_accounts
-# (migration 0014); parameters as in READ_ENTRIES.
+# balance), newest first by transfer id; parameters as in READ_ENTRIES.
 READ_SYSTEM_ENTRIES = """
 SELECT t.id, t.id AS transfer_id, CASE WHEN t.to_account_id = $1 THEN t.amount ELSE -t.amount END AS amount,
        NULL::bigint AS balance_after,
@@ -52,11 +69,8 @@ SELECT t.id, t.id AS transfer_id, CASE WHEN t.to_account_id = $1 THEN t.amount E
        t.code, CASE WHEN t.to_account_id = $1 THEN 'transfer_in' ELSE 'transfer_out' END AS kind, t.description,
        t.metadata, NULL::text AS idempotency_key, t.created_at
   FROM transfers t
- WHERE (t.from_account_id = $1 OR t.to_account_id = $1) AND t.id < $2 AND ($3::text IS NULL OR t.code = $3)
-   AND (t.from_balance IS NULL OR t.to_balance IS NULL)  -- always true of its transfers: the partial index
-   AND ($4::timestamptz IS NULL OR t.created_at >= $4) AND ($5::timestamptz IS NULL OR t.created_at < $5)
+ WHERE t.id IN (""" + SYSTEM_TRANSFER_IDS + """)
  ORDER BY t.id DESC
- LIMIT $6
 """
 
 @dataclass(frozen=True, slots=True)

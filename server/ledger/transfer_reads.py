@@ -6,6 +6,7 @@ Every read goes through the view ``transfer_details`` (server/ledger/sql/transfe
 from __future__ import annotations
 
 from server.ledger.accounts import account_is_system
+from server.ledger.history import SYSTEM_TRANSFER_IDS
 from server.ledger.records import Db, PageQuery, Transfer, transfer_from_row
 
 # A transfer with the balances its two ledger entries recorded (stored on the transfer too): the
@@ -15,8 +16,8 @@ READ_TRANSFER = _TRANSFER_COLUMNS + " WHERE t.id = $1"
 READ_TRANSFER_BY_REFERENCE = _TRANSFER_COLUMNS + " WHERE t.reference = $1"  # the unique index transfers_reference
 
 # All transfers, newest first, keyset-paged by transfer id ($1: below this id), with optional
-# filters ($2 code: the index transfers_code_id; $3 from, $4 to: from <= created_at < to, the BRIN
-# index transfers_created_at; migration 0014).
+# filters ($2 code: the index transfers_code_id; $3 from, $4 to: from <= created_at < to; with both:
+# LIST_TRANSFERS_IN_A_WINDOW; migration 0014).
 LIST_TRANSFERS = _TRANSFER_COLUMNS + """
  WHERE t.id < $1 AND ($2::text IS NULL OR t.code = $2) AND ($3::timestamptz IS NULL OR t.created_at >= $3)
    AND ($4::timestamptz IS NULL OR t.created_at < $4)
@@ -24,12 +25,13 @@ LIST_TRANSFERS = _TRANSFER_COLUMNS + """
 """
 
 
-# The same page when the window [$3, $4) is old (OLD_WINDOW says): the window's transfers first,
-# found through the BRIN index transfers_created_at, then the newest $5 of them below $1. A plain
-# LIMIT lets the planner walk back from the newest transfer, as if the window's rows were spread
-# evenly over the ids (they are not: created_at follows the ids), past every transfer after the
-# window; the MATERIALIZED window is planned without the LIMIT, so it reads what is in the window.
-LIST_TRANSFERS_IN_OLD_WINDOW = """
+# The same page in a window with both ends [$3, $4): the window's transfers first, found through
+# the index transfers_created_at, then the newest $5 of them below $1; so a page costs what the
+# window holds, whatever came after it. With LIST_TRANSFERS' plain LIMIT the planner walks back from
+# the newest transfer, as if the window's rows were spread evenly over the ids (created_at follows
+# the ids instead), past every transfer after the window, and through the whole table when the
+# window holds fewer than a page; the MATERIALIZED window is planned without the LIMIT.
+LIST_TRANSFERS_IN_A_WINDOW = """
 WITH w AS MATERIALIZED (
     SELECT x.id FROM transfers x
      WHERE x.id < $1 AND ($2::text IS NULL OR x.code = $2) AND x.created_at >= $3 AND x.created_at < $4
@@ -37,13 +39,6 @@ WITH w AS MATERIALIZED (
 """ + _TRANSFER_COLUMNS + """
  WHERE t.id IN (SELECT w.id FROM w ORDER BY w.id DESC LIMIT $5)
  ORDER BY t.id DESC
-"""
-
-# Whether the window ending at $2 is old for a page below transfer $1: OLD_WINDOW_AFTER transfers
-# back from $1 are still newer than $2, so walking back to the window would pass at least as many.
-OLD_WINDOW_AFTER = 1000
-OLD_WINDOW = f"""
-SELECT x.created_at >= $2 FROM transfers x WHERE x.id < $1 ORDER BY x.id DESC OFFSET {OLD_WINDOW_AFTER} LIMIT 1
 """
 
 
@@ -57,13 +52,11 @@ LIST_ACCOUNT_TRANSFERS = _TRANSFER_COLUMNS.replace("SELECT t.*", "SELECT x.id AS
 """
 
 
-# A system account's transfers (it has no entries), keyset-paged by transfer id, through the
-# partial index transfers_of_system_accounts (migration 0014: a system side stores no balance).
+# A system account's transfers (it has no entries), keyset-paged by transfer id: the page's ids
+# as its history finds them (history.SYSTEM_TRANSFER_IDS, one descent of each partial index).
 LIST_SYSTEM_TRANSFERS = _TRANSFER_COLUMNS.replace("SELECT t.*", "SELECT t.id AS entry_id, t.*", 1) + """
- WHERE (t.from_account_id = $1 OR t.to_account_id = $1) AND t.id < $2 AND ($3::text IS NULL OR t.code = $3)
-   AND (t.from_balance IS NULL OR t.to_balance IS NULL)
-   AND ($4::timestamptz IS NULL OR t.created_at >= $4) AND ($5::timestamptz IS NULL OR t.created_at < $5)
- ORDER BY t.id DESC LIMIT $6
+ WHERE t.id IN (""" + SYSTEM_TRANSFER_IDS + """)
+ ORDER BY t.id DESC
 """
 
 
@@ -80,14 +73,11 @@ async def find_transfer_by_reference(db: Db, reference: str) -> Transfer | None:
 
 
 async def list_transfers(db: Db, page: PageQuery) -> list[Transfer]:
-    """Transfers newest first (by transfer id), filtered as ``page`` says. A window with both ends
-    that lies more than OLD_WINDOW_AFTER transfers back is read through its own transfers
-    (LIST_TRANSFERS_IN_OLD_WINDOW), so its cost is what it holds, not what came after it."""
-    query = LIST_TRANSFERS
-    if page.created_from is not None and page.created_to is not None and \
-            await db.fetchval(OLD_WINDOW, page.before, page.created_to):
-        query = LIST_TRANSFERS_IN_OLD_WINDOW
-    rows = await db.fetch(query, page.before, page.code, page.created_from, page.created_to, page.limit)
+    """Transfers newest first (by transfer id), filtered as ``page`` says; a window with both ends
+    read through its own transfers (LIST_TRANSFERS_IN_A_WINDOW)."""
+    windowed = page.created_from is not None and page.created_to is not None
+    rows = await db.fetch(LIST_TRANSFERS_IN_A_WINDOW if windowed else LIST_TRANSFERS, page.before, page.code,
+                          page.created_from, page.created_to, page.limit)
     return [transfer_from_row(row) for row in rows]
 
 
