@@ -569,7 +569,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="instead: grow a ledger through the API in steps and measure every read route, the "
                              "transfer rates, bytes per transfer and check at each (loadtest/scale.py)")
     parser.add_argument("--steps", metavar="A/T,...", help="with --scale: accounts/transfers of each step "
-                        "(default 1000/20000,10000/100000,100000/300000,300000/1000000)")
+                        "(default 1000/20000,10000/100000,100000/300000,300000/1000000,1000000/3000000)")
     parser.add_argument("--postgres", metavar="ADMIN_URL", help="with --scale or --from-empty: databases on this "
                         "server (e.g. Debian's PostgreSQL 15) instead of an embedded one")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)

@@ -45,7 +45,7 @@ from loadtest.bench import ACCOUNTS, Workload, _free_port, _server, _wrk, postgr
 from loadtest.from_empty import open_accounts
 from loadtest.progress import RunProgress
 
-STEPS = ((1_000, 20_000), (10_000, 100_000), (100_000, 300_000), (300_000, 1_000_000))
+STEPS = ((1_000, 20_000), (10_000, 100_000), (100_000, 300_000), (300_000, 1_000_000), (1_000_000, 3_000_000))
 BATCH_SIZE, BULK_SENDERS = 1000, 4
 SYSTEM_SHARE = 0.1  # of the transfers made: from or to the system account
 AMOUNT_MAX = 100
