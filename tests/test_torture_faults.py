@@ -90,10 +90,12 @@ def inject_faults(rng: random.Random, postgres, pgdata, service: Service, databa
             with psycopg.connect(database_url, autocommit=True) as conn:
                 conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
                              "WHERE datname = current_database() AND pid <> pg_backend_pid()")
-        else:  # every torture account locked for longer than the service's statement timeout (1 s)
+        else:  # every torture account locked for longer than the service's statement timeout (1 s),
+            # in ascending id order as the service locks them (locking.sql, rule 2): in any other
+            # order this holder and a batch could each wait for the other (seen: a deadlock)
             with psycopg.connect(database_url) as conn:
                 conn.execute("SELECT 1 FROM accounts a JOIN assets s ON s.id = a.asset_id "
-                             "WHERE s.code LIKE 'torture%%' FOR UPDATE OF a")
+                             "WHERE s.code LIKE 'torture%%' ORDER BY a.id FOR UPDATE OF a")
                 time.sleep(1.5)
         done.append(fault)
 
