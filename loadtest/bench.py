@@ -192,8 +192,8 @@ def postgres_databases(directory: Path, admin_url: str | None = None) -> Iterato
     """Databases for a run: yields ``(create, bin_path)``, ``create(name)`` making a new database
     and returning its URL, ``bin_path`` the directory of the server's binaries (pgbench, psql).
     Without ``admin_url``, on an embedded PostgreSQL in ``directory``, deleted afterwards; with it
-    (a postgresql:// URL), on that server (e.g. Debian's PostgreSQL 15; its binaries from /usr/lib/postgresql/<major>/bin),
-    the databases made being dropped afterwards."""
+    (a postgresql:// URL), on that server (e.g. Debian's PostgreSQL 15; its binaries from
+    /usr/lib/postgresql/<major>/bin), the databases made being dropped afterwards."""
     if admin_url is None:
         with _postgres(directory) as (url_template, _postmaster, bin_path):
             def create(name: str) -> str:
@@ -220,6 +220,20 @@ def postgres_databases(directory: Path, admin_url: str | None = None) -> Iterato
         with psycopg.connect(admin_url, autocommit=True) as conn:
             for name in made:
                 conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def service_env(database_url: str, port: int, workers: int, **settings: str) -> dict[str, str]:
+    """The environment of a service under measurement: this process's, without what would point
+    it elsewhere (DATABASE_URL, PORT, HOST, the metrics directory, a token), plus ``database_url``,
+    ``port``, ``workers``, LOG_LEVEL=WARNING and ``settings`` (NAME=value)."""
+    return {**clean_env(), "DATABASE_URL": database_url, "PORT": str(port), "LOG_LEVEL": "WARNING",
+            "WORKERS": str(workers), **settings}
+
+
+def clean_env() -> dict[str, str]:
+    """This process's environment without the settings a measured server must not inherit."""
+    return {key: value for key, value in os.environ.items()
+            if key not in ("DATABASE_URL", "PORT", "HOST", "PROMETHEUS_MULTIPROC_DIR", "API_TOKEN")}
 
 
 PGBENCH_CLIENTS = 20
@@ -381,8 +395,7 @@ def run(workers: int, work: Path, progress: RunProgress, workloads: tuple[Worklo
     verdicts = {} if verdicts is None else verdicts
     client = "h2load" if shutil.which("h2load") else "burst tool"
     results: list[Measurement] = []
-    base_env = {key: value for key, value in os.environ.items()
-                if key not in ("DATABASE_URL", "PORT", "HOST", "PROMETHEUS_MULTIPROC_DIR", "API_TOKEN")}
+    base_env = clean_env()
     with _postgres(work / "postgres") as (url_template, postmaster, bin_path):
         databases = {name: _prepare_database(url_template, name.replace(" ", "_")) for name in SERVERS[1:]}
         first_account = _first_account(databases[SERVERS[1]])
@@ -395,8 +408,8 @@ def run(workers: int, work: Path, progress: RunProgress, workloads: tuple[Worklo
                 env = base_env
             else:
                 command = [sys.executable, "-m", "server", "serve"]
-                env = {**base_env, "DATABASE_URL": databases[server], "PORT": str(port), "LOG_LEVEL": "WARNING",
-                       "WORKERS": str(workers), "BATCHING": "true" if server == "batching on" else "false"}
+                env = service_env(databases[server], port, workers,
+                                  BATCHING="true" if server == "batching on" else "false")
             with contextlib.ExitStack() as stack:
                 copies = workers if server == "ceiling" else 1
                 started = [stack.enter_context(_server(command, env, port, work / f"{server}.log"))

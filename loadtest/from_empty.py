@@ -34,7 +34,6 @@ count of requests with a timeout each.
 from __future__ import annotations
 
 import asyncio
-import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +43,7 @@ import psycopg
 
 from loadtest.bench import (
     ACCOUNTS, Workload, _cpu_seconds, _free_port, _server, _wrk, pgbench_transfers, postgres_databases,
+    service_env,
 )
 from loadtest.progress import RunProgress
 
@@ -144,12 +144,10 @@ def run(workers: int, work: Path, progress: RunProgress, pgledger: Path | None =
     from server.ledger.check import check_ledger
 
     result = FromEmptyRun()
-    base_env = {key: value for key, value in os.environ.items()
-                if key not in ("DATABASE_URL", "PORT", "HOST", "PROMETHEUS_MULTIPROC_DIR", "API_TOKEN")}
     with postgres_databases(work / "postgres", postgres) as (create_database, bin_path):
         url = create_database("from_empty")
         port = _free_port()
-        env = {**base_env, "DATABASE_URL": url, "PORT": str(port), "LOG_LEVEL": "WARNING", "WORKERS": str(workers)}
+        env = service_env(url, port, workers)
         command = [sys.executable, "-m", "server", "serve"]
         for phase, windows in (("from empty", WINDOWS), ("restarted", RESTARTED_WINDOWS)):
             with _server(command, env, port, work / f"{phase}.log") as (base_url, process):

@@ -30,7 +30,6 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import itertools
-import os
 import random
 import statistics
 import sys
@@ -41,7 +40,7 @@ from pathlib import Path
 import aiohttp
 import psycopg
 
-from loadtest.bench import ACCOUNTS, Workload, _free_port, _server, _wrk, postgres_databases
+from loadtest.bench import ACCOUNTS, Workload, _free_port, _server, _wrk, postgres_databases, service_env
 from loadtest.from_empty import open_accounts
 from loadtest.progress import RunProgress
 
@@ -163,12 +162,10 @@ def run(steps: tuple[tuple[int, int], ...], work: Path, progress: RunProgress, p
 
     rng = random.Random(23)
     results: list[Step] = []
-    base_env = {key: value for key, value in os.environ.items()
-                if key not in ("DATABASE_URL", "PORT", "HOST", "PROMETHEUS_MULTIPROC_DIR", "API_TOKEN")}
     with postgres_databases(work / "postgres", postgres) as (create_database, _bin):
         url = create_database("scale")
         port = _free_port()
-        env = {**base_env, "DATABASE_URL": url, "PORT": str(port), "LOG_LEVEL": "WARNING", "WORKERS": str(workers)}
+        env = service_env(url, port, workers)
         with _server([sys.executable, "-m", "server", "serve"], env, port, work / "scale.log") as (base_url, _):
             account_ids: list[int] = []
             old_account_ids: list[int] = []
