@@ -380,6 +380,23 @@ class Unauthorized(Problem):
         super().__init__(detail, headers={"WWW-Authenticate": challenge})
 
 
+class WebhookNotFound(Problem):
+    status, code, title = 404, "webhook_not_found", "Webhook not found"
+
+    def __init__(self, webhook_id: int):
+        super().__init__(f"There is no webhook endpoint with id {webhook_id}.", webhookId=webhook_id)
+
+
+class WebhookTargetNotAllowed(Problem):
+    """A webhook URL whose host is, or resolves to, a loopback, private, link-local or otherwise
+    non-public address (refused unless ``WEBHOOK_ALLOW_PRIVATE_TARGETS=true``), or does not resolve."""
+
+    status, code, title = 422, "webhook_target_not_allowed", "Webhook target not allowed"
+
+    def __init__(self, url: str, reason: str):
+        super().__init__(f"Webhooks are not sent to {url}: {reason}; nothing was changed.", url=url)
+
+
 class ServiceOverloaded(Problem):
     status, code, title = 503, "service_overloaded", "Service overloaded"
 

@@ -15,7 +15,8 @@ from swagger_ui import aiohttp_api_doc
 
 from server.http.app_keys import ASSETS, BATCHER, DATABASE, DB_POOL, READS, SETTINGS, TRANSFER_BATCHES
 from server.http.bearer_auth import DOCS_PATH, bearer_auth_middleware
-from server.http.handlers import accounts, assets, balance_changes, operations, transfers, users
+from server.http.handlers import accounts, assets, balance_changes, events, operations, transfers, users, webhooks
+from server.http.handlers.documents import event_json
 from server.http.http_edges import expect_handler, static_files
 from server.http.observability import observability_middleware
 from server.ledger.assets import AssetDirectory
@@ -26,6 +27,7 @@ from server.running import metrics
 from server.running.config import Settings
 from server.running.database import Database, Turns, create_pool
 from server.running.replica import ReplicaRouting
+from server.running.webhook_delivery import Dispatcher
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +105,20 @@ async def _metrics_sampler(app: web.Application) -> AsyncIterator[None]:
         yield
 
 
+async def _webhook_dispatcher(app: web.Application) -> AsyncIterator[None]:
+    """Deliver webhooks while the app runs (``WEBHOOK_DISPATCH``; server/running/webhook_delivery.py),
+    and sample each endpoint's lag every ``METRICS_SAMPLE_INTERVAL`` seconds."""
+    settings = app[SETTINGS]
+    if not settings.webhook_dispatch:
+        yield
+        return
+    dispatcher = Dispatcher(app[DB_POOL], event_json, settings.webhook_retry_delays(), settings.webhook_timeout,
+                            settings.webhook_allow_private_targets, settings.events_poll_interval)
+    async with _background(dispatcher.run_forever()), _background(_every(settings.metrics_sample_interval,
+                                                                          dispatcher.sample_lag)):
+        yield
+
+
 def create_app(settings: Settings) -> web.Application:
     """Build the aiohttp application for ``settings``; ``settings.database_url`` must be set.
 
@@ -117,7 +133,7 @@ def create_app(settings: Settings) -> web.Application:
         middlewares.append(bearer_auth_middleware(tokens))
     app = web.Application(client_max_size=settings.max_body_bytes, middlewares=middlewares)
     app[SETTINGS] = settings
-    app.cleanup_ctx.extend([_database, _idempotency_key_purger, _metrics_sampler])
+    app.cleanup_ctx.extend([_database, _idempotency_key_purger, _metrics_sampler, _webhook_dispatcher])
     routes = [
         web.patch("/api/balance", balance_changes.change_balance),
         web.post("/api/users", users.create_user),
@@ -147,6 +163,14 @@ def create_app(settings: Settings) -> web.Application:
         web.post("/api/accounts/{id}/debit", balance_changes.account_debit),
         web.get("/api/accounts/{id}/history", accounts.get_account_history),
         web.get("/api/accounts/{id}/balance", accounts.get_account_balance),
+        web.get("/api/events", events.list_events),
+        web.get("/api/events/stream", events.stream_events),
+        web.post("/api/webhooks", webhooks.create_webhook),
+        web.get("/api/webhooks", webhooks.list_webhooks),
+        web.get("/api/webhooks/{id}", webhooks.get_webhook),
+        web.patch("/api/webhooks/{id}", webhooks.update_webhook),
+        web.delete("/api/webhooks/{id}", webhooks.delete_webhook),
+        web.get("/api/webhooks/{id}/deliveries", webhooks.list_deliveries),
         web.get("/api/health", operations.health),
         web.get("/api/openapi.json", operations.openapi),
         web.get("/metrics", operations.prometheus_metrics),

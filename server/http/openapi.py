@@ -23,11 +23,14 @@ from server.http.request_bodies import (
     EmptyBody,
     NewAccount,
     NewAsset,
+    NewWebhook,
     PostPendingTransfer,
     ReverseTransfer,
     TransferBatch,
     TransferRequest,
+    WebhookPatch,
 )
+from server.ledger.events import EVENT_TYPES
 
 JSON = "application/json"
 PROBLEM = "application/problem+json"
@@ -183,20 +186,57 @@ SCHEMAS: dict[str, Any] = {
         "additionalProperties": True,
     },
 }
+_FEED_CURSOR = {"type": "string", "pattern": "^[A-Za-z0-9_-]{22}$", "description": "an event's id: an opaque cursor"}
+_WEBHOOK = {
+    "webhookId": INTEGER_ID, "url": {"type": "string"},
+    "types": {"type": ["array", "null"], "items": {"enum": list(EVENT_TYPES)}, "description": "null: every type"},
+    "description": TEXT_OR_NULL, "status": {"enum": ["enabled", "disabled"]},
+    "failures": {"type": "integer", "minimum": 0, "description": "attempts failed in a row"},
+    "nextAttemptAt": {"type": ["string", "null"], "format": "date-time"},
+    "disabledAt": {"type": ["string", "null"], "format": "date-time"},
+    "cursor": {**_FEED_CURSOR, "description": "the last event it has got past (delivered, or not of its types)"},
+    "createdAt": TIMESTAMP, "updatedAt": TIMESTAMP,
+}
+SCHEMAS.update({
+    "Event": _object({
+        "id": _FEED_CURSOR, "type": {"enum": list(EVENT_TYPES)}, "occurredAt": TIMESTAMP,
+        "data": {"oneOf": [_ref("Transfer"), _ref("Account"), _ref("Asset")],
+                 "description": "the document its GET route returns, as it was right after the change"},
+    }),
+    "Events": _object({"events": {"type": "array", "items": _ref("Event"), "maxItems": 1000},
+                       "nextCursor": {**_FEED_CURSOR, "description": "pass as `after` to read on"}}),
+    "NewWebhook": _request_schema(NewWebhook),
+    "WebhookPatch": _request_schema(WebhookPatch),
+    "Webhook": _object(_WEBHOOK),
+    "NewWebhookSecret": _object({**_WEBHOOK, "secret": {
+        "type": "string", "pattern": "^whsec_", "description": "the signing secret (Standard Webhooks), shown once"}}),
+    "Webhooks": _object({"webhooks": {"type": "array", "items": _ref("Webhook")}}),
+    "WebhookDeliveries": _object({
+        "webhookId": INTEGER_ID,
+        "deliveries": {"type": "array", "maxItems": HISTORY_MAX_LIMIT, "items": _object({
+            "deliveryId": INTEGER_ID, "eventId": _FEED_CURSOR, "attempt": {"type": "integer", "minimum": 1},
+            "statusCode": {"type": ["integer", "null"], "description": "null: no HTTP answer"},
+            "latencyMs": {"type": "number", "minimum": 0}, "error": {"type": ["string", "null"]},
+            "nextRetryAt": {"type": ["string", "null"], "format": "date-time"}, "at": TIMESTAMP})},
+        "nextCursor": {"type": ["string", "null"], "description": "pass as `cursor` for the next page"},
+    }),
+})
 SCHEMAS.update(_NESTED)  # PostItem, VoidItem: referenced from TransferBatch
 
 PROBLEM_CODES = {
     400: "malformed_json: the body is not UTF-8 JSON, or an object repeats a member name (RFC 7493 §2.3) / "
          "header_repeated: Idempotency-Key given more than once",
     401: "unauthorized: bearer token missing or wrong (only when the service is configured with tokens)",
-    404: "user_not_found / account_not_found / asset_not_found / transfer_not_found / route_not_found",
+    404: "user_not_found / account_not_found / asset_not_found / transfer_not_found / webhook_not_found / "
+         "route_not_found",
     409: "insufficient_funds / max_balance_exceeded / balance_overflow / account_frozen / account_closed / "
          "account_not_empty / limit_violated / asset_exists / account_exists",
     405: "method_not_allowed (with Allow)",
     408: "request_timeout: the body did not arrive within BODY_READ_TIMEOUT (the connection is closed)",
     413: "payload_too_large",
     415: "unsupported_media_type",
-    422: "validation_error (with errors[]) / same_account / asset_mismatch / system_account / idempotency_key_reused",
+    422: "validation_error (with errors[]) / same_account / asset_mismatch / system_account / idempotency_key_reused / "
+         "webhook_target_not_allowed",
     503: "database_unavailable / service_overloaded (with Retry-After)",
 }
 
@@ -258,6 +298,14 @@ FILTER_PARAMETERS = [
     _query("code", {"type": "string", "pattern": "^[a-z0-9_]{1,32}$"}, "only transfers with this code"),
 ]
 
+_ONE_TYPE = "|".join(t.replace(".", "\\.") for t in EVENT_TYPES)
+FEED_FILTERS = [
+    _query("types", {"type": "string", "pattern": f"^({_ONE_TYPE})(,({_ONE_TYPE}))*$"},
+           "comma-separated event types: " + ", ".join(EVENT_TYPES)),
+    _query("asset", {"type": "string", "pattern": ASSET_CODE_PATTERN}, "only events of this asset"),
+    _query("accountId", INTEGER_ID, "only events of this account (either side of a transfer)"),
+]
+
 
 def _read(summary: str, schema: str, description: str, parameters: list, problems=READ_PROBLEMS) -> dict:
     return {"summary": summary, "parameters": parameters,
@@ -293,6 +341,10 @@ OPERATION_IDS = {
     ("post", "/api/transfers/{id}/void"): "voidPendingTransfer",
     ("post", "/api/transfers/{id}/reverse"): "reverseTransfer",
     ("post", "/api/transfers/batch"): "createTransferBatch",
+    ("get", "/api/events"): "listEvents", ("get", "/api/events/stream"): "streamEvents",
+    ("post", "/api/webhooks"): "createWebhook", ("get", "/api/webhooks"): "listWebhooks",
+    ("get", "/api/webhooks/{id}"): "getWebhook", ("patch", "/api/webhooks/{id}"): "updateWebhook",
+    ("delete", "/api/webhooks/{id}"): "deleteWebhook", ("get", "/api/webhooks/{id}/deliveries"): "listWebhookDeliveries",
     ("get", "/api/health"): "getHealth", ("get", "/api/openapi.json"): "getOpenApiDocument",
     ("get", "/metrics"): "getMetrics",
 }
@@ -302,13 +354,16 @@ TAGS = [
     {"name": "accounts", "description": "Accounts: open, read, limits, freeze, close, credit, debit, history"},
     {"name": "users", "description": "Users and their default-asset accounts"},
     {"name": "transfers", "description": "Transfers, pending transfers (holds), batches and reversals"},
+    {"name": "events", "description": "The change feed: every committed change, once, in an order that never changes"},
+    {"name": "webhooks", "description": "Endpoints that get the change feed as signed POSTs (Standard Webhooks)"},
     {"name": "operations", "description": "Health, metrics and this document"},
 ]
 
 
 def _tag(path: str) -> str:
     resource = path.split("/")[2] if path.startswith("/api/") else "metrics"
-    return resource if resource in {"balance", "assets", "accounts", "users", "transfers"} else "operations"
+    return (resource if resource in {"balance", "assets", "accounts", "users", "transfers", "events", "webhooks"}
+            else "operations")
 
 
 @functools.cache
@@ -429,6 +484,41 @@ def openapi_document(with_security: bool = True) -> dict:
                 _ok(200, "Transfer", "voided", replay=True), 404, 409,
                 parameters=[_path_id("transfer id")], body_required=False,
             )},
+            "/api/events": {"get": _read(
+                "The change feed from a cursor, oldest first; with `wait`, a long poll", "Events",
+                "at most `limit` events after `after` (none after `wait` seconds: an empty page)",
+                [_query("after", _FEED_CURSOR, "an event's id or a `nextCursor`; absent: from the beginning"),
+                 _query("limit", {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100}),
+                 *FEED_FILTERS,
+                 _query("wait", {"type": "integer", "minimum": 0, "maximum": 30, "default": 0},
+                        "seconds to wait for an event when there is none yet")], READ_PROBLEMS)},
+            "/api/events/stream": {"get": {
+                "summary": "The change feed as Server-Sent Events; resume with Last-Event-ID",
+                "parameters": [_query("after", _FEED_CURSOR, "absent: from the beginning"), *FEED_FILTERS,
+                               {"name": "Last-Event-ID", "in": "header", "required": False, "schema": _FEED_CURSOR,
+                                "description": "the last event's id a client got; wins over `after`"}],
+                "responses": {"200": {"description": "events as they commit: `id:` the event's id, `event:` its "
+                                                     "type, `data:` the Event document",
+                                      "content": {"text/event-stream": {"schema": {"type": "string"}}}},
+                              **_problems(*READ_PROBLEMS)},
+            }},
+            "/api/webhooks": {
+                "post": _mutation("Create a webhook endpoint; its signing secret is in this answer only", "NewWebhook",
+                                  _ok(201, "NewWebhookSecret", "created", location=True, replay=True)),
+                "get": _read("List the webhook endpoints", "Webhooks", "every endpoint", [], LIST_PROBLEMS),
+            },
+            "/api/webhooks/{id}": {
+                "get": _read("Read a webhook endpoint", "Webhook", "the endpoint", [_path_id("webhook id")]),
+                "patch": _mutation("Change a webhook endpoint; status enabled starts a disabled one again",
+                                   "WebhookPatch", _ok(200, "Webhook", "changed", replay=True), 404,
+                                   parameters=[_path_id("webhook id")]),
+                "delete": {"summary": "Delete a webhook endpoint: nothing more is sent to it",
+                           "parameters": [_path_id("webhook id"), IDEMPOTENCY_KEY],
+                           "responses": {"204": {"description": "deleted"}, **_problems(401, 404, 422, 503)}},
+            },
+            "/api/webhooks/{id}/deliveries": {"get": _read(
+                "A webhook endpoint's delivery attempts, newest first (keyset pagination)", "WebhookDeliveries",
+                "one page of attempts", [_path_id("webhook id"), *PAGE_PARAMETERS])},
             "/api/health": {"get": {
                 "summary": "Liveness and database reachability",
                 "security": [],

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 from aiohttp import web
 from pydantic import (AfterValidator, BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError,
                       field_validator, model_validator)
 
 from server.http.app_keys import SETTINGS
+from server.ledger.events import EVENT_TYPES
 from server.problems import (MalformedJson, RequestTimeout, UnsupportedMediaType, UnsupportedTransferCoding,
                              ValidationFailed)
 
@@ -225,6 +226,38 @@ class AccountPatch(StrictBody):
     overdraft_limit: Limit | None = Field(None, alias="overdraftLimit")
     max_balance: Limit | None = Field(None, alias="maxBalance")
     metadata: Metadata | None = None
+
+
+EventType = Literal[EVENT_TYPES]
+WebhookUrl = Annotated[str, Field(min_length=1, max_length=2048, pattern="^[hH][tT][tT][pP][sS]?://[!-~]+$",
+                                  description="an http:// or https:// URL in printable ASCII, at most 2048 "
+                                              "characters")]
+EventTypes = Annotated[list[EventType], Field(min_length=1, max_length=len(EVENT_TYPES),
+                                              description="the event types to send; absent or null: every type")]
+
+
+def _unique_types(types: list[str] | None) -> list[str] | None:
+    if types is not None and len(set(types)) != len(types):
+        raise ValueError("must not name a type twice")
+    return types
+
+
+class NewWebhook(StrictBody):
+    """Body of ``POST /api/webhooks``: ``{"url", "types"?, "description"?}``."""
+
+    url: WebhookUrl
+    types: Annotated[EventTypes | None, AfterValidator(_unique_types)] = None
+    description: Description | None = None
+
+
+class WebhookPatch(StrictBody):
+    """Body of ``PATCH /api/webhooks/{id}``: any of ``url``, ``types`` (null: every type),
+    ``description``, ``status`` (``enabled`` again after it was disabled, or ``disabled``)."""
+
+    url: WebhookUrl | None = None
+    types: Annotated[EventTypes | None, AfterValidator(_unique_types)] = None
+    description: Description | None = None
+    status: Literal["enabled", "disabled"] | None = None
 
 
 Body = TypeVar("Body", bound=StrictBody)

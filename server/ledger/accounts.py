@@ -48,20 +48,29 @@ USER_EXISTS = "SELECT EXISTS (SELECT 1 FROM users WHERE id = $1)"
 
 # An unknown user inserts nothing rather than failing the foreign key: a failed statement would
 # abort the caller's transaction, and one holding an Idempotency-Key must still store the refusal
-# (found by Schemathesis: a 500 on POST /api/accounts with a key and an unknown userId).
+# (found by Schemathesis: a 500 on POST /api/accounts with a key and an unknown userId). Every
+# statement that opens or changes an account records its event in the same statement (the feed,
+# server/ledger/sql/events.sql): the row it returns, under the row lock it took.
 CREATE_ACCOUNT = """
-INSERT INTO accounts (asset_id, user_id, name, overdraft_limit, max_balance, metadata)
-SELECT $1, $2, $3, $4, $5, $6
- WHERE $2::bigint IS NULL OR EXISTS (SELECT 1 FROM users u WHERE u.id = $2)
-ON CONFLICT (user_id, asset_id) DO NOTHING
-RETURNING id
+WITH opened AS (
+    INSERT INTO accounts AS a (asset_id, user_id, name, overdraft_limit, max_balance, metadata, feed_position)
+    SELECT $1, $2, $3, $4, $5, $6, feed_position_after(NULL)
+     WHERE $2::bigint IS NULL OR EXISTS (SELECT 1 FROM users u WHERE u.id = $2)
+    ON CONFLICT (user_id, asset_id) DO NOTHING
+    RETURNING a
+)
+SELECT record_account_event('account.created', o.a) FROM opened o
 """
 ACCOUNT_OF_USER = "SELECT id FROM accounts WHERE user_id = $1 AND asset_id = $2"
 
 # A new user and its default-asset account, in one statement.
 CREATE_USER = """
-WITH new_user AS (INSERT INTO users DEFAULT VALUES RETURNING id)
-INSERT INTO accounts (asset_id, user_id) SELECT $1, id FROM new_user RETURNING id
+WITH new_user AS (INSERT INTO users DEFAULT VALUES RETURNING id),
+opened AS (
+    INSERT INTO accounts AS a (asset_id, user_id, feed_position) SELECT $1, id, feed_position_after(NULL) FROM new_user
+    RETURNING a
+)
+SELECT record_account_event('account.created', o.a) FROM opened o
 """
 
 # Limits and names change under the account's row lock (the UPDATE takes it and re-checks its WHERE
@@ -74,27 +83,35 @@ INSERT INTO accounts (asset_id, user_id) SELECT $1, id FROM new_user RETURNING i
 # subqueries read the row being updated, so a re-check on a newer row version recomputes them. A
 # closed account is not changed (closed is final); a concurrent close is seen by that re-check too.
 UPDATE_ACCOUNT = """
+WITH changed AS (
 UPDATE accounts a
    SET name = coalesce($2, name), overdraft_limit = coalesce($3, overdraft_limit),
        max_balance = CASE WHEN $6 THEN $4 ELSE max_balance END, metadata = coalesce($5, metadata),
-       updated_at = now()
+       updated_at = now(), feed_position = feed_position_after(a.feed_position)
  WHERE id = $1 AND NOT is_system AND status <> 'closed'
    AND balance - pending_debits
        + CASE WHEN pending_debits > 0 THEN (SELECT x.debits FROM expired_holds(a.id) x) ELSE 0 END
        >= -coalesce($3, overdraft_limit)
    AND (NOT $6 OR $4::bigint IS NULL OR balance + pending_credits
         - CASE WHEN pending_credits > 0 THEN (SELECT x.credits FROM expired_holds(a.id) x) ELSE 0 END <= $4)
-RETURNING id
+RETURNING a
+)
+SELECT record_account_event('account.updated', c.a) FROM changed c
 """
 
 # freeze / unfreeze / close, under the row lock (as above): closing needs a zero balance, and a
 # closed account stays closed.
 SET_STATUS = """
-UPDATE accounts a SET status = $2, updated_at = now()
+WITH changed AS (
+UPDATE accounts a SET status = $2, updated_at = now(), feed_position = feed_position_after(a.feed_position)
  WHERE id = $1 AND NOT is_system AND status <> 'closed'
    AND ($2 <> 'closed' OR (balance = 0 AND ((pending_debits = 0 AND pending_credits = 0)
         OR (SELECT x.debits = pending_debits AND x.credits = pending_credits FROM expired_holds(a.id) x))))
-RETURNING id
+RETURNING a
+)
+SELECT record_account_event(CASE $2 WHEN 'frozen' THEN 'account.frozen' WHEN 'open' THEN 'account.unfrozen'
+                                    ELSE 'account.closed' END::event_type, c.a)
+  FROM changed c
 """
 READ_STATE = "SELECT is_system, status, balance FROM accounts WHERE id = $1"
 
@@ -132,6 +149,15 @@ def _account(row) -> Account:
                    int(balance) if isinstance(balance, Decimal) else balance, row["overdraft_limit"],
                    row["max_balance"], row["status"], json.loads(row["metadata"]), row["created_at"],
                    row["updated_at"], row["pending_debits"], row["pending_credits"])
+
+
+def account_from_document(data: dict) -> Account:
+    """An :class:`Account` from the row an account event stored (``to_jsonb`` of its ``accounts``
+    row with the asset's code and the open holds' sums; server/ledger/sql/events.sql)."""
+    return Account(data["id"], data["asset"], data["user_id"], data["name"], data["is_system"], data["balance"],
+                   data["overdraft_limit"], data["max_balance"], data["status"], data["metadata"],
+                   dt.datetime.fromisoformat(data["created_at"]), dt.datetime.fromisoformat(data["updated_at"]),
+                   data["pending_debits"], data["pending_credits"])
 
 
 async def read_account(db: Db, account_id: int) -> Account:

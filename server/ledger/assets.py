@@ -5,16 +5,21 @@ from __future__ import annotations
 from server.ledger.records import Asset, Db
 from server.problems import AssetExists, AssetNotFound
 
-# A new asset and its system account, in one statement.
+# A new asset, its system account and its event (asset.created, server/ledger/sql/events.sql), in
+# one statement.
 CREATE_ASSET = """
 WITH asset AS (
-    INSERT INTO assets (code, scale, name) VALUES ($1, $2, $3) ON CONFLICT (code) DO NOTHING
- RETURNING id, code, scale, name, is_default, created_at
+    INSERT INTO assets AS s (code, scale, name) VALUES ($1, $2, $3) ON CONFLICT (code) DO NOTHING
+ RETURNING s
 ), system_account AS (
-    INSERT INTO accounts (asset_id, name, is_system) SELECT id, 'System account', true FROM asset
+    INSERT INTO accounts (asset_id, name, is_system) SELECT (x.s).id, 'System account', true FROM asset x
  RETURNING id
+), event AS MATERIALIZED (
+    SELECT record_asset_event(x.s, y.id) AS asset_id FROM asset x CROSS JOIN system_account y
 )
-SELECT asset.*, (SELECT id FROM system_account) AS system_account_id FROM asset
+SELECT (x.s).id, (x.s).code, (x.s).scale, (x.s).name, (x.s).is_default, (x.s).created_at,
+       y.id AS system_account_id
+  FROM asset x CROSS JOIN system_account y JOIN event e ON e.asset_id = (x.s).id
 """
 
 _ASSET_COLUMNS = """

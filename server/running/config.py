@@ -109,6 +109,16 @@ class Settings(BaseSettings):
     # single statement's DB_STATEMENT_TIMEOUT. 0 = DB_STATEMENT_TIMEOUT
     transfer_batch_timeout: Annotated[float, Field(ge=0, le=3600)] = 30.0
     shutdown_timeout: Annotated[float, Field(ge=0, le=3600)] = 10.0
+    # the change feed (docs/api.md, "The change feed"): how often a long poll (wait=), a stream and
+    # the webhook dispatcher look for new events
+    events_poll_interval: Annotated[float, Field(gt=0, le=60)] = 0.1
+    # webhooks: the seconds to wait after each failed attempt in a row, comma-separated; when they
+    # have all been waited and the next attempt fails too, the endpoint is disabled (Standard
+    # Webhooks' suggested schedule: 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h)
+    webhook_retry_schedule: str = "5,300,1800,7200,18000,36000,36000"
+    webhook_timeout: Annotated[float, Field(gt=0, le=300)] = 10.0  # one delivery attempt
+    webhook_allow_private_targets: bool = False  # loopback, private and link-local addresses (tests, labs)
+    webhook_dispatch: bool = True  # whether this process's workers deliver webhooks at all
     workers: Annotated[int, Field(ge=1, le=256)] = 1
     reuse_port: bool = False
     api_token: SecretStr | None = None
@@ -146,6 +156,21 @@ class Settings(BaseSettings):
             raise ValueError("API_TOKEN and API_TOKENS_FILE tokens must be RFC 6750 b64token characters "
                              "(letters, digits and -._~+/, then optional =)")
         return self
+
+    @field_validator("webhook_retry_schedule")
+    @classmethod
+    def _retry_schedule(cls, value: str) -> str:
+        try:
+            delays = [float(part) for part in value.split(",")]
+        except ValueError:
+            raise ValueError("must be seconds separated by commas, e.g. 5,300,1800") from None
+        if not all(0 <= delay <= 604800 for delay in delays):
+            raise ValueError("each delay must be from 0 to 604800 seconds")
+        return value
+
+    def webhook_retry_delays(self) -> list[float]:
+        """WEBHOOK_RETRY_SCHEDULE as seconds: the wait after the 1st, 2nd ... failure in a row."""
+        return [float(part) for part in self.webhook_retry_schedule.split(",")]
 
     def api_tokens(self) -> list[bytes]:
         """The bearer tokens that grant access (``API_TOKEN`` and each non-blank, non-``#`` line of

@@ -62,6 +62,20 @@ BALANCE_CHANGES = Counter(
     ["outcome"],
 )
 
+WEBHOOK_DELIVERIES = Counter(
+    "webhook_deliveries_total",
+    "Webhook delivery attempts by outcome: delivered (2xx), failed (retried later), disabled (the last retry failed).",
+    ["outcome"],
+)
+WEBHOOK_LAG_EVENTS = Gauge(
+    "webhook_lag_events", "Final events after a webhook endpoint's cursor (counted up to 100,000), by endpoint id.",
+    ["webhook"], multiprocess_mode="livemax",
+)
+WEBHOOK_LAG_SECONDS = Gauge(
+    "webhook_lag_seconds", "Age of the oldest event a webhook endpoint has not got yet, by endpoint id.",
+    ["webhook"], multiprocess_mode="livemax",
+)
+
 
 class LabelledChildren:
     """A metric's children by label values, looked up in a dict after the first time:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 
 from server.ledger.accounts import Account, User
+from server.ledger.events import Event
 from server.ledger.history import LedgerEntry
 from server.ledger.records import AppliedChange, Asset, Transfer
 
@@ -74,3 +75,11 @@ def change_json(applied: AppliedChange) -> dict:
 
 def entry_applied_json(applied: AppliedChange) -> dict:
     return {**change_json(applied), "entryId": applied.entry_id}
+
+
+def event_json(event: Event) -> dict:
+    """An event of the feed: ``data`` is its subject's document as its GET route shows it."""
+    subject = event.subject
+    data = (transfer_json(subject) if isinstance(subject, Transfer) else account_json(subject)
+            if isinstance(subject, Account) else asset_json(subject))
+    return {"id": event.cursor.encode(), "type": event.type, "occurredAt": timestamp(event.occurred_at), "data": data}

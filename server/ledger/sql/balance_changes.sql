@@ -26,9 +26,9 @@
 -- rows are joined only to learn their ids, neither locked nor written; their balance is added to
 -- after the writes (add_to_system_balances(), which waits for nothing). The checks are written so
 -- that they cannot overflow bigint. Writes are set-based: the loop only decides (and draws the ids,
--- ascending in the order decided), then ONE statement inserts all transfers and entries and
--- updates all balances. A change whose account is not found stays a look-up of `users` (OFFSET 0),
--- never a scan.
+-- ascending in the order decided), then ONE statement inserts all transfers, their events
+-- (events.sql) and entries and updates all balances. A change whose account is not found stays a
+-- look-up of `users` (OFFSET 0), never a scan.
 CREATE OR REPLACE FUNCTION apply_balance_changes(
     p_account_ids bigint[],
     p_user_ids bigint[],
@@ -77,10 +77,12 @@ DECLARE
     -- per account changed, in id order: its final balance
     u_account bigint[] := '{}';
     u_balance bigint[] := '{}';
+    v_after bigint;          -- the largest feed_position of the accounts changed (events.sql)
+    v_position bigint;
 BEGIN
     FOR r IN
         SELECT c.i, a.id, a.user_id, a.asset_id, a.is_system, a.status, a.balance, a.overdraft_limit,
-               a.max_balance, a.pending_debits, a.pending_credits, s.id AS system_id
+               a.max_balance, a.pending_debits, a.pending_credits, a.feed_position, s.id AS system_id
           FROM (SELECT u.i, coalesce(u.account_id, (SELECT x.id FROM accounts x
                                                       WHERE x.user_id = u.user_id AND x.asset_id = u.asset_id)) AS id
                   FROM unnest(p_account_ids, p_user_ids, p_asset_ids) WITH ORDINALITY
@@ -128,14 +130,16 @@ BEGIN
             o_entry[r.i] := w_entry[k];
             IF u_account[cardinality(u_account)] IS DISTINCT FROM r.id THEN
                 u_account[cardinality(u_account) + 1] := r.id;
+                v_after := greatest(v_after, r.feed_position);
             END IF;
             u_balance[cardinality(u_account)] := running;
         END IF;
     END LOOP;
 
     IF k > 0 THEN
-        -- one statement writes it all: the transfers (each carries both sides), the accounts'
-        -- entries (each with its running balance) and the accounts' final balances
+        v_position := feed_position_after(v_after);
+        -- one statement writes it all: the transfers (each carries both sides), their events, the
+        -- accounts' entries (each with its running balance) and the accounts' final balances
         WITH transfer AS (
             INSERT INTO transfers (id, asset_id, from_account_id, to_account_id, amount, code, description,
                                    from_balance, to_balance)
@@ -147,8 +151,13 @@ BEGIN
                    CASE WHEN w.amount < 0 THEN w.running END, CASE WHEN w.amount > 0 THEN w.running END
               FROM unnest(w_transfer, w_asset, w_account, w_system, w_amount, w_running, w_index)
                    AS w (transfer_id, asset_id, account_id, system_id, amount, running, i)
+        ), event AS (  -- in the order decided, so an account's follow its entries
+            INSERT INTO events (position, type, asset_id, transfer_id)
+            SELECT v_position, 'transfer.created', w.asset_id, w.transfer_id
+              FROM unnest(w_transfer, w_asset) WITH ORDINALITY AS w (transfer_id, asset_id, k)
+             ORDER BY w.k
         ), balance AS (
-            UPDATE accounts a SET balance = u.balance, updated_at = now()
+            UPDATE accounts a SET balance = u.balance, updated_at = now(), feed_position = v_position
               FROM unnest(u_account, u_balance) AS u (id, balance)
              WHERE a.id = u.id
         )

@@ -58,6 +58,7 @@ DECLARE
     moved bigint;
     v_from bigint;
     v_to bigint;
+    v_position bigint;
 BEGIN
     SELECT * INTO h FROM transfers t WHERE t.id = p_transfer_id;
     IF NOT FOUND THEN
@@ -85,13 +86,16 @@ BEGIN
         RETURN;
     END IF;
     moved := CASE WHEN p_post THEN coalesce(p_amount, h.amount) ELSE 0 END;
+    -- its event's position (events.sql), from the sides' feed_position read under their locks
+    v_position := feed_position_after(greatest(CASE WHEN NOT src.is_system THEN src.feed_position END,
+                                               CASE WHEN NOT dst.is_system THEN dst.feed_position END));
     -- release the whole hold; move what is posted (within what was reserved, so within the limits)
     UPDATE accounts a SET pending_debits = a.pending_debits - h.amount, balance = a.balance - moved,
-                          updated_at = now()
+                          updated_at = now(), feed_position = v_position
      WHERE a.id = src.id AND NOT a.is_system
     RETURNING a.balance INTO v_from;
     UPDATE accounts a SET pending_credits = a.pending_credits - h.amount, balance = a.balance + moved,
-                          updated_at = now()
+                          updated_at = now(), feed_position = v_position
      WHERE a.id = dst.id AND NOT a.is_system
     RETURNING a.balance INTO v_to;
     IF p_post THEN
@@ -112,6 +116,9 @@ BEGIN
            to_balance = CASE WHEN p_post THEN v_to END,
            resolved_at = now()
      WHERE t.id = h.id;
+    INSERT INTO events (position, type, asset_id, transfer_id)
+        VALUES (v_position, CASE WHEN p_post THEN 'transfer.posted' ELSE 'transfer.voided' END::event_type, h.asset_id,
+                h.id);
     RETURN QUERY SELECT CASE WHEN p_post THEN 'posted' ELSE 'voided' END, NULL::text, v_from, v_to;
 END
 $$;

@@ -73,8 +73,8 @@ $$;
 -- passes, applying them one at a time in order would accept every one and reach exactly these
 -- running balances, so the result is the one the in-order function gives; if one fails, that
 -- function decides, item by item. The arithmetic is in numeric, so a check cannot overflow.
--- Then three writes: the transfers (ids taken in item order, each with both sides' balances
--- after), the non-system accounts' entries (in item order, so entry ids follow the balance_after
+-- Then four writes: the transfers (ids taken in item order, each with both sides' balances
+-- after), their events (events.sql), the non-system accounts' entries (in item order, so entry ids follow the balance_after
 -- chain), the accounts' new balances (one UPDATE per account with the sum of its legs). The result
 -- statement is a look-up per item (a join by filter over `transfers` was a seq scan per batch).
 CREATE OR REPLACE FUNCTION apply_transfer_batch(
@@ -101,6 +101,7 @@ DECLARE
     v_all_accepted boolean;
     r_outcomes text[];
     r_roles text[];
+    v_position bigint;
 BEGIN
     PERFORM lock_transfer_batch_accounts(p_from_accounts, p_from_users, p_to_accounts, p_to_users, p_asset_ids,
                                          p_holds);
@@ -150,6 +151,11 @@ BEGIN
 
         IF v_all_accepted THEN
             v_ids := ARRAY(SELECT nextval(transfer_ids) FROM generate_series(1, n));  -- ascending in item order
+            -- the events' position (events.sql), from the accounts' feed_position read under the batch's locks
+            v_position := feed_position_after((SELECT max(a.feed_position)
+                                                 FROM unnest(v_from || v_to) AS x (id)
+                                                 JOIN accounts a ON a.id = x.id
+                                                WHERE NOT a.is_system));
             WITH transfer AS (
                 INSERT INTO transfers (id, asset_id, from_account_id, to_account_id, amount, code, description,
                                        metadata, from_balance, to_balance)
@@ -160,8 +166,12 @@ BEGIN
                               v_to_after)
                        AS x (id, from_id, to_id, amount, code, description, metadata, from_after, to_after)
                   JOIN accounts src ON src.id = x.from_id
+                RETURNING id, asset_id
+            ), event AS (  -- in item order (the ids are)
+                INSERT INTO events (position, type, asset_id, transfer_id)
+                SELECT v_position, 'transfer.created', t.asset_id, t.id FROM transfer t ORDER BY t.id
             ), balance AS (
-                UPDATE accounts a SET balance = a.balance + d.delta, updated_at = now()
+                UPDATE accounts a SET balance = a.balance + d.delta, updated_at = now(), feed_position = v_position
                   FROM (SELECT s.account_id, sum(s.delta) AS delta
                           FROM unnest(v_from, v_to, p_amounts) AS x (from_id, to_id, amount)
                          CROSS JOIN LATERAL (VALUES (x.from_id, -x.amount), (x.to_id, x.amount)) AS s (account_id, delta)

@@ -45,6 +45,7 @@ DECLARE
     dst_held bigint;
     v_from bigint;
     v_to bigint;
+    v_position bigint;
 BEGIN
     SELECT r.id, r.missing INTO from_account_id, v_missing FROM resolve_account(p_from_account, p_from_user, p_asset_id) r;
     IF from_account_id IS NULL THEN
@@ -102,6 +103,9 @@ BEGIN
         RETURN;
     END IF;
 
+    -- its event's position (events.sql), from the sides' feed_position read under their locks
+    v_position := feed_position_after(greatest(CASE WHEN NOT src.is_system THEN src.feed_position END,
+                                               CASE WHEN NOT dst.is_system THEN dst.feed_position END));
     IF p_pending THEN  -- reserve: the stored sums grow, nothing moves, no entries yet
         INSERT INTO transfers AS t (asset_id, from_account_id, to_account_id, amount, code, description, metadata,
                                     status, expires_at, reference)
@@ -115,10 +119,14 @@ BEGIN
                                 to_account_id, NULL::bigint, NULL::bigint, NULL::timestamptz;
             RETURN;
         END IF;
-        UPDATE accounts a SET pending_debits = a.pending_debits + p_amount, updated_at = now()
+        UPDATE accounts a SET pending_debits = a.pending_debits + p_amount, updated_at = now(),
+                              feed_position = v_position
          WHERE a.id = src.id AND NOT a.is_system;
-        UPDATE accounts a SET pending_credits = a.pending_credits + p_amount, updated_at = now()
+        UPDATE accounts a SET pending_credits = a.pending_credits + p_amount, updated_at = now(),
+                              feed_position = v_position
          WHERE a.id = dst.id AND NOT a.is_system;
+        INSERT INTO events (position, type, asset_id, transfer_id)
+            VALUES (v_position, 'transfer.pending', src.asset_id, transfer_id);
         RETURN QUERY SELECT 'transferred'::text, NULL::text, transfer_id, from_account_id, to_account_id,
                             NULL::bigint, NULL::bigint, created_at;
         RETURN;
@@ -140,8 +148,12 @@ BEGIN
     END IF;
     from_balance := v_from;
     to_balance := v_to;
-    UPDATE accounts a SET balance = v_from, updated_at = now() WHERE a.id = src.id AND NOT src.is_system;
-    UPDATE accounts a SET balance = v_to, updated_at = now() WHERE a.id = dst.id AND NOT dst.is_system;
+    UPDATE accounts a SET balance = v_from, updated_at = now(), feed_position = v_position
+     WHERE a.id = src.id AND NOT src.is_system;
+    UPDATE accounts a SET balance = v_to, updated_at = now(), feed_position = v_position
+     WHERE a.id = dst.id AND NOT dst.is_system;
+    INSERT INTO events (position, type, asset_id, transfer_id)
+        VALUES (v_position, 'transfer.created', src.asset_id, transfer_id);
     INSERT INTO ledger_entries (account_id, transfer_id, amount, balance_after, kind, description, idempotency_key)
     SELECT side.id, transfer_id, side.amount, side.balance_after, side.kind, p_description, p_idempotency_key
       FROM (VALUES (src.id, -p_amount, from_balance, 'transfer_out', src.is_system),

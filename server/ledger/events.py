@@ -1,0 +1,174 @@
+"""The change feed: reading events in feed order, from a cursor, below the horizon.
+
+Events are written by the ledger's own SQL in the transaction of their change
+(server/ledger/sql/events.sql, which says why their order never changes). A reader hands out only
+events below the horizon, ``pg_snapshot_xmin(pg_current_snapshot())`` (PostgreSQL docs §9.27.5):
+every transaction that could still write an event is at or above it. Reads go to the primary (a
+replica's horizon is the primary's, replayed late: nothing would be wrong, only later).
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import datetime as dt
+import json
+from typing import NamedTuple
+
+from server.ledger.accounts import Account, account_from_document
+from server.ledger.records import Asset, Db, Transfer, transfer_from_row
+
+# the enum event_type (migration 0015), in the order the API documents them
+EVENT_TYPES = ("transfer.created", "transfer.pending", "transfer.posted", "transfer.voided", "account.created",
+               "account.updated", "account.frozen", "account.unfrozen", "account.closed", "asset.created")
+
+# The oldest transaction still running: events at or above it may still be joined by others
+# before them (events.sql, "Why the order never changes", 1).
+HORIZON = "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint"
+
+# The events after ($1, $2) and below the horizon $3, in feed order: at most $4 read (the primary
+# key (position, id), one descent), of which those passing the filters ($5 types, $6 asset id, $7
+# account: either side of a transfer, or the account of an account event), at most $8; then one
+# row more (is_last) with the last event read, so that a filtered read that matched nothing still
+# moves past what it read. A transfer event's document is its row in transfer_details (by primary
+# key), which keeps every field as the change left it but the ones events.py sets back.
+READ_EVENTS = """
+WITH scanned AS MATERIALIZED (
+    SELECT e.position, e.id, e.type, e.occurred_at, e.asset_id, e.account_id, e.transfer_id, e.data
+      FROM events e
+     WHERE (e.position, e.id) > ($1, $2) AND e.position < $3
+     ORDER BY e.position, e.id
+     LIMIT $4
+), matched AS (
+    SELECT s.*
+      FROM scanned s
+     WHERE ($5::event_type[] IS NULL OR s.type = ANY ($5))
+       AND ($6::integer IS NULL OR s.asset_id = $6)
+       AND ($7::bigint IS NULL OR s.account_id = $7
+            OR EXISTS (SELECT 1 FROM transfers t WHERE t.id = s.transfer_id AND $7 IN (t.from_account_id, t.to_account_id)))
+     ORDER BY s.position, s.id
+     LIMIT $8
+)
+SELECT m.position, m.id, m.type::text, m.occurred_at, m.data,
+       (SELECT d FROM transfer_details d WHERE d.id = m.transfer_id) AS transfer, false AS is_last
+  FROM matched m
+UNION ALL
+(SELECT s.position, s.id, NULL, NULL, NULL, NULL, true FROM scanned s ORDER BY s.position DESC, s.id DESC LIMIT 1)
+"""
+
+# How many events a filtered read looks at, at most, to find a page: it costs what it reads, not
+# what the feed holds; the next cursor then says where it stopped.
+FILTERED_READ_SPAN = 5000
+
+# The newest event below the horizon: where a new webhook endpoint starts.
+FEED_HEAD = """
+SELECT e.position, e.id FROM events e WHERE e.position < $1 ORDER BY e.position DESC, e.id DESC LIMIT 1
+"""
+
+
+class FeedCursor(NamedTuple):
+    """A place in the feed: after the event (``position``, ``event_id``); ``START`` is before all."""
+
+    position: int
+    event_id: int
+
+    def encode(self) -> str:
+        """Opaque to clients: both numbers as 8 bytes each, big-endian, base64url without padding
+        (22 characters)."""
+        raw = self.position.to_bytes(8, "big", signed=True) + self.event_id.to_bytes(8, "big", signed=True)
+        return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+    @classmethod
+    def decode(cls, text: str) -> FeedCursor | None:
+        """The cursor ``text`` encodes, or None when it is not 22 characters of base64url. Every
+        such string is a place in the feed (the last character's 4 spare bits are ignored)."""
+        if len(text) != 22 or not text.isascii() or not all(c.isalnum() or c in "-_" for c in text):
+            return None
+        raw = base64.urlsafe_b64decode(text + "==")
+        return cls(int.from_bytes(raw[:8], "big", signed=True), int.from_bytes(raw[8:], "big", signed=True))
+
+
+START = FeedCursor(-1, 0)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Event:
+    """One event: its cursor, ``type`` (one of :data:`EVENT_TYPES`), when its change committed
+    (the transaction's time) and its subject as right after the change."""
+
+    cursor: FeedCursor
+    type: str
+    occurred_at: dt.datetime
+    subject: Transfer | Account | Asset
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class FeedFilter:
+    """Which events a reader wants: ``types`` (None: all), of asset ``asset_id`` (None: any),
+    concerning account ``account_id`` (a side of a transfer, or the account; None: any)."""
+
+    types: tuple[str, ...] | None = None
+    asset_id: int | None = None
+    account_id: int | None = None
+
+    @property
+    def narrows(self) -> bool:
+        return self.types is not None or self.asset_id is not None or self.account_id is not None
+
+
+def _transfer_as_changed(event_type: str, transfer: Transfer) -> Transfer:
+    """The transfer as right after the change ``event_type``: its row keeps every field as it was
+    but those that later changes set (a hold's status and what it posted, the balances a post
+    recorded, what reversals took back: each of those changes has its own event)."""
+    if event_type == "transfer.pending":
+        return dataclasses.replace(transfer, status="pending", posted_amount=0, from_balance=None, to_balance=None,
+                                   reversed_amount=0)
+    if event_type == "transfer.voided":
+        return dataclasses.replace(transfer, status="voided")
+    return dataclasses.replace(transfer, status="posted", reversed_amount=0)
+
+
+def _asset_from_document(data: dict) -> Asset:
+    return Asset(data["id"], data["code"], data["scale"], data["name"], data["is_default"],
+                 dt.datetime.fromisoformat(data["created_at"]), data["system_account_id"])
+
+
+def _event(row) -> Event:
+    event_type, data = row["type"], row["data"] and json.loads(row["data"])
+    if event_type.startswith("transfer."):
+        subject = _transfer_as_changed(event_type, transfer_from_row(row["transfer"]))
+    elif event_type == "asset.created":
+        subject = _asset_from_document(data)
+    else:
+        subject = account_from_document(data)
+    return Event(FeedCursor(row["position"], row["id"]), event_type, row["occurred_at"], subject)
+
+
+async def feed_horizon(db: Db) -> int:
+    """The horizon now: events at positions below it are final (none can join before them)."""
+    return await db.fetchval(HORIZON)
+
+
+async def read_events(db: Db, after: FeedCursor, limit: int, wanted: FeedFilter = FeedFilter(),
+                      horizon: int | None = None) -> tuple[list[Event], FeedCursor]:
+    """At most ``limit`` events after ``after`` that ``wanted`` passes, oldest first, and the
+    cursor to read on from: the last event returned, or, when fewer than ``limit`` passed, the last
+    event looked at (a filtered read looks at :data:`FILTERED_READ_SPAN` at most), or ``after``
+    when there was none. ``db`` must be the primary; ``horizon`` defaults to the horizon now."""
+    if horizon is None:
+        horizon = await feed_horizon(db)
+    span = max(limit, FILTERED_READ_SPAN) if wanted.narrows else limit
+    rows = await db.fetch(READ_EVENTS, after.position, after.event_id, horizon, span,
+                          list(wanted.types) if wanted.types is not None else None, wanted.asset_id,
+                          wanted.account_id, limit)
+    events = [_event(row) for row in rows if not row["is_last"]]
+    last = [row for row in rows if row["is_last"]]
+    if len(events) == limit:
+        return events, events[-1].cursor
+    return events, FeedCursor(last[0]["position"], last[0]["id"]) if last else after
+
+
+async def feed_head(db: Db) -> FeedCursor:
+    """The cursor after the newest final event (:data:`START` when there is none)."""
+    row = await db.fetchrow(FEED_HEAD, await feed_horizon(db))
+    return FeedCursor(row["position"], row["id"]) if row else START

@@ -1,0 +1,85 @@
+-- The change feed: every committed change as an event (GET /api/events, GET /api/events/stream,
+-- webhooks; server/ledger/events.py reads it), written by the function or statement that makes
+-- the change, in its transaction: no queue, no trigger, nothing after the commit.
+--
+-- ## Why the order never changes (issue 24; docs/concurrency.md, "The change feed")
+--
+-- An event's place is (position, id). id is drawn from the events' identity sequence when the row
+-- is inserted, always after the writer holds every account lock it takes (locking.sql, rule 2).
+-- position = greatest(the writing transaction's id, the feed_position of every account it
+-- changes), read under those locks, and the writer stores it as those accounts' feed_position.
+--   1. Handed out only below the horizon: a reader hands out events with
+--      position < pg_snapshot_xmin(pg_current_snapshot()), the oldest transaction still running.
+--      Every transaction that has not committed yet, or starts later, has an id at or above that
+--      horizon, and so writes positions at or above it (a position is never below its writer's
+--      id): no event can ever appear before a cursor already handed out, and reading from any
+--      cursor at any later time returns exactly the events after it. Every committed
+--      transaction below the horizon is visible to the reader's snapshot. Positions are never
+--      above the largest transaction id given out (each is a transaction id or the position of
+--      an earlier event), so the horizon passes every committed event once the transactions
+--      running at its commit have ended.
+--   2. Per account, the order in which changes were applied: a change waits for the account's
+--      row lock, so it reads the feed_position the previous change of that account committed and
+--      writes a position at least as large, with ids drawn after that commit, so larger (the
+--      sequence has no per-session cache: nextval() is increasing in real time). Ordering by the
+--      transaction id alone would not do: a transaction gets its id at its first write, which can
+--      be a lock taken before it waits for another account's lock behind a younger transaction.
+--      A system account is never locked (locking.sql, rule 3); its changes have no order of
+--      application (they land in different shards, system_balances.sql) and the feed has none
+--      for it either.
+--   3. Exactly once: an event is a row of the change's own transaction, so a refused,
+--      rolled-back or timed-out change has none, and a committed one has one.
+-- A long transaction holds the horizon back: events committed after it started wait for it to
+-- end (never lost or reordered, only later); `SET idle_in_transaction_session_timeout` bounds
+-- idle ones (docs/operations.md).
+
+
+-- The position of a transaction's next events, given p_after, the largest feed_position among
+-- the accounts they change (NULL: none), which the caller holds locked: never below its own
+-- transaction id (pg_current_xact_id() gives it one if it has none yet; PostgreSQL docs §9.27.5).
+CREATE OR REPLACE FUNCTION feed_position_after(p_after bigint) RETURNS bigint
+LANGUAGE sql VOLATILE PARALLEL UNSAFE
+AS $$
+    SELECT greatest(pg_current_xact_id()::text::bigint, p_after)
+$$;
+
+
+-- Record an account event: p_type of account row p_account as the change just left it (the row
+-- an INSERT or UPDATE ... RETURNING returned, so under its lock, with feed_position already set by
+-- that statement with feed_position_after()). The document stored counts open holds as the API
+-- does (expired ones excluded, holds.sql). Returns the account's id.
+CREATE OR REPLACE FUNCTION record_account_event(p_type event_type, p_account accounts) RETURNS bigint
+LANGUAGE plpgsql
+SET plan_cache_mode = force_generic_plan
+SET enable_seqscan = off
+SET enable_hashjoin = off
+SET enable_mergejoin = off
+AS $$
+DECLARE
+    expired_debits bigint := 0;
+    expired_credits bigint := 0;
+BEGIN
+    IF p_account.pending_debits > 0 OR p_account.pending_credits > 0 THEN
+        SELECT e.debits, e.credits INTO expired_debits, expired_credits FROM expired_holds(p_account.id) e;
+    END IF;
+    INSERT INTO events (position, type, asset_id, account_id, data)
+    SELECT p_account.feed_position, p_type, p_account.asset_id, p_account.id,
+           to_jsonb(p_account) || jsonb_build_object('asset', s.code,
+                                                     'pending_debits', p_account.pending_debits - expired_debits,
+                                                     'pending_credits', p_account.pending_credits - expired_credits)
+      FROM assets s WHERE s.id = p_account.asset_id;
+    RETURN p_account.id;
+END
+$$;
+
+
+-- Record asset.created for asset row p_asset and its system account p_system_account_id, in the
+-- transaction that makes them (no account of it can have changed yet). Returns p_asset's id.
+CREATE OR REPLACE FUNCTION record_asset_event(p_asset assets, p_system_account_id bigint) RETURNS integer
+LANGUAGE sql VOLATILE
+AS $$
+    INSERT INTO events (position, type, asset_id, data)
+    VALUES (feed_position_after(NULL), 'asset.created', p_asset.id,
+            to_jsonb(p_asset) || jsonb_build_object('system_account_id', p_system_account_id))
+    RETURNING asset_id
+$$;

@@ -1,0 +1,195 @@
+"""Webhook endpoints and their deliveries, as stored in PostgreSQL (migration 0015).
+
+An endpoint follows the change feed (server/ledger/events.py) from a cursor of its own; the
+dispatcher (server/running/webhook_delivery.py) moves it on after each delivery and records every
+attempt here. The signing secret is kept to sign with (Standard Webhooks, symmetric HMAC-SHA256):
+it is shown to the client once, when the endpoint is made.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import datetime as dt
+import secrets
+
+from server.ledger.events import FeedCursor, feed_head, feed_horizon
+from server.ledger.records import Db
+from server.problems import WebhookNotFound
+
+_COLUMNS = """id, url, types::text[] AS types, description, status, failures, next_attempt_at, disabled_at, created_at,
+updated_at, cursor_position, cursor_id"""
+CREATE = f"""
+INSERT INTO webhook_endpoints (url, types, description, secret, cursor_position, cursor_id)
+VALUES ($1, $2::event_type[], $3, $4, $5, $6)
+RETURNING {_COLUMNS}
+"""
+READ = f"SELECT {_COLUMNS} FROM webhook_endpoints WHERE id = $1 AND NOT deleted"
+LIST = f"SELECT {_COLUMNS} FROM webhook_endpoints WHERE NOT deleted ORDER BY id"
+# NULL parameters leave a field as it is; $5 says whether types was given (null: every type).
+# Enabling again starts afresh: no failures counted, the next attempt now, from where it stopped.
+UPDATE = f"""
+UPDATE webhook_endpoints
+   SET url = coalesce($2, url), types = CASE WHEN $5 THEN $3::event_type[] ELSE types END,
+       description = coalesce($4, description),
+       status = coalesce($6, status),
+       failures = CASE WHEN $6 = 'enabled' THEN 0 ELSE failures END,
+       next_attempt_at = CASE WHEN $6 = 'enabled' THEN now() ELSE next_attempt_at END,
+       disabled_at = CASE WHEN $6 = 'enabled' THEN NULL WHEN $6 = 'disabled' THEN coalesce(disabled_at, now())
+                          ELSE disabled_at END,
+       updated_at = now()
+ WHERE id = $1 AND NOT deleted
+RETURNING {_COLUMNS}
+"""
+# deleted, not removed: its deliveries stay readable to an operator (balance-api check, psql)
+DELETE = "UPDATE webhook_endpoints SET deleted = true, status = 'disabled', updated_at = now() WHERE id = $1 AND NOT deleted RETURNING id"
+LIST_DELIVERIES = """
+SELECT id, event_position, event_id, attempt, status_code, latency_ms, error, next_retry_at, at
+  FROM webhook_deliveries
+ WHERE webhook_id = $1 AND id < $2
+ ORDER BY id DESC
+ LIMIT $3
+"""
+
+# The dispatcher's statements: the endpoints due now; one endpoint with its secret (read under its
+# advisory lock); an attempt recorded with what it did to the endpoint, in one statement.
+DUE = "SELECT id FROM webhook_endpoints WHERE status = 'enabled' AND NOT deleted AND next_attempt_at <= now() ORDER BY id"
+READ_FOR_DELIVERY = f"SELECT {_COLUMNS}, secret FROM webhook_endpoints WHERE id = $1 AND status = 'enabled' AND NOT deleted"
+MOVE_ON = """
+UPDATE webhook_endpoints SET cursor_position = $2, cursor_id = $3 WHERE id = $1 AND status = 'enabled'
+"""
+DELIVERED = """
+WITH attempt AS (
+    INSERT INTO webhook_deliveries (webhook_id, event_position, event_id, attempt, status_code, latency_ms)
+    VALUES ($1, $2, $3, $4, $5, $6)
+)
+UPDATE webhook_endpoints SET cursor_position = $2, cursor_id = $3, failures = 0 WHERE id = $1
+"""
+# $7: the seconds to wait before the next attempt, NULL: none left, the endpoint is disabled
+FAILED = """
+WITH attempt AS (
+    INSERT INTO webhook_deliveries (webhook_id, event_position, event_id, attempt, status_code, latency_ms, error,
+                                    next_retry_at)
+    VALUES ($1, $2, $3, $4, $5, $6, $8, now() + make_interval(secs => $7))
+)
+UPDATE webhook_endpoints
+   SET failures = failures + 1,
+       next_attempt_at = CASE WHEN $7::float8 IS NULL THEN next_attempt_at ELSE now() + make_interval(secs => $7) END,
+       status = CASE WHEN $7::float8 IS NULL THEN 'disabled' ELSE status END,
+       disabled_at = CASE WHEN $7::float8 IS NULL THEN now() END
+ WHERE id = $1
+"""
+# How far behind an endpoint is: the final events after its cursor (counted up to $4) and the
+# time of the oldest of them.
+LAG = """
+SELECT count(*) AS events, min(x.occurred_at) AS oldest
+  FROM (SELECT e.occurred_at FROM events e
+         WHERE (e.position, e.id) > ($1, $2) AND e.position < $3
+         ORDER BY e.position, e.id LIMIT $4) x
+"""
+LAG_COUNT_LIMIT = 100_000
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Endpoint:
+    """A webhook endpoint: where events of ``types`` (None: all) are sent, whether it is
+    ``enabled`` or ``disabled``, the failed attempts in a row and when the next is due, and the
+    cursor of the last event it has got past."""
+
+    webhook_id: int
+    url: str
+    types: list[str] | None
+    description: str | None
+    status: str
+    failures: int
+    next_attempt_at: dt.datetime
+    disabled_at: dt.datetime | None
+    created_at: dt.datetime
+    updated_at: dt.datetime
+    cursor: FeedCursor
+    secret: str | None = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Delivery:
+    """One attempt to deliver the event at ``event`` (a cursor): the HTTP status it got (None: no
+    answer), its latency in milliseconds, the error, and when the next attempt is due (None: no
+    retry, delivered or given up)."""
+
+    delivery_id: int
+    event: FeedCursor
+    attempt: int
+    status_code: int | None
+    latency_ms: float
+    error: str | None
+    next_retry_at: dt.datetime | None
+    at: dt.datetime
+
+
+def _endpoint(row) -> Endpoint:
+    return Endpoint(row["id"], row["url"], row["types"], row["description"], row["status"], row["failures"],
+                    row["next_attempt_at"], row["disabled_at"], row["created_at"], row["updated_at"],
+                    FeedCursor(row["cursor_position"], row["cursor_id"]),
+                    row.get("secret"))
+
+
+def new_secret() -> str:
+    """A signing secret as Standard Webhooks spells it: ``whsec_`` and 32 random bytes in base64."""
+    return "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
+
+
+async def create_endpoint(db: Db, url: str, types: list[str] | None, description: str | None) -> Endpoint:
+    """A new endpoint, enabled, following the feed from its newest final event on; the returned
+    :class:`Endpoint` carries the ``secret`` (the only time it is given out)."""
+    secret = new_secret()
+    head = await feed_head(db)
+    row = await db.fetchrow(CREATE, url, types, description, secret, head.position, head.event_id)
+    return dataclasses.replace(_endpoint(row), secret=secret)
+
+
+async def read_endpoint(db: Db, webhook_id: int) -> Endpoint:
+    """Endpoint ``webhook_id``; raises :class:`WebhookNotFound` (404), deleted ones too."""
+    row = await db.fetchrow(READ, webhook_id)
+    if row is None:
+        raise WebhookNotFound(webhook_id)
+    return _endpoint(row)
+
+
+async def list_endpoints(db: Db) -> list[Endpoint]:
+    """Every endpoint not deleted, oldest first."""
+    return [_endpoint(row) for row in await db.fetch(LIST)]
+
+
+async def update_endpoint(db: Db, webhook_id: int, url: str | None, types: list[str] | None, types_given: bool,
+                          description: str | None, status: str | None) -> Endpoint:
+    """Change an endpoint (None leaves a field as it is; ``types`` None with ``types_given``: all
+    types); ``status='enabled'`` re-enables it with no failures counted. Raises
+    :class:`WebhookNotFound`."""
+    row = await db.fetchrow(UPDATE, webhook_id, url, types, description, types_given, status)
+    if row is None:
+        raise WebhookNotFound(webhook_id)
+    return _endpoint(row)
+
+
+async def delete_endpoint(db: Db, webhook_id: int) -> None:
+    """Delete an endpoint: nothing more is sent to it. Raises :class:`WebhookNotFound`."""
+    if await db.fetchval(DELETE, webhook_id) is None:
+        raise WebhookNotFound(webhook_id)
+
+
+async def list_deliveries(db: Db, webhook_id: int, before: int, limit: int) -> list[Delivery]:
+    """Endpoint ``webhook_id``'s attempts with ids below ``before``, newest first, at most
+    ``limit``. Raises :class:`WebhookNotFound`."""
+    await read_endpoint(db, webhook_id)
+    return [Delivery(r["id"], FeedCursor(r["event_position"], r["event_id"]), r["attempt"], r["status_code"],
+                     r["latency_ms"], r["error"], r["next_retry_at"], r["at"])
+            for r in await db.fetch(LIST_DELIVERIES, webhook_id, before, limit)]
+
+
+async def endpoint_lag(db: Db, endpoint: Endpoint) -> tuple[int, float]:
+    """How far ``endpoint`` is behind the feed: final events after its cursor (at most
+    :data:`LAG_COUNT_LIMIT` counted) and the age in seconds of the oldest of them (0: none)."""
+    row = await db.fetchrow(LAG, endpoint.cursor.position, endpoint.cursor.event_id, await feed_horizon(db),
+                            LAG_COUNT_LIMIT)
+    age = (dt.datetime.now(dt.UTC) - row["oldest"]).total_seconds() if row["oldest"] else 0.0
+    return row["events"], max(age, 0.0)
