@@ -62,7 +62,7 @@ def keep_plans(conn: psycopg.Connection) -> None:
 
 def grow_ledger(conn: psycopg.Connection, accounts: int, transfers: int) -> None:
     """Add ``accounts`` users with a default-asset account each and ``transfers`` credits of 1 unit
-    from the system account to them (with their entries, the balances kept equal to the entries' sums),
+    from the system account to them (with their entries and events, the balances kept equal to the entries' sums),
     in SQL, without ANALYZE. The ledger stays balanced: ``balance-api check`` passes.
 
     No temporary table and no other catalog change: creating a schema for temporary tables (or any
@@ -84,7 +84,10 @@ def grow_ledger(conn: psycopg.Connection, accounts: int, transfers: int) -> None
                 SELECT s.asset_id, s.id, p.account_id, 1, 'credit', p.running
                   FROM pick p, accounts s JOIN assets d ON d.id = s.asset_id AND d.is_default
                  WHERE s.is_system
-                RETURNING id, to_account_id, to_balance)
+                RETURNING id, asset_id, to_account_id, to_balance),
+            event AS (
+                INSERT INTO events (position, type, asset_id, transfer_id)
+                SELECT feed_position_after(NULL), 'transfer.created', asset_id, id FROM t ORDER BY id)
             INSERT INTO ledger_entries (account_id, transfer_id, amount, balance_after, kind)
             SELECT to_account_id, id, 1, to_balance, 'credit' FROM t""",
                      {"transfers": transfers, "first": first_user, "accounts": accounts})

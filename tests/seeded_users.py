@@ -2,7 +2,7 @@
 
 ``SEED_USER`` ($1: an opening balance in minor units, >= 0) makes a user whose default-asset
 account opens with that balance, moved in from the system account as an ``opening`` transfer with
-the account's ledger entry and the system balance's change, so every invariant ``balance-api check`` verifies still holds. It
+the account's ledger entry, its event and the system balance's change, so every invariant ``balance-api check`` verifies still holds. It
 returns ``(user_id, account_id)``.
 """
 
@@ -25,6 +25,9 @@ opening AS (
 ), entry AS (
     INSERT INTO ledger_entries (account_id, transfer_id, amount, balance_after, kind)
     SELECT to_account_id, id, amount, amount, 'opening' FROM opening
+), event AS (  -- its event in the change feed, as the service's functions write it (events.sql)
+    INSERT INTO events (position, type, asset_id, transfer_id)
+    SELECT feed_position_after(NULL), 'transfer.created', account.asset_id, opening.id FROM account, opening
 ), system_balance AS (  -- out of the system account, as the service's functions record it
     SELECT add_to_system_balances(ARRAY[account.asset_id], ARRAY[-opening.amount]) FROM account, opening
 )

@@ -3,6 +3,8 @@ after the change, in one order that never changes; per account in the order the 
 applied; long polls and Server-Sent Events; bad queries refused."""
 
 import asyncio
+import json
+import sys
 import threading
 
 import aiohttp
@@ -11,6 +13,7 @@ import pytest
 
 from tests.feed_reading import FeedModel, api_state, feed_head, read_feed, read_stream
 from tests.ledger_api import account, assert_problem, credit, hold, new_account, new_asset, post, send, transfer, void
+from tests.service_process import balance_api, service_env
 
 TRANSFER_FUNDS = "SELECT outcome FROM transfer_funds(%s, NULL, %s, NULL, NULL, %s, 'transfer', NULL, NULL, NULL, " \
                  "false, NULL, NULL)"
@@ -268,3 +271,36 @@ async def test_an_unknown_asset_filter_is_not_found(http):
 async def test_a_malformed_last_event_id_is_refused(http):
     answer = await send(http, "GET", "/api/events/stream", headers={"Last-Event-ID": "garbage"})
     assert_problem(answer, 422, "validation_error")
+
+
+async def test_the_events_command_prints_the_feed_as_json_lines(http, db, service_url):
+    start = feed_head(db)
+    code, (alice, bob) = await _asset_with_accounts(http, 2, funds=9)
+    await transfer(http, alice, bob, 4)
+    printed = await asyncio.to_thread(balance_api, "events", "--url", service_url, "--after", start, "--asset", code)
+    assert printed.returncode == 0, printed.stderr
+    lines = [json.loads(line) for line in printed.stdout.splitlines()]
+    assert lines == (await read_feed(http, start, asset=code))[0]
+    assert [e["type"] for e in lines][-1] == "transfer.created"
+
+
+async def test_the_events_command_follows_the_feed(http, db, service_url):
+    code, (alice, bob) = await _asset_with_accounts(http, 2, funds=9)
+    start = feed_head(db)
+    follower = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "server", "events", "--url", service_url, "--after", start, "--asset", code,
+        "--follow", stdout=asyncio.subprocess.PIPE, env=service_env())
+    try:
+        await asyncio.sleep(0.5)
+        made = (await transfer(http, alice, bob, 3))[1]
+        line = await asyncio.wait_for(follower.stdout.readline(), 30)
+        assert json.loads(line)["data"]["transferId"] == made["transferId"]
+    finally:
+        follower.kill()
+        await follower.wait()
+
+
+async def test_the_events_command_exits_1_with_the_problem_on_a_refusal(service_url):
+    printed = await asyncio.to_thread(balance_api, "events", "--url", service_url, "--after", "bad")
+    assert printed.returncode == 1
+    assert json.loads(printed.stderr)["code"] == "validation_error"

@@ -14,7 +14,7 @@ def test_check_passes_on_a_freshly_migrated_database(create_database):
     balance_api("migrate", env=service_env(database_url=url))
     result = check(url)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert result.stdout.count("PASS") == 12 and "ledger consistent" in result.stdout
+    assert result.stdout.count("PASS") == 13 and "ledger consistent" in result.stdout
 
 
 def test_check_passes_on_the_suites_database_after_everything_the_tests_did(database_url, service_url):
@@ -82,3 +82,16 @@ def test_check_names_a_broken_balance_after_chain_and_a_half_transfer(create_dat
         assert f"FAIL {failed}" in result.stdout
     assert f"transfer {transfer}: 1 entries" in result.stdout
     assert "transfer 999 does not exist" in result.stdout
+
+
+def test_check_names_a_transfer_whose_event_is_missing_and_one_made_twice(create_database):
+    url = create_database()
+    balance_api("migrate", env=service_env(database_url=url))
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("DELETE FROM events WHERE transfer_id = 1")
+        conn.execute("INSERT INTO events (position, type, asset_id, transfer_id) VALUES (0, 'transfer.created', 1, 2)")
+        conn.execute("INSERT INTO events (position, type, asset_id, transfer_id) VALUES (0, 'transfer.posted', 1, 9)")
+    result = check(url)
+    assert result.returncode == 1 and "FAIL change feed" in result.stdout
+    assert "transfer 1 (posted): 0 event(s) of its making (none), 0 of its resolution (none)" in result.stdout
+    assert "transfer.posted): its transfer 9 does not exist or is not of asset 1" in result.stdout

@@ -169,6 +169,42 @@ SYSTEM_BALANCES = ("system balances", "each asset's stored system balance (the s
     LIMIT {SAMPLE}""")
 HAS_SYSTEM_BALANCES = "SELECT to_regclass('system_balance_shards') IS NOT NULL"
 
+# The change feed (migration 0015 on; server/ledger/sql/events.sql): every transfer has the event of
+# its making and, once resolved, of its resolution, exactly once each and of the right type; every
+# event names a subject that exists, of its asset.
+EVENTS = ("change feed", "every transfer has exactly one event of its making (transfer.created, or transfer.pending "
+                         "for a hold) and a resolved hold exactly one of its resolution (transfer.posted or "
+                         "transfer.voided, as its status says); every event names an existing transfer, account or "
+                         "asset of its asset", f"""
+        (SELECT format('transfer %s (%s%s): %s event(s) of its making (%s), %s of its resolution (%s)', t.id,
+                       t.status, CASE WHEN t.resolved_at IS NULL THEN '' ELSE ', resolved' END, coalesce(m.n, 0),
+                       coalesce(m.types, 'none'), coalesce(r.n, 0), coalesce(r.types, 'none'))
+           FROM transfers t
+           LEFT JOIN (SELECT transfer_id, count(*) AS n, string_agg(type::text, ',') AS types FROM events
+                       WHERE type IN ('transfer.created', 'transfer.pending') GROUP BY transfer_id) m
+             ON m.transfer_id = t.id
+           LEFT JOIN (SELECT transfer_id, count(*) AS n, string_agg(type::text, ',') AS types FROM events
+                       WHERE type IN ('transfer.posted', 'transfer.voided') GROUP BY transfer_id) r
+             ON r.transfer_id = t.id
+          WHERE m.n IS DISTINCT FROM 1
+             OR m.types <> CASE WHEN t.status = 'posted' AND t.resolved_at IS NULL THEN 'transfer.created'
+                                ELSE 'transfer.pending' END
+             OR coalesce(r.n, 0) <> CASE WHEN t.resolved_at IS NULL THEN 0 ELSE 1 END
+             OR r.types <> 'transfer.' || t.status
+          ORDER BY t.id LIMIT {SAMPLE})
+        UNION ALL
+        (SELECT format('event %s (%s): its %s does not exist or is not of asset %s', e.id, e.type,
+                       CASE WHEN e.transfer_id IS NOT NULL THEN 'transfer ' || e.transfer_id
+                            WHEN e.account_id IS NOT NULL THEN 'account ' || e.account_id ELSE 'asset' END, e.asset_id)
+           FROM events e
+          WHERE CASE WHEN e.type::text LIKE 'transfer.%%'
+                     THEN NOT EXISTS (SELECT 1 FROM transfers t WHERE t.id = e.transfer_id AND t.asset_id = e.asset_id)
+                     WHEN e.type::text LIKE 'account.%%'
+                     THEN NOT EXISTS (SELECT 1 FROM accounts a WHERE a.id = e.account_id AND a.asset_id = e.asset_id)
+                     ELSE NOT EXISTS (SELECT 1 FROM assets s WHERE s.id = e.asset_id) END
+          ORDER BY e.id LIMIT {SAMPLE})""")
+HAS_EVENTS = "SELECT to_regclass('events') IS NOT NULL"
+
 # The functions and views are those server/ledger/sql/ defines (the folder of this installation
 # was applied, and nothing changed them since: each one's fingerprint is the one stored when it
 # was). Run only on a schema that has ledger_definitions (migration 0012 on). %(digest)s: the
@@ -208,14 +244,15 @@ class CheckResult:
 
 def check_ledger(database_url: str) -> list[CheckResult]:
     """Run every check against ``database_url`` in one REPEATABLE READ snapshot, so that the
-    checks see one consistent state while the service keeps running; the system balances' and the
-    ledger definitions' checks when the schema has them (migrations 0013 and 0012 on). Raises ``psycopg.Error`` when the database
-    cannot be reached."""
+    checks see one consistent state while the service keeps running; the system balances', the change
+    feed's and the ledger definitions' checks when the schema has them (migrations 0013, 0015 and 0012
+    on). Raises ``psycopg.Error`` when the database cannot be reached."""
     with psycopg.connect(database_url) as conn:
         conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
         conn.read_only = True
         with conn.transaction():
             checks = CHECKS + ([SYSTEM_BALANCES] if conn.execute(HAS_SYSTEM_BALANCES).fetchone()[0] else [])
+            checks += [EVENTS] if conn.execute(HAS_EVENTS).fetchone()[0] else []
             results = [CheckResult(name, rule, [row[0] for row in conn.execute(query)])
                        for name, rule, query in checks]
             if conn.execute(HAS_DEFINITIONS_TABLE).fetchone()[0]:

@@ -145,6 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser("burst", help="fire N simultaneous balance changes and check the outcome", add_help=False)
     commands.add_parser("bench", help="measure the service, batching off and on, against a no-op ceiling",
                         add_help=False)
+    commands.add_parser("events", help="print the change feed of a running service as JSON lines", add_help=False)
     commands.add_parser("torture", help="randomized operations under client faults, then prove nothing was lost "
                                         "or doubled", add_help=False)
 
@@ -157,6 +158,10 @@ def main(argv: list[str] | None = None) -> int:
         from loadtest.torture import main as torture_main
 
         return torture_main(argv[1:])
+    if argv[:1] == ["events"]:
+        from server.running.feed_client import main as events_main
+
+        return events_main(argv[1:])
     if argv[:1] == ["bench"]:
         from loadtest.bench import main as bench_main
 
