@@ -101,6 +101,7 @@ DECLARE
     v_all_accepted boolean;
     r_outcomes text[];
     r_roles text[];
+    v_after bigint;          -- the largest feed_position of the accounts the batch changes
     v_position bigint;
 BEGIN
     PERFORM lock_transfer_batch_accounts(p_from_accounts, p_from_users, p_to_accounts, p_to_users, p_asset_ids,
@@ -121,7 +122,7 @@ BEGIN
              CROSS JOIN LATERAL (VALUES (0, x.from_id, -x.amount::numeric), (1, x.to_id, x.amount::numeric))
                    AS s (side, account_id, delta)
         ), running AS (  -- each leg's account and its running balance, as if every item were accepted
-            SELECT l.i, l.side, a.id, a.asset_id, a.is_system, a.status, a.overdraft_limit, a.max_balance,
+            SELECT l.i, l.side, a.id, a.asset_id, a.is_system, a.status, a.overdraft_limit, a.max_balance, a.feed_position,
                    a.balance + sum(l.delta) OVER (PARTITION BY l.account_id ORDER BY l.i, l.side
                                                   ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS after,
                    CASE WHEN l.side = 0 AND a.pending_debits > 0
@@ -140,22 +141,21 @@ BEGIN
         ), per_item AS (
             SELECT r.i, bool_and(r.passes) AND min(r.id) <> max(r.id) AND min(r.asset_id) = max(r.asset_id) AS accepted,
                    max(r.after) FILTER (WHERE r.side = 0 AND NOT r.is_system) AS from_after,
-                   max(r.after) FILTER (WHERE r.side = 1 AND NOT r.is_system) AS to_after
+                   max(r.after) FILTER (WHERE r.side = 1 AND NOT r.is_system) AS to_after,
+                   max(r.feed_position) FILTER (WHERE NOT r.is_system) AS feed_after
               FROM checked r
              GROUP BY r.i
         )
         SELECT coalesce(bool_and(p.accepted), false) AND count(*) = n,
-               array_agg(p.from_after ORDER BY p.i), array_agg(p.to_after ORDER BY p.i)
-          INTO v_all_accepted, v_from_after, v_to_after
+               array_agg(p.from_after ORDER BY p.i), array_agg(p.to_after ORDER BY p.i), max(p.feed_after)
+          INTO v_all_accepted, v_from_after, v_to_after, v_after
           FROM per_item p;
 
         IF v_all_accepted THEN
             v_ids := ARRAY(SELECT nextval(transfer_ids) FROM generate_series(1, n));  -- ascending in item order
-            -- the events' position (events.sql), from the accounts' feed_position read under the batch's locks
-            v_position := feed_position_after((SELECT max(a.feed_position)
-                                                 FROM unnest(v_from || v_to) AS x (id)
-                                                 JOIN accounts a ON a.id = x.id
-                                                WHERE NOT a.is_system));
+            -- the events' position (events.sql), from the accounts' feed_position read above, under the
+            -- batch's locks
+            v_position := feed_position_after(v_after);
             WITH transfer AS (
                 INSERT INTO transfers (id, asset_id, from_account_id, to_account_id, amount, code, description,
                                        metadata, from_balance, to_balance)
