@@ -13,7 +13,7 @@ import time
 
 import psycopg
 
-TABLES = ("accounts", "transfers", "ledger_entries")
+TABLES = ("accounts", "transfers", "ledger_entries", "events")
 
 
 def seq_scans(conn: psycopg.Connection) -> dict[str, int]:

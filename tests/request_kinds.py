@@ -223,6 +223,14 @@ async def account_changes(http, world: World) -> None:
     await _ok(http, "POST", f"/api/accounts/{account}/unfreeze")
 
 
+async def read_the_change_feed(http, world: World) -> None:
+    """A page of the feed from its start and from the cursor it gave, and the webhook endpoints (the
+    feed's reads reach events by their primary key, a transfer event's document by the transfer's)."""
+    page = await _ok(http, "GET", "/api/events", limit="5")
+    await _ok(http, "GET", "/api/events", after=page["nextCursor"], limit="5", types="transfer.created")
+    await _ok(http, "GET", "/api/webhooks")
+
+
 RequestKind = Callable[[aiohttp.ClientSession, World], Awaitable[None]]
 
 KINDS: tuple[RequestKind, ...] = (
@@ -230,7 +238,7 @@ KINDS: tuple[RequestKind, ...] = (
     transfer_with_reference_and_its_retry, refused_transfer, keyed_transfer_and_its_replay, keyed_balance_change,
     hold_then_post, hold_then_void, reversal, atomic_batch_with_a_post, bulk_batch, mixed_concurrent_movements,
     open_user_and_account, read_account_and_user, read_transfer, read_histories, balance_at_a_moment,
-    read_system_balances_and_listings, account_changes,
+    read_system_balances_and_listings, account_changes, read_the_change_feed,
 )
 
 # `balance-api check` reads everything on purpose. (Until issue 23 the system account's balance and

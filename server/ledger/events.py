@@ -26,35 +26,8 @@ EVENT_TYPES = ("transfer.created", "transfer.pending", "transfer.posted", "trans
 # before them (events.sql, "Why the order never changes", 1).
 HORIZON = "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint"
 
-# The events after ($1, $2) and below the horizon $3, in feed order: at most $4 read (the primary
-# key (position, id), one descent), of which those passing the filters ($5 types, $6 asset id, $7
-# account: either side of a transfer, or the account of an account event), at most $8; then one
-# row more (is_last) with the last event read, so that a filtered read that matched nothing still
-# moves past what it read. A transfer event's document is its row in transfer_details (by primary
-# key), which keeps every field as the change left it but the ones events.py sets back.
-READ_EVENTS = """
-WITH scanned AS MATERIALIZED (
-    SELECT e.position, e.id, e.type, e.occurred_at, e.asset_id, e.account_id, e.transfer_id, e.data
-      FROM events e
-     WHERE (e.position, e.id) > ($1, $2) AND e.position < $3
-     ORDER BY e.position, e.id
-     LIMIT $4
-), matched AS (
-    SELECT s.*
-      FROM scanned s
-     WHERE ($5::event_type[] IS NULL OR s.type = ANY ($5))
-       AND ($6::integer IS NULL OR s.asset_id = $6)
-       AND ($7::bigint IS NULL OR s.account_id = $7
-            OR EXISTS (SELECT 1 FROM transfers t WHERE t.id = s.transfer_id AND $7 IN (t.from_account_id, t.to_account_id)))
-     ORDER BY s.position, s.id
-     LIMIT $8
-)
-SELECT m.position, m.id, m.type::text, m.occurred_at, m.data,
-       (SELECT d FROM transfer_details d WHERE d.id = m.transfer_id) AS transfer, false AS is_last
-  FROM matched m
-UNION ALL
-(SELECT s.position, s.id, NULL, NULL, NULL, NULL, true FROM scanned s ORDER BY s.position DESC, s.id DESC LIMIT 1)
-"""
+# A page of the feed: feed_page() (server/ledger/sql/events.sql) with its arguments in this order.
+READ_EVENTS = "SELECT * FROM feed_page($1, $2, $3, $4, $5, $6, $7, $8)"
 
 # How many events a filtered read looks at, at most, to find a page: it costs what it reads, not
 # what the feed holds; the next cursor then says where it stopped.
@@ -141,7 +114,7 @@ def _event(row) -> Event:
         subject = _asset_from_document(data)
     else:
         subject = account_from_document(data)
-    return Event(FeedCursor(row["position"], row["id"]), event_type, row["occurred_at"], subject)
+    return Event(FeedCursor(row["event_position"], row["event_id"]), event_type, row["occurred_at"], subject)
 
 
 async def feed_horizon(db: Db) -> int:
@@ -165,7 +138,7 @@ async def read_events(db: Db, after: FeedCursor, limit: int, wanted: FeedFilter 
     last = [row for row in rows if row["is_last"]]
     if len(events) == limit:
         return events, events[-1].cursor
-    return events, FeedCursor(last[0]["position"], last[0]["id"]) if last else after
+    return events, FeedCursor(last[0]["event_position"], last[0]["event_id"]) if last else after
 
 
 async def feed_head(db: Db) -> FeedCursor:
