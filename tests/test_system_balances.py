@@ -139,7 +139,7 @@ def test_check_names_a_shard_and_a_history_row_changed_by_hand(create_database):
 
 def test_migration_0013_builds_the_shards_of_a_ledger_written_before_it(create_database):
     url = _migrated(create_database)
-    rollback = balance_api("migrate", "--rollback", "2", env=service_env(database_url=url))  # 0014 and 0013
+    rollback = balance_api("migrate", "--rollback", "3", env=service_env(database_url=url))  # 0015, 0014 and 0013
     assert rollback.returncode == 0 and "0013.system-balances" in rollback.stdout, rollback.stderr
     with psycopg.connect(url, autocommit=True) as conn:  # what the functions before 0013 wrote
         user_account, system = conn.execute(
