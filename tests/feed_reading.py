@@ -15,8 +15,9 @@ from tests.ledger_api import send
 def feed_head(db) -> str:
     """The cursor after the newest event written so far (committed or not below the horizon yet:
     reading after it returns only what comes later)."""
-    row = db.execute("SELECT position, id FROM events ORDER BY position DESC, id DESC LIMIT 1").fetchone()
-    return FeedCursor(*row).encode() if row else FeedCursor(-1, 0).encode()
+    row = db.execute("SELECT position, id, coalesce(cardinality(transfer_ids), 1) FROM events "
+                     "ORDER BY position DESC, id DESC LIMIT 1").fetchone()
+    return FeedCursor(*row).encode() if row else FeedCursor(-1, 0, 0).encode()
 
 
 async def read_feed(http, after: str, **filters) -> tuple[list[dict], str]:

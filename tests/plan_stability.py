@@ -86,8 +86,9 @@ def grow_ledger(conn: psycopg.Connection, accounts: int, transfers: int) -> None
                  WHERE s.is_system
                 RETURNING id, asset_id, to_account_id, to_balance),
             event AS (
-                INSERT INTO events (position, type, asset_id, transfer_id)
-                SELECT feed_position_after(NULL), 'transfer.created', asset_id, id FROM t ORDER BY id)
+                INSERT INTO events (position, type, asset_id, transfer_ids)
+                SELECT feed_position_after(NULL), 'transfer.created', asset_id, array_agg(id ORDER BY id)
+                  FROM t GROUP BY asset_id)
             INSERT INTO ledger_entries (account_id, transfer_id, amount, balance_after, kind)
             SELECT to_account_id, id, 1, to_balance, 'credit' FROM t""",
                      {"transfers": transfers, "first": first_user, "accounts": accounts})

@@ -26,8 +26,8 @@ opening AS (
     INSERT INTO ledger_entries (account_id, transfer_id, amount, balance_after, kind)
     SELECT to_account_id, id, amount, amount, 'opening' FROM opening
 ), event AS (  -- its event in the change feed, as the service's functions write it (events.sql)
-    INSERT INTO events (position, type, asset_id, transfer_id)
-    SELECT feed_position_after(NULL), 'transfer.created', account.asset_id, opening.id FROM account, opening
+    INSERT INTO events (position, type, asset_id, transfer_ids)
+    SELECT feed_position_after(NULL), 'transfer.created', account.asset_id, ARRAY[opening.id] FROM account, opening
 ), system_balance AS (  -- out of the system account, as the service's functions record it
     SELECT add_to_system_balances(ARRAY[account.asset_id], ARRAY[-opening.amount]) FROM account, opening
 )

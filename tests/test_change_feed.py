@@ -90,9 +90,10 @@ async def test_a_rolled_back_change_has_no_event(http, db, database_url):
     code, (alice, bob) = await _asset_with_accounts(http, 2, funds=10)
     with psycopg.connect(database_url) as conn:
         transfer_id = conn.execute(TRANSFER_ID, (alice, bob)).fetchone()[0]
-        assert conn.execute("SELECT count(*) FROM events WHERE transfer_id = %s", (transfer_id,)).fetchone()[0] == 1
+        assert conn.execute("SELECT count(*) FROM events WHERE %s = ANY (transfer_ids)",
+                            (transfer_id,)).fetchone()[0] == 1
         conn.rollback()
-    assert db.execute("SELECT count(*) FROM events WHERE transfer_id = %s", (transfer_id,)).fetchone()[0] == 0
+    assert db.execute("SELECT count(*) FROM events WHERE %s = ANY (transfer_ids)", (transfer_id,)).fetchone()[0] == 0
     assert [e["type"] for e in (await read_feed(http, feed_head(db), asset=code))[0]] == []
 
 
@@ -105,7 +106,7 @@ async def test_a_change_cancelled_by_its_statement_timeout_has_no_event(http, db
             conn.execute("SELECT f.transfer_id, pg_sleep(5) FROM transfer_funds(%s, NULL, %s, NULL, NULL, 1, "
                          "'transfer', NULL, NULL, NULL, false, NULL, NULL) f", (alice, bob))
         conn.rollback()
-    assert db.execute("SELECT count(*) FROM events e JOIN transfers t ON t.id = e.transfer_id WHERE e.id > %s "
+    assert db.execute("SELECT count(*) FROM events e JOIN transfers t ON t.id = ANY (e.transfer_ids) WHERE e.id > %s "
                       "AND t.from_account_id = %s", (before, alice)).fetchone()[0] == 0
     assert (await account(http, alice))["balance"] == 10
 

@@ -88,9 +88,9 @@ def test_check_names_a_transfer_whose_event_is_missing_and_one_made_twice(create
     url = create_database()
     balance_api("migrate", env=service_env(database_url=url))
     with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute("DELETE FROM events WHERE transfer_id = 1")
-        conn.execute("INSERT INTO events (position, type, asset_id, transfer_id) VALUES (0, 'transfer.created', 1, 2)")
-        conn.execute("INSERT INTO events (position, type, asset_id, transfer_id) VALUES (0, 'transfer.posted', 1, 9)")
+        conn.execute("DELETE FROM events WHERE 1 = ANY (transfer_ids)")
+        conn.execute("INSERT INTO events (position, type, asset_id, transfer_ids) "
+                     "VALUES (0, 'transfer.created', 1, '{2}'), (0, 'transfer.posted', 1, '{9}')")
     result = check(url)
     assert result.returncode == 1 and "FAIL change feed" in result.stdout
     assert "transfer 1 (posted): 0 event(s) of its making (none), 0 of its resolution (none)" in result.stdout

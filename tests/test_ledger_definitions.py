@@ -53,7 +53,7 @@ ADDED_SINCE_HISTORY = {
     "function feed_position_after(bigint)",
     "function record_account_event(event_type,accounts)",
     "function record_asset_event(assets,bigint)",
-    "function feed_page(bigint,bigint,bigint,integer,event_type[],integer,bigint,integer)",
+    "function feed_page(bigint,bigint,integer,bigint,integer,event_type[],integer,bigint,integer)",
 }
 DEFINES = re.compile(r"^\s*(CREATE\s+(OR\s+REPLACE\s+)?(FUNCTION|PROCEDURE|VIEW|MATERIALIZED\s+VIEW|TRIGGER)"
                      r"|ALTER\s+(FUNCTION|PROCEDURE|VIEW))\b", re.IGNORECASE | re.MULTILINE)

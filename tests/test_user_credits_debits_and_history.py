@@ -185,8 +185,9 @@ def test_history_of_an_account_with_many_entries_reads_only_one_page_through_the
         db.execute("INSERT INTO ledger_entries (account_id, transfer_id, amount, balance_after, kind) "
                    "SELECT %s, id, 1, to_balance, 'credit' FROM transfers WHERE to_account_id = %s ORDER BY id",
                    (account, account))
-        db.execute("INSERT INTO events (position, type, asset_id, transfer_id) SELECT feed_position_after(NULL), "
-                   "'transfer.created', 1, id FROM transfers WHERE to_account_id = %s ORDER BY id", (account,))
+        db.execute("INSERT INTO events (position, type, asset_id, transfer_ids) SELECT feed_position_after(NULL), "
+                   "'transfer.created', 1, array_agg(id ORDER BY id) FROM transfers WHERE to_account_id = %s",
+                   (account,))
         db.execute("UPDATE accounts SET balance = %s WHERE id = %s", (n, account))
         db.execute("SELECT add_to_system_balances(ARRAY[1], ARRAY[-%s::bigint])", (n,))
     db.execute("ANALYZE ledger_entries")

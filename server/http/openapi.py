@@ -186,7 +186,7 @@ SCHEMAS: dict[str, Any] = {
         "additionalProperties": True,
     },
 }
-_FEED_CURSOR = {"type": "string", "pattern": "^[A-Za-z0-9_-]{22}$", "description": "an event's id: an opaque cursor"}
+_FEED_CURSOR = {"type": "string", "pattern": "^[A-Za-z0-9_-]{32}$", "description": "an event's id: an opaque cursor"}
 _WEBHOOK = {
     "webhookId": INTEGER_ID, "url": {"type": "string"},
     "types": {"type": ["array", "null"], "items": {"enum": list(EVENT_TYPES)}, "description": "null: every type"},
@@ -344,7 +344,8 @@ OPERATION_IDS = {
     ("get", "/api/events"): "listEvents", ("get", "/api/events/stream"): "streamEvents",
     ("post", "/api/webhooks"): "createWebhook", ("get", "/api/webhooks"): "listWebhooks",
     ("get", "/api/webhooks/{id}"): "getWebhook", ("patch", "/api/webhooks/{id}"): "updateWebhook",
-    ("delete", "/api/webhooks/{id}"): "deleteWebhook", ("get", "/api/webhooks/{id}/deliveries"): "listWebhookDeliveries",
+    ("delete", "/api/webhooks/{id}"): "deleteWebhook",
+    ("get", "/api/webhooks/{id}/deliveries"): "listWebhookDeliveries",
     ("get", "/api/health"): "getHealth", ("get", "/api/openapi.json"): "getOpenApiDocument",
     ("get", "/metrics"): "getMetrics",
 }

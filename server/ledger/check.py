@@ -180,11 +180,13 @@ EVENTS = ("change feed", "every transfer has exactly one event of its making (tr
                        t.status, CASE WHEN t.resolved_at IS NULL THEN '' ELSE ', resolved' END, coalesce(m.n, 0),
                        coalesce(m.types, 'none'), coalesce(r.n, 0), coalesce(r.types, 'none'))
            FROM transfers t
-           LEFT JOIN (SELECT transfer_id, count(*) AS n, string_agg(type::text, ',') AS types FROM events
-                       WHERE type IN ('transfer.created', 'transfer.pending') GROUP BY transfer_id) m
+           LEFT JOIN (SELECT x.transfer_id, count(*) AS n, string_agg(e.type::text, ',') AS types
+                        FROM events e CROSS JOIN LATERAL unnest(e.transfer_ids) AS x (transfer_id)
+                       WHERE e.type IN ('transfer.created', 'transfer.pending') GROUP BY x.transfer_id) m
              ON m.transfer_id = t.id
-           LEFT JOIN (SELECT transfer_id, count(*) AS n, string_agg(type::text, ',') AS types FROM events
-                       WHERE type IN ('transfer.posted', 'transfer.voided') GROUP BY transfer_id) r
+           LEFT JOIN (SELECT x.transfer_id, count(*) AS n, string_agg(e.type::text, ',') AS types
+                        FROM events e CROSS JOIN LATERAL unnest(e.transfer_ids) AS x (transfer_id)
+                       WHERE e.type IN ('transfer.posted', 'transfer.voided') GROUP BY x.transfer_id) r
              ON r.transfer_id = t.id
           WHERE m.n IS DISTINCT FROM 1
              OR m.types <> CASE WHEN t.status = 'posted' AND t.resolved_at IS NULL THEN 'transfer.created'
@@ -194,11 +196,14 @@ EVENTS = ("change feed", "every transfer has exactly one event of its making (tr
           ORDER BY t.id LIMIT {SAMPLE})
         UNION ALL
         (SELECT format('event %s (%s): its %s does not exist or is not of asset %s', e.id, e.type,
-                       CASE WHEN e.transfer_id IS NOT NULL THEN 'transfer ' || e.transfer_id
+                       CASE WHEN x.transfer_id IS NOT NULL THEN 'transfer ' || x.transfer_id
                             WHEN e.account_id IS NOT NULL THEN 'account ' || e.account_id ELSE 'asset' END, e.asset_id)
            FROM events e
+           LEFT JOIN LATERAL unnest(e.transfer_ids) AS x (transfer_id) ON true
           WHERE CASE WHEN e.type::text LIKE 'transfer.%%'
-                     THEN NOT EXISTS (SELECT 1 FROM transfers t WHERE t.id = e.transfer_id AND t.asset_id = e.asset_id)
+                     THEN x.transfer_id IS NULL
+                          OR NOT EXISTS (SELECT 1 FROM transfers t
+                                          WHERE t.id = x.transfer_id AND t.asset_id = e.asset_id)
                      WHEN e.type::text LIKE 'account.%%'
                      THEN NOT EXISTS (SELECT 1 FROM accounts a WHERE a.id = e.account_id AND a.asset_id = e.asset_id)
                      ELSE NOT EXISTS (SELECT 1 FROM assets s WHERE s.id = e.asset_id) END

@@ -27,41 +27,45 @@ EVENT_TYPES = ("transfer.created", "transfer.pending", "transfer.posted", "trans
 HORIZON = "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint"
 
 # A page of the feed: feed_page() (server/ledger/sql/events.sql) with its arguments in this order.
-READ_EVENTS = "SELECT * FROM feed_page($1, $2, $3, $4, $5, $6, $7, $8)"
+READ_EVENTS = "SELECT * FROM feed_page($1, $2, $3, $4, $5, $6, $7, $8, $9)"
 
 # How many events a filtered read looks at, at most, to find a page: it costs what it reads, not
 # what the feed holds; the next cursor then says where it stopped.
 FILTERED_READ_SPAN = 5000
 
-# The newest event below the horizon: where a new webhook endpoint starts.
+# The newest event below the horizon (the last of its row): where a new webhook endpoint starts.
 FEED_HEAD = """
-SELECT e.position, e.id FROM events e WHERE e.position < $1 ORDER BY e.position DESC, e.id DESC LIMIT 1
+SELECT e.position, e.id, coalesce(cardinality(e.transfer_ids), 1) AS last_index
+  FROM events e WHERE e.position < $1 ORDER BY e.position DESC, e.id DESC LIMIT 1
 """
 
 
 class FeedCursor(NamedTuple):
-    """A place in the feed: after the event (``position``, ``event_id``); ``START`` is before all."""
+    """A place in the feed: after the event (``position``, ``event_id``, ``index``), ``index`` its
+    place (from 1) among its row's transfer_ids (1 for a row of one event); ``START`` is before all."""
 
     position: int
     event_id: int
+    index: int = 1
 
     def encode(self) -> str:
-        """Opaque to clients: both numbers as 8 bytes each, big-endian, base64url without padding
-        (22 characters)."""
-        raw = self.position.to_bytes(8, "big", signed=True) + self.event_id.to_bytes(8, "big", signed=True)
-        return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+        """Opaque to clients: position and id as 8 bytes each, index as 8, big-endian, base64url
+        (32 characters)."""
+        raw = b"".join(number.to_bytes(8, "big", signed=True) for number in self)
+        return base64.urlsafe_b64encode(raw).decode()
 
     @classmethod
     def decode(cls, text: str) -> FeedCursor | None:
-        """The cursor ``text`` encodes, or None when it is not 22 characters of base64url. Every
-        such string is a place in the feed (the last character's 4 spare bits are ignored)."""
-        if len(text) != 22 or not text.isascii() or not all(c.isalnum() or c in "-_" for c in text):
+        """The cursor ``text`` encodes, or None when it is not 32 characters of base64url. Every
+        such string is a place in the feed (an index past 2^31-1 is clamped to it)."""
+        if len(text) != 32 or not text.isascii() or not all(c.isalnum() or c in "-_" for c in text):
             return None
-        raw = base64.urlsafe_b64decode(text + "==")
-        return cls(int.from_bytes(raw[:8], "big", signed=True), int.from_bytes(raw[8:], "big", signed=True))
+        raw = base64.urlsafe_b64decode(text)
+        position, event_id, index = (int.from_bytes(raw[n:n + 8], "big", signed=True) for n in (0, 8, 16))
+        return cls(position, event_id, max(-2**31, min(index, 2**31 - 1)))
 
 
-START = FeedCursor(-1, 0)
+START = FeedCursor(-1, 0, 0)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -114,7 +118,8 @@ def _event(row) -> Event:
         subject = _asset_from_document(data)
     else:
         subject = account_from_document(data)
-    return Event(FeedCursor(row["event_position"], row["event_id"]), event_type, row["occurred_at"], subject)
+    return Event(FeedCursor(row["event_position"], row["event_id"], row["event_index"]), event_type,
+                 row["occurred_at"], subject)
 
 
 async def feed_horizon(db: Db) -> int:
@@ -131,17 +136,17 @@ async def read_events(db: Db, after: FeedCursor, limit: int, wanted: FeedFilter 
     if horizon is None:
         horizon = await feed_horizon(db)
     span = max(limit, FILTERED_READ_SPAN) if wanted.narrows else limit
-    rows = await db.fetch(READ_EVENTS, after.position, after.event_id, horizon, span,
+    rows = await db.fetch(READ_EVENTS, after.position, after.event_id, after.index, horizon, span,
                           list(wanted.types) if wanted.types is not None else None, wanted.asset_id,
                           wanted.account_id, limit)
     events = [_event(row) for row in rows if not row["is_last"]]
     last = [row for row in rows if row["is_last"]]
     if len(events) == limit:
         return events, events[-1].cursor
-    return events, FeedCursor(last[0]["event_position"], last[0]["event_id"]) if last else after
+    return events, FeedCursor(last[0]["event_position"], last[0]["event_id"], last[0]["event_index"]) if last else after
 
 
 async def feed_head(db: Db) -> FeedCursor:
     """The cursor after the newest final event (:data:`START` when there is none)."""
     row = await db.fetchrow(FEED_HEAD, await feed_horizon(db))
-    return FeedCursor(row["position"], row["id"]) if row else START
+    return FeedCursor(row["position"], row["id"], row["last_index"]) if row else START

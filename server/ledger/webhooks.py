@@ -18,10 +18,10 @@ from server.ledger.records import Db
 from server.problems import WebhookNotFound
 
 _COLUMNS = """id, url, types::text[] AS types, description, status, failures, next_attempt_at, disabled_at, created_at,
-updated_at, cursor_position, cursor_id"""
+updated_at, cursor_position, cursor_id, cursor_index"""
 CREATE = f"""
-INSERT INTO webhook_endpoints (url, types, description, secret, cursor_position, cursor_id)
-VALUES ($1, $2::event_type[], $3, $4, $5, $6)
+INSERT INTO webhook_endpoints (url, types, description, secret, cursor_position, cursor_id, cursor_index)
+VALUES ($1, $2::event_type[], $3, $4, $5, $6, $7)
 RETURNING {_COLUMNS}
 """
 READ = f"SELECT {_COLUMNS} FROM webhook_endpoints WHERE id = $1 AND NOT deleted"
@@ -42,9 +42,12 @@ UPDATE webhook_endpoints
 RETURNING {_COLUMNS}
 """
 # deleted, not removed: its deliveries stay readable to an operator (balance-api check, psql)
-DELETE = "UPDATE webhook_endpoints SET deleted = true, status = 'disabled', updated_at = now() WHERE id = $1 AND NOT deleted RETURNING id"
+DELETE = """
+UPDATE webhook_endpoints SET deleted = true, status = 'disabled', updated_at = now() WHERE id = $1 AND NOT deleted
+RETURNING id
+"""
 LIST_DELIVERIES = """
-SELECT id, event_position, event_id, attempt, status_code, latency_ms, error, next_retry_at, at
+SELECT id, event_position, event_id, event_index, attempt, status_code, latency_ms, error, next_retry_at, at
   FROM webhook_deliveries
  WHERE webhook_id = $1 AND id < $2
  ORDER BY id DESC
@@ -53,37 +56,43 @@ SELECT id, event_position, event_id, attempt, status_code, latency_ms, error, ne
 
 # The dispatcher's statements: the endpoints due now; one endpoint with its secret (read under its
 # advisory lock); an attempt recorded with what it did to the endpoint, in one statement.
-DUE = "SELECT id FROM webhook_endpoints WHERE status = 'enabled' AND NOT deleted AND next_attempt_at <= now() ORDER BY id"
-READ_FOR_DELIVERY = f"SELECT {_COLUMNS}, secret FROM webhook_endpoints WHERE id = $1 AND status = 'enabled' AND NOT deleted"
+DUE = """
+SELECT id FROM webhook_endpoints WHERE status = 'enabled' AND NOT deleted AND next_attempt_at <= now() ORDER BY id
+"""
+READ_FOR_DELIVERY = f"""
+SELECT {_COLUMNS}, secret FROM webhook_endpoints WHERE id = $1 AND status = 'enabled' AND NOT deleted
+"""
 MOVE_ON = """
-UPDATE webhook_endpoints SET cursor_position = $2, cursor_id = $3 WHERE id = $1 AND status = 'enabled'
+UPDATE webhook_endpoints SET cursor_position = $2, cursor_id = $3, cursor_index = $4
+ WHERE id = $1 AND status = 'enabled'
 """
 DELIVERED = """
 WITH attempt AS (
-    INSERT INTO webhook_deliveries (webhook_id, event_position, event_id, attempt, status_code, latency_ms)
-    VALUES ($1, $2, $3, $4, $5, $6)
+    INSERT INTO webhook_deliveries (webhook_id, event_position, event_id, event_index, attempt, status_code,
+                                    latency_ms)
+    VALUES ($1, $2, $3, $4, $5, $6, $7)
 )
-UPDATE webhook_endpoints SET cursor_position = $2, cursor_id = $3, failures = 0 WHERE id = $1
+UPDATE webhook_endpoints SET cursor_position = $2, cursor_id = $3, cursor_index = $4, failures = 0 WHERE id = $1
 """
-# $7: the seconds to wait before the next attempt, NULL: none left, the endpoint is disabled
+# $8: the seconds to wait before the next attempt, NULL: none left, the endpoint is disabled
 FAILED = """
 WITH attempt AS (
-    INSERT INTO webhook_deliveries (webhook_id, event_position, event_id, attempt, status_code, latency_ms, error,
-                                    next_retry_at)
-    VALUES ($1, $2, $3, $4, $5, $6, $8, now() + make_interval(secs => $7))
+    INSERT INTO webhook_deliveries (webhook_id, event_position, event_id, event_index, attempt, status_code,
+                                    latency_ms, error, next_retry_at)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $9, now() + make_interval(secs => $8))
 )
 UPDATE webhook_endpoints
    SET failures = failures + 1,
-       next_attempt_at = CASE WHEN $7::float8 IS NULL THEN next_attempt_at ELSE now() + make_interval(secs => $7) END,
-       status = CASE WHEN $7::float8 IS NULL THEN 'disabled' ELSE status END,
-       disabled_at = CASE WHEN $7::float8 IS NULL THEN now() END
+       next_attempt_at = CASE WHEN $8::float8 IS NULL THEN next_attempt_at ELSE now() + make_interval(secs => $8) END,
+       status = CASE WHEN $8::float8 IS NULL THEN 'disabled' ELSE status END,
+       disabled_at = CASE WHEN $8::float8 IS NULL THEN now() END
  WHERE id = $1
 """
-# How far behind an endpoint is: the final events after its cursor (counted up to $4) and the
-# time of the oldest of them.
+# How far behind an endpoint is: the final events after its cursor (in the rows after it, counted
+# up to $4 rows; its own row's are counted whole) and the time of the oldest of them.
 LAG = """
-SELECT count(*) AS events, min(x.occurred_at) AS oldest
-  FROM (SELECT e.occurred_at FROM events e
+SELECT coalesce(sum(coalesce(cardinality(x.transfer_ids), 1)), 0) AS events, min(x.occurred_at) AS oldest
+  FROM (SELECT e.occurred_at, e.transfer_ids FROM events e
          WHERE (e.position, e.id) > ($1, $2) AND e.position < $3
          ORDER BY e.position, e.id LIMIT $4) x
 """
@@ -129,7 +138,7 @@ class Delivery:
 def _endpoint(row) -> Endpoint:
     return Endpoint(row["id"], row["url"], row["types"], row["description"], row["status"], row["failures"],
                     row["next_attempt_at"], row["disabled_at"], row["created_at"], row["updated_at"],
-                    FeedCursor(row["cursor_position"], row["cursor_id"]),
+                    FeedCursor(row["cursor_position"], row["cursor_id"], row["cursor_index"]),
                     row.get("secret"))
 
 
@@ -143,7 +152,7 @@ async def create_endpoint(db: Db, url: str, types: list[str] | None, description
     :class:`Endpoint` carries the ``secret`` (the only time it is given out)."""
     secret = new_secret()
     head = await feed_head(db)
-    row = await db.fetchrow(CREATE, url, types, description, secret, head.position, head.event_id)
+    row = await db.fetchrow(CREATE, url, types, description, secret, head.position, head.event_id, head.index)
     return dataclasses.replace(_endpoint(row), secret=secret)
 
 
@@ -181,7 +190,8 @@ async def list_deliveries(db: Db, webhook_id: int, before: int, limit: int) -> l
     """Endpoint ``webhook_id``'s attempts with ids below ``before``, newest first, at most
     ``limit``. Raises :class:`WebhookNotFound`."""
     await read_endpoint(db, webhook_id)
-    return [Delivery(r["id"], FeedCursor(r["event_position"], r["event_id"]), r["attempt"], r["status_code"],
+    return [Delivery(r["id"], FeedCursor(r["event_position"], r["event_id"], r["event_index"]), r["attempt"],
+                     r["status_code"],
                      r["latency_ms"], r["error"], r["next_retry_at"], r["at"])
             for r in await db.fetch(LIST_DELIVERIES, webhook_id, before, limit)]
 

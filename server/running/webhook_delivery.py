@@ -136,7 +136,7 @@ class Dispatcher:
                 failures = 0
             if cursor != endpoint.cursor and (not events or cursor != events[-1].cursor):
                 # past events not of its types: nothing to send, no reason to read them again
-                await self.pool.execute(webhooks.MOVE_ON, webhook_id, cursor.position, cursor.event_id)
+                await self.pool.execute(webhooks.MOVE_ON, webhook_id, cursor.position, cursor.event_id, cursor.index)
             if not events and cursor == endpoint.cursor:
                 return
 
@@ -166,13 +166,13 @@ class Dispatcher:
             error = f"{type(failure).__name__}: {failure}" if str(failure) else type(failure).__name__
         latency_ms = (time.monotonic() - started) * 1000
         if error is None:
-            await self.pool.execute(webhooks.DELIVERED, endpoint.webhook_id, event.cursor.position,
-                                    event.cursor.event_id, attempt, status, latency_ms)
+            await self.pool.execute(webhooks.DELIVERED, endpoint.webhook_id, *event.cursor, attempt, status,
+                                    latency_ms)
             metrics.WEBHOOK_DELIVERIES.labels("delivered").inc()
             return True
         delay = self.delays[failures] if failures < len(self.delays) else None
-        await self.pool.execute(webhooks.FAILED, endpoint.webhook_id, event.cursor.position, event.cursor.event_id,
-                                attempt, status, latency_ms, delay, error)
+        await self.pool.execute(webhooks.FAILED, endpoint.webhook_id, *event.cursor, attempt, status, latency_ms,
+                                delay, error)
         metrics.WEBHOOK_DELIVERIES.labels("failed" if delay is not None else "disabled").inc()
         if delay is None:
             log.warning("webhook %s disabled after %s failed attempts in a row: %s", endpoint.webhook_id, attempt,

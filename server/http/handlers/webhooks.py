@@ -72,8 +72,8 @@ async def update_webhook(request: web.Request) -> web.Response:
         await check_target(body.url, request.app[SETTINGS].webhook_allow_private_targets)
 
     async def operation(db, key):
-        endpoint = await webhooks.update_endpoint(db, webhook_id, body.url, body.types, "types" in body.model_fields_set,
-                                                  body.description, body.status)
+        endpoint = await webhooks.update_endpoint(db, webhook_id, body.url, body.types,
+                                                  "types" in body.model_fields_set, body.description, body.status)
         return Outcome.of(200, webhook_json(endpoint))
 
     return await respond(request, body, operation)

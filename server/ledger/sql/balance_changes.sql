@@ -151,11 +151,11 @@ BEGIN
                    CASE WHEN w.amount < 0 THEN w.running END, CASE WHEN w.amount > 0 THEN w.running END
               FROM unnest(w_transfer, w_asset, w_account, w_system, w_amount, w_running, w_index)
                    AS w (transfer_id, asset_id, account_id, system_id, amount, running, i)
-        ), event AS (  -- in the order decided, so an account's follow its entries
-            INSERT INTO events (position, type, asset_id, transfer_id)
-            SELECT v_position, 'transfer.created', w.asset_id, w.transfer_id
+        ), event AS (  -- one row per asset, its transfers in the order decided (events.sql)
+            INSERT INTO events (position, type, asset_id, transfer_ids)
+            SELECT v_position, 'transfer.created', w.asset_id, array_agg(w.transfer_id ORDER BY w.k)
               FROM unnest(w_transfer, w_asset) WITH ORDINALITY AS w (transfer_id, asset_id, k)
-             ORDER BY w.k
+             GROUP BY w.asset_id
         ), balance AS (
             UPDATE accounts a SET balance = u.balance, updated_at = now(), feed_position = v_position
               FROM unnest(u_account, u_balance) AS u (id, balance)

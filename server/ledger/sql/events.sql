@@ -4,7 +4,9 @@
 --
 -- ## Why the order never changes (issue 24; docs/concurrency.md, "The change feed")
 --
--- An event's place is (position, id). id is drawn from the events' identity sequence when the row
+-- A row of `events` holds one event, or the events of one kind one statement wrote for one asset's
+-- transfers (transfer_ids, in the order applied). Its place is (position, id), an event's
+-- (position, id, index in transfer_ids). id is drawn from the events' identity sequence when the row
 -- is inserted, always after the writer holds every account lock it takes (locking.sql, rule 2).
 -- position = greatest(the writing transaction's id, the feed_position of every account it
 -- changes), read under those locks, and the writer stores it as those accounts' feed_position.
@@ -85,20 +87,22 @@ AS $$
 $$;
 
 
--- One page of the feed (server/ledger/events.py): the events after (p_position, p_id) and below
--- the horizon p_horizon (rule 1 above), in feed order, that pass the filters (p_types; asset
--- p_asset_id; account p_account_id: either side of a transfer, or the account of an account
--- event), at most p_limit of them among the next p_span at most. The first statement is one
--- descent of the primary key (position, id) read in order and stopped as soon as p_limit have
--- passed; a transfer event's document is its row of transfer_details, by primary key. When fewer
--- passed, one row more (is_last) gives the last event looked at, so that a filtered read that
--- matched nothing still moves past what it read. Reads only, locks nothing. Bitmap scans are off:
--- for a span of thousands the planner otherwise reads every event after the cursor and sorts them to
--- keep the first (tests/test_plans_from_an_empty_database.py found 150,000 rows read for 3 pages).
-CREATE OR REPLACE FUNCTION feed_page(p_position bigint, p_id bigint, p_horizon bigint, p_span integer,
-                                     p_types event_type[], p_asset_id integer, p_account_id bigint, p_limit integer)
-RETURNS TABLE (event_position bigint, event_id bigint, type text, occurred_at timestamptz, data jsonb,
-               transfer transfer_details, is_last boolean)
+-- One page of the feed (server/ledger/events.py): the events after (p_position, p_id, p_index) and
+-- below the horizon p_horizon (rule 1 above), in feed order (a row's transfer events in the order
+-- of its transfer_ids), that pass the filters (p_types; asset p_asset_id; account p_account_id:
+-- either side of a transfer, or the account of an account event), at most p_limit of them among the
+-- next p_span at most. The first statement is one descent of the primary key (position, id), read in
+-- order and stopped as soon as p_limit events have passed; a transfer event's document is its row of
+-- transfer_details, by primary key. When fewer passed, one row more (is_last) gives the last event
+-- looked at, so that a filtered read that matched nothing still moves past what it read. Reads
+-- only, locks nothing. Bitmap scans are off: for a span of thousands the planner otherwise reads
+-- every event after the cursor and sorts them to keep the first (tests/test_plans_from_an_empty_database.py
+-- found 150,000 rows read for 3 pages).
+CREATE OR REPLACE FUNCTION feed_page(p_position bigint, p_id bigint, p_index integer, p_horizon bigint,
+                                     p_span integer, p_types event_type[], p_asset_id integer, p_account_id bigint,
+                                     p_limit integer)
+RETURNS TABLE (event_position bigint, event_id bigint, event_index integer, type text, occurred_at timestamptz,
+               data jsonb, transfer transfer_details, is_last boolean)
 LANGUAGE plpgsql STABLE
 SET plan_cache_mode = force_generic_plan
 SET enable_seqscan = off
@@ -110,28 +114,37 @@ DECLARE
     passed integer;
 BEGIN
     RETURN QUERY
-    SELECT s.position, s.id, s.type::text, s.occurred_at, s.data,
+    SELECT s.position, s.id, s.k, s.type::text, s.occurred_at, s.data,
            (SELECT d FROM transfer_details d WHERE d.id = s.transfer_id), false
-      FROM (SELECT e.* FROM events e
-             WHERE (e.position, e.id) > (p_position, p_id) AND e.position < p_horizon
-             ORDER BY e.position, e.id
+      FROM (SELECT e.position, e.id, x.k::integer AS k, e.type, e.occurred_at, e.asset_id, e.account_id,
+                   x.transfer_id, e.data
+              FROM events e
+             CROSS JOIN LATERAL unnest(coalesce(e.transfer_ids, '{NULL}'::bigint[])) WITH ORDINALITY
+                   AS x (transfer_id, k)
+             WHERE (e.position, e.id) >= (p_position, p_id) AND e.position < p_horizon
+               AND (e.position, e.id, x.k) > (p_position, p_id, p_index)
+             ORDER BY e.position, e.id, x.k
              LIMIT p_span) s
      WHERE (p_types IS NULL OR s.type = ANY (p_types))
        AND (p_asset_id IS NULL OR s.asset_id = p_asset_id)
        AND (p_account_id IS NULL OR s.account_id = p_account_id
             OR EXISTS (SELECT 1 FROM transfers t
                         WHERE t.id = s.transfer_id AND p_account_id IN (t.from_account_id, t.to_account_id)))
-     ORDER BY s.position, s.id
+     ORDER BY s.position, s.id, s.k
      LIMIT p_limit;
     GET DIAGNOSTICS passed = ROW_COUNT;
     IF passed < p_limit THEN  -- the whole span was looked at: where it ended
         RETURN QUERY
-        SELECT x.position, x.id, NULL::text, NULL::timestamptz, NULL::jsonb, NULL::transfer_details, true
-          FROM (SELECT e.position, e.id FROM events e
-                 WHERE (e.position, e.id) > (p_position, p_id) AND e.position < p_horizon
-                 ORDER BY e.position, e.id
-                 LIMIT p_span) x
-         ORDER BY x.position DESC, x.id DESC
+        SELECT y.position, y.id, y.k, NULL::text, NULL::timestamptz, NULL::jsonb, NULL::transfer_details, true
+          FROM (SELECT e.position, e.id, x.k::integer AS k
+                  FROM events e
+                 CROSS JOIN LATERAL unnest(coalesce(e.transfer_ids, '{NULL}'::bigint[])) WITH ORDINALITY
+                       AS x (transfer_id, k)
+                 WHERE (e.position, e.id) >= (p_position, p_id) AND e.position < p_horizon
+                   AND (e.position, e.id, x.k) > (p_position, p_id, p_index)
+                 ORDER BY e.position, e.id, x.k
+                 LIMIT p_span) y
+         ORDER BY y.position DESC, y.id DESC, y.k DESC
          LIMIT 1;
     END IF;
 END

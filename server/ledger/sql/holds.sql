@@ -116,9 +116,9 @@ BEGIN
            to_balance = CASE WHEN p_post THEN v_to END,
            resolved_at = now()
      WHERE t.id = h.id;
-    INSERT INTO events (position, type, asset_id, transfer_id)
+    INSERT INTO events (position, type, asset_id, transfer_ids)
         VALUES (v_position, CASE WHEN p_post THEN 'transfer.posted' ELSE 'transfer.voided' END::event_type, h.asset_id,
-                h.id);
+                ARRAY[h.id]);
     RETURN QUERY SELECT CASE WHEN p_post THEN 'posted' ELSE 'voided' END, NULL::text, v_from, v_to;
 END
 $$;

@@ -167,9 +167,10 @@ BEGIN
                        AS x (id, from_id, to_id, amount, code, description, metadata, from_after, to_after)
                   JOIN accounts src ON src.id = x.from_id
                 RETURNING id, asset_id
-            ), event AS (  -- in item order (the ids are)
-                INSERT INTO events (position, type, asset_id, transfer_id)
-                SELECT v_position, 'transfer.created', t.asset_id, t.id FROM transfer t ORDER BY t.id
+            ), event AS (  -- one row per asset, its transfers in item order (the ids are; events.sql)
+                INSERT INTO events (position, type, asset_id, transfer_ids)
+                SELECT v_position, 'transfer.created', t.asset_id, array_agg(t.id ORDER BY t.id)
+                  FROM transfer t GROUP BY t.asset_id
             ), balance AS (
                 UPDATE accounts a SET balance = a.balance + d.delta, updated_at = now(), feed_position = v_position
                   FROM (SELECT s.account_id, sum(s.delta) AS delta

@@ -125,8 +125,8 @@ BEGIN
         UPDATE accounts a SET pending_credits = a.pending_credits + p_amount, updated_at = now(),
                               feed_position = v_position
          WHERE a.id = dst.id AND NOT a.is_system;
-        INSERT INTO events (position, type, asset_id, transfer_id)
-            VALUES (v_position, 'transfer.pending', src.asset_id, transfer_id);
+        INSERT INTO events (position, type, asset_id, transfer_ids)
+            VALUES (v_position, 'transfer.pending', src.asset_id, ARRAY[transfer_id]);
         RETURN QUERY SELECT 'transferred'::text, NULL::text, transfer_id, from_account_id, to_account_id,
                             NULL::bigint, NULL::bigint, created_at;
         RETURN;
@@ -152,8 +152,8 @@ BEGIN
      WHERE a.id = src.id AND NOT src.is_system;
     UPDATE accounts a SET balance = v_to, updated_at = now(), feed_position = v_position
      WHERE a.id = dst.id AND NOT dst.is_system;
-    INSERT INTO events (position, type, asset_id, transfer_id)
-        VALUES (v_position, 'transfer.created', src.asset_id, transfer_id);
+    INSERT INTO events (position, type, asset_id, transfer_ids)
+        VALUES (v_position, 'transfer.created', src.asset_id, ARRAY[transfer_id]);
     INSERT INTO ledger_entries (account_id, transfer_id, amount, balance_after, kind, description, idempotency_key)
     SELECT side.id, transfer_id, side.amount, side.balance_after, side.kind, p_description, p_idempotency_key
       FROM (VALUES (src.id, -p_amount, from_balance, 'transfer_out', src.is_system),
