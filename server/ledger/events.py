@@ -27,7 +27,8 @@ EVENT_TYPES = ("transfer.created", "transfer.pending", "transfer.posted", "trans
 HORIZON = "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint"
 
 # A page of the feed: feed_page() (server/ledger/sql/events.sql) with its arguments in this order.
-READ_EVENTS = "SELECT * FROM feed_page($1, $2, $3, $4, $5, $6, $7, $8, $9)"
+# It takes the horizon from the snapshot it reads in: one round trip per page.
+READ_EVENTS = "SELECT * FROM feed_page($1, $2, $3, $4, $5, $6, $7, $8)"
 
 # How many events a filtered read looks at, at most, to find a page: it costs what it reads, not
 # what the feed holds; the next cursor then says where it stopped.
@@ -127,16 +128,15 @@ async def feed_horizon(db: Db) -> int:
     return await db.fetchval(HORIZON)
 
 
-async def read_events(db: Db, after: FeedCursor, limit: int, wanted: FeedFilter = FeedFilter(),
-                      horizon: int | None = None) -> tuple[list[Event], FeedCursor]:
+async def read_events(db: Db, after: FeedCursor, limit: int,
+                      wanted: FeedFilter = FeedFilter()) -> tuple[list[Event], FeedCursor]:
     """At most ``limit`` events after ``after`` that ``wanted`` passes, oldest first, and the
     cursor to read on from: the last event returned, or, when fewer than ``limit`` passed, the last
     event looked at (a filtered read looks at :data:`FILTERED_READ_SPAN` at most), or ``after``
-    when there was none. ``db`` must be the primary; ``horizon`` defaults to the horizon now."""
-    if horizon is None:
-        horizon = await feed_horizon(db)
+    when there was none. ``db`` must be the primary; one statement (feed_page(), which takes the
+    horizon from its own snapshot)."""
     span = max(limit, FILTERED_READ_SPAN) if wanted.narrows else limit
-    rows = await db.fetch(READ_EVENTS, after.position, after.event_id, after.index, horizon, span,
+    rows = await db.fetch(READ_EVENTS, after.position, after.event_id, after.index, span,
                           list(wanted.types) if wanted.types is not None else None, wanted.asset_id,
                           wanted.account_id, limit)
     events = [_event(row) for row in rows if not row["is_last"]]

@@ -54,13 +54,15 @@ SELECT id, event_position, event_id, event_index, attempt, status_code, latency_
  LIMIT $3
 """
 
-# The dispatcher's statements: the endpoints due now; one endpoint with its secret (read under its
-# advisory lock); an attempt recorded with what it did to the endpoint, in one statement.
+# The dispatcher's statements: the endpoints due now; one endpoint with its secret, if it is still
+# due (read under its advisory lock); an attempt recorded with what it did to the endpoint, in one
+# statement.
 DUE = """
 SELECT id FROM webhook_endpoints WHERE status = 'enabled' AND NOT deleted AND next_attempt_at <= now() ORDER BY id
 """
 READ_FOR_DELIVERY = f"""
-SELECT {_COLUMNS}, secret FROM webhook_endpoints WHERE id = $1 AND status = 'enabled' AND NOT deleted
+SELECT {_COLUMNS}, secret FROM webhook_endpoints
+ WHERE id = $1 AND status = 'enabled' AND NOT deleted AND next_attempt_at <= now()
 """
 MOVE_ON = """
 UPDATE webhook_endpoints SET cursor_position = $2, cursor_id = $3, cursor_index = $4
@@ -162,6 +164,13 @@ async def read_endpoint(db: Db, webhook_id: int) -> Endpoint:
     if row is None:
         raise WebhookNotFound(webhook_id)
     return _endpoint(row)
+
+
+async def endpoint_to_deliver(db: Db, webhook_id: int) -> Endpoint | None:
+    """Endpoint ``webhook_id`` with its ``secret`` when it is enabled and its next attempt is due
+    (the dispatcher reads it under the endpoint's advisory lock), else None."""
+    row = await db.fetchrow(READ_FOR_DELIVERY, webhook_id)
+    return _endpoint(row) if row else None
 
 
 async def list_endpoints(db: Db) -> list[Endpoint]:

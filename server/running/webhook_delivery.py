@@ -68,8 +68,8 @@ async def check_target(url: str, allow_private: bool) -> None:
                                                "(WEBHOOK_ALLOW_PRIVATE_TARGETS=true allows it)")
 
 
-def webhook_body(event: Event, document: dict) -> bytes:
-    """What is POSTed for ``event``: the event as ``GET /api/events`` shows it (``document``) and
+def webhook_body(document: dict) -> bytes:
+    """What is POSTed for an event: the event as ``GET /api/events`` shows it (``document``) and
     ``timestamp``, the field Standard Webhooks' payload names."""
     return orjson.dumps({**document, "timestamp": document["occurredAt"]})
 
@@ -111,24 +111,24 @@ class Dispatcher:
             async with self._slots, self.pool.acquire() as lock_conn, lock_conn.transaction():
                 if await lock_conn.fetchval("SELECT pg_try_advisory_xact_lock($1, $2)", ADVISORY_LOCK_KEY,
                                             webhook_id):
-                    await self._deliver(webhook_id)
+                    await self._deliver(webhook_id, lock_conn)
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
             log.warning("webhook %s: run stopped: %r", webhook_id, error)
         finally:
             self._running.pop(webhook_id, None)
 
-    async def _deliver(self, webhook_id: int) -> None:
+    async def _deliver(self, webhook_id: int, lock_conn: asyncpg.Connection) -> None:
         """Send endpoint ``webhook_id``'s events from its cursor until there are none, one fails,
-        or :data:`MAX_RUN_SECONDS` have passed (the caller holds its advisory lock)."""
+        or :data:`MAX_RUN_SECONDS` have passed. ``lock_conn`` holds its advisory lock in a
+        transaction that only reads (so it never gets a transaction id, which would hold the feed's
+        horizon back); the attempts are written on other connections of the pool."""
         started = time.monotonic()
         while time.monotonic() - started < MAX_RUN_SECONDS:
-            row = await self.pool.fetchrow(webhooks.READ_FOR_DELIVERY, webhook_id)
-            if row is None or row["next_attempt_at"] > dt.datetime.now(dt.UTC):
+            endpoint = await webhooks.endpoint_to_deliver(lock_conn, webhook_id)
+            if endpoint is None:
                 return
-            endpoint = webhooks._endpoint(row)
             wanted = FeedFilter(tuple(endpoint.types) if endpoint.types else None)
-            async with self.pool.acquire() as db:
-                events, cursor = await read_events(db, endpoint.cursor, RUN_EVENTS, wanted)
+            events, cursor = await read_events(lock_conn, endpoint.cursor, RUN_EVENTS, wanted)
             failures = endpoint.failures  # of the first event: the one tried before, if any
             for event in events:
                 if not await self._attempt(endpoint, event, failures):
@@ -144,7 +144,7 @@ class Dispatcher:
         """POST ``event`` to ``endpoint`` once (``failures``: its attempts that failed before, in a
         row) and record the attempt; whether it was delivered."""
         message_id = event.cursor.encode()
-        body = webhook_body(event, self.render(event))
+        body = webhook_body(self.render(event))
         now = dt.datetime.now(dt.UTC)
         headers = {"content-type": "application/json", "webhook-id": message_id,
                    "webhook-timestamp": str(int(now.timestamp())),

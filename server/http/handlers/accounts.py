@@ -9,7 +9,7 @@ from aiohttp import web
 
 from server.http.app_keys import ASSETS
 from server.http.handlers.documents import account_json, entry_json, timestamp
-from server.http.handlers.paths import FILTERS, id_from_path, page_query, rfc3339, split_page
+from server.http.handlers.paths import FILTERS, id_from_path, page_query, rfc3339, split_page, unknown_parameters
 from server.http.idempotent_requests import respond
 from server.http.reads import read_only, reading
 from server.http.request_bodies import AccountPatch, EmptyBody, NewAccount, read_json_body
@@ -91,8 +91,7 @@ async def get_account_history(request: web.Request) -> web.Response:
 async def get_account_balance(request: web.Request) -> web.Response:
     """``GET /api/accounts/{id}/balance?at=<RFC 3339>`` → 200 ``{"accountId", "asset", "at", "balance"}``."""
     account_id = id_from_path(request)
-    errors = [{"field": name, "reason": "is not a query parameter of this route"}
-              for name in request.query if name != "at"]
+    errors = unknown_parameters(request, ("at",))
     at = rfc3339("at", request.query["at"], errors) if "at" in request.query else dt.datetime.now(dt.UTC)
     if errors:
         raise ValidationFailed(errors)

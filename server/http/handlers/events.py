@@ -13,7 +13,7 @@ from aiohttp_sse import sse_response
 from server.http.app_keys import DATABASE, SETTINGS
 from server.http.handlers.documents import event_json
 from server.http.handlers.lookups import asset_id_of
-from server.http.handlers.paths import bounded_int
+from server.http.handlers.paths import bounded_int, unknown_parameters
 from server.http.request_bodies import ASSET_CODE_PATTERN, MAX_BIGINT
 from server.ledger.events import EVENT_TYPES, START, Event, FeedCursor, FeedFilter, read_events
 from server.problems import ValidationFailed
@@ -30,9 +30,7 @@ async def _query(request: web.Request, allowed: tuple[str, ...]) -> tuple[FeedCu
     """The cursor (``after``), the filters and the integer parameters (``limit``, ``wait``) of a
     feed request; anything unknown or malformed is refused (422 ``validation_error``), an unknown
     ``asset`` is 404 ``asset_not_found``."""
-    query, errors, numbers = request.query, [], {}
-    errors += [{"field": name, "reason": "is not a query parameter of this route"}
-               for name in query if name not in allowed]
+    query, errors, numbers = request.query, unknown_parameters(request, allowed), {}
     after = START
     if "after" in query and (after := FeedCursor.decode(query["after"])) is None:
         errors.append({"field": "after", "reason": "is not a cursor returned by this API"})

@@ -80,12 +80,22 @@ def rfc3339(name: str, raw: str, errors: list) -> dt.datetime | None:
 FILTERS = ("limit", "cursor", "from", "to", "code")
 
 
+def unknown_parameters(request: web.Request, allowed: tuple[str, ...] = ()) -> list[dict[str, str]]:
+    """An error (as ``ValidationFailed`` lists them) for each query parameter not in ``allowed``."""
+    return [{"field": name, "reason": "is not a query parameter of this route"}
+            for name in request.query if name not in allowed]
+
+
+def refuse_unknown_parameters(request: web.Request, allowed: tuple[str, ...] = ()) -> None:
+    """Raise ``ValidationFailed`` (422) when the query has a parameter not in ``allowed``."""
+    if errors := unknown_parameters(request, allowed):
+        raise ValidationFailed(errors)
+
+
 def page_query(request: web.Request, allowed: tuple[str, ...] = ("limit", "cursor")) -> PageQuery:
     """The page a listing asks for: ``limit`` (1..500, default 50), ``cursor`` and, where
     ``allowed``, ``from``/``to`` (RFC 3339) and ``code``; anything else is refused (422)."""
-    errors, query = [], request.query
-    errors += [{"field": name, "reason": "is not a query parameter of this route"}
-               for name in query if name not in allowed]
+    errors, query = unknown_parameters(request, allowed), request.query
     limit = HISTORY_DEFAULT_LIMIT
     if "limit" in query:
         found = bounded_int(query["limit"], HISTORY_MAX_LIMIT)

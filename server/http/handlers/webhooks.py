@@ -6,12 +6,11 @@ from aiohttp import web
 
 from server.http.app_keys import DATABASE, SETTINGS
 from server.http.handlers.documents import timestamp
-from server.http.handlers.paths import id_from_path, page_query, split_page
+from server.http.handlers.paths import id_from_path, page_query, refuse_unknown_parameters, split_page
 from server.http.idempotent_requests import respond
 from server.http.request_bodies import EmptyBody, NewWebhook, WebhookPatch, read_json_body
 from server.ledger import webhooks
 from server.ledger.idempotency import Outcome
-from server.problems import ValidationFailed
 from server.running.webhook_delivery import check_target
 
 
@@ -49,7 +48,7 @@ async def create_webhook(request: web.Request) -> web.Response:
 
 async def list_webhooks(request: web.Request) -> web.Response:
     """``GET /api/webhooks`` → 200 ``{"webhooks": [...]}``, oldest first."""
-    _no_query(request)
+    refuse_unknown_parameters(request)
     async with request.app[DATABASE].connection() as db:
         endpoints = await webhooks.list_endpoints(db)
     return web.json_response({"webhooks": [webhook_json(e) for e in endpoints]})
@@ -58,7 +57,7 @@ async def list_webhooks(request: web.Request) -> web.Response:
 async def get_webhook(request: web.Request) -> web.Response:
     """``GET /api/webhooks/{id}`` → 200 the endpoint, or 404 ``webhook_not_found``."""
     webhook_id = id_from_path(request)
-    _no_query(request)
+    refuse_unknown_parameters(request)
     async with request.app[DATABASE].connection() as db:
         return web.json_response(webhook_json(await webhooks.read_endpoint(db, webhook_id)))
 
@@ -102,8 +101,3 @@ async def list_deliveries(request: web.Request) -> web.Response:
     return web.json_response({"webhookId": webhook_id, "deliveries": [delivery_json(d) for d in page],
                               "nextCursor": cursor})
 
-
-def _no_query(request: web.Request) -> None:
-    if request.query:
-        raise ValidationFailed([{"field": name, "reason": "is not a query parameter of this route"}
-                                for name in request.query])

@@ -87,20 +87,40 @@ AS $$
 $$;
 
 
--- One page of the feed (server/ledger/events.py): the events after (p_position, p_id, p_index) and
--- below the horizon p_horizon (rule 1 above), in feed order (a row's transfer events in the order
--- of its transfer_ids), that pass the filters (p_types; asset p_asset_id; account p_account_id:
--- either side of a transfer, or the account of an account event), at most p_limit of them among the
--- next p_span at most. The first statement is one descent of the primary key (position, id), read in
--- order and stopped as soon as p_limit events have passed; a transfer event's document is its row of
+-- The events after (p_position, p_id, p_index) and below the horizon p_horizon (rule 1 above), in
+-- feed order (a row's transfer events in the order of its transfer_ids), at most p_span: one
+-- descent of the primary key (position, id), each row's ids unnested in order, read lazily (a
+-- caller's LIMIT stops it). Inlined into feed_page()'s statements (a single SELECT, no settings of
+-- its own), so it is planned with theirs.
+CREATE OR REPLACE FUNCTION feed_span(p_position bigint, p_id bigint, p_index integer, p_horizon bigint,
+                                     p_span integer)
+RETURNS TABLE (at_position bigint, at_id bigint, k integer, type event_type, occurred_at timestamptz, asset_id integer,
+               account_id bigint, transfer_id bigint, data jsonb)
+LANGUAGE sql STABLE
+AS $$
+    SELECT e.position, e.id, x.k::integer, e.type, e.occurred_at, e.asset_id, e.account_id, x.transfer_id, e.data
+      FROM events e
+     CROSS JOIN LATERAL unnest(coalesce(e.transfer_ids, '{NULL}'::bigint[])) WITH ORDINALITY AS x (transfer_id, k)
+     WHERE (e.position, e.id) >= (p_position, p_id) AND e.position < p_horizon
+       AND (e.position, e.id, x.k) > (p_position, p_id, p_index)
+     ORDER BY e.position, e.id, x.k
+     LIMIT p_span
+$$;
+
+
+-- One page of the feed (server/ledger/events.py): of the events feed_span() gives after (p_position,
+-- p_id, p_index), below the horizon of this statement's snapshot, those that pass the filters
+-- (p_types; asset p_asset_id; account p_account_id: either side of a transfer, or the account of an
+-- account event), at most p_limit of them among the next p_span at most. The span is read in order
+-- and stopped as soon as p_limit events have passed; a transfer event's document is its row of
 -- transfer_details, by primary key. When fewer passed, one row more (is_last) gives the last event
--- looked at, so that a filtered read that matched nothing still moves past what it read. Reads
--- only, locks nothing. Bitmap scans are off: for a span of thousands the planner otherwise reads
--- every event after the cursor and sorts them to keep the first (tests/test_plans_from_an_empty_database.py
--- found 150,000 rows read for 3 pages).
-CREATE OR REPLACE FUNCTION feed_page(p_position bigint, p_id bigint, p_index integer, p_horizon bigint,
-                                     p_span integer, p_types event_type[], p_asset_id integer, p_account_id bigint,
-                                     p_limit integer)
+-- looked at, so that a filtered read that matched nothing still moves past what it read. The
+-- horizon is taken from the snapshot the page is read in, so every event below it that committed is
+-- in that snapshot. Reads only, locks nothing. Bitmap scans are off: for a span of thousands the
+-- planner otherwise reads every event after the cursor and sorts them to keep the first
+-- (tests/test_plans_from_an_empty_database.py found 150,000 rows read for 3 pages).
+CREATE OR REPLACE FUNCTION feed_page(p_position bigint, p_id bigint, p_index integer, p_span integer,
+                                     p_types event_type[], p_asset_id integer, p_account_id bigint, p_limit integer)
 RETURNS TABLE (event_position bigint, event_id bigint, event_index integer, type text, occurred_at timestamptz,
                data jsonb, transfer transfer_details, is_last boolean)
 LANGUAGE plpgsql STABLE
@@ -111,40 +131,26 @@ SET enable_hashjoin = off
 SET enable_mergejoin = off
 AS $$
 DECLARE
+    horizon bigint := pg_snapshot_xmin(pg_current_snapshot())::text::bigint;
     passed integer;
 BEGIN
     RETURN QUERY
-    SELECT s.position, s.id, s.k, s.type::text, s.occurred_at, s.data,
+    SELECT s.at_position, s.at_id, s.k, s.type::text, s.occurred_at, s.data,
            (SELECT d FROM transfer_details d WHERE d.id = s.transfer_id), false
-      FROM (SELECT e.position, e.id, x.k::integer AS k, e.type, e.occurred_at, e.asset_id, e.account_id,
-                   x.transfer_id, e.data
-              FROM events e
-             CROSS JOIN LATERAL unnest(coalesce(e.transfer_ids, '{NULL}'::bigint[])) WITH ORDINALITY
-                   AS x (transfer_id, k)
-             WHERE (e.position, e.id) >= (p_position, p_id) AND e.position < p_horizon
-               AND (e.position, e.id, x.k) > (p_position, p_id, p_index)
-             ORDER BY e.position, e.id, x.k
-             LIMIT p_span) s
+      FROM feed_span(p_position, p_id, p_index, horizon, p_span) s
      WHERE (p_types IS NULL OR s.type = ANY (p_types))
        AND (p_asset_id IS NULL OR s.asset_id = p_asset_id)
        AND (p_account_id IS NULL OR s.account_id = p_account_id
             OR EXISTS (SELECT 1 FROM transfers t
                         WHERE t.id = s.transfer_id AND p_account_id IN (t.from_account_id, t.to_account_id)))
-     ORDER BY s.position, s.id, s.k
+     ORDER BY s.at_position, s.at_id, s.k
      LIMIT p_limit;
     GET DIAGNOSTICS passed = ROW_COUNT;
     IF passed < p_limit THEN  -- the whole span was looked at: where it ended
         RETURN QUERY
-        SELECT y.position, y.id, y.k, NULL::text, NULL::timestamptz, NULL::jsonb, NULL::transfer_details, true
-          FROM (SELECT e.position, e.id, x.k::integer AS k
-                  FROM events e
-                 CROSS JOIN LATERAL unnest(coalesce(e.transfer_ids, '{NULL}'::bigint[])) WITH ORDINALITY
-                       AS x (transfer_id, k)
-                 WHERE (e.position, e.id) >= (p_position, p_id) AND e.position < p_horizon
-                   AND (e.position, e.id, x.k) > (p_position, p_id, p_index)
-                 ORDER BY e.position, e.id, x.k
-                 LIMIT p_span) y
-         ORDER BY y.position DESC, y.id DESC, y.k DESC
+        SELECT s.at_position, s.at_id, s.k, NULL::text, NULL::timestamptz, NULL::jsonb, NULL::transfer_details, true
+          FROM feed_span(p_position, p_id, p_index, horizon, p_span) s
+         ORDER BY s.at_position DESC, s.at_id DESC, s.k DESC
          LIMIT 1;
     END IF;
 END
