@@ -17,8 +17,8 @@ step it measures, with the service running on the ledger as it is:
 - after the reads, the single-transfer rate (wrk, ``POST /api/transfers``, 200 connections,
   WINDOW_SECONDS) and the bulk rate (wrk, batches of BATCH_SIZE from BULK_SENDERS connections, as
   long), with their statuses: every one must be 2xx (their transfers count towards the next step);
-- bytes of database per transfer (transfers, ledger entries and the system balances' tables with
-  their indexes, over the transfers counted), and the time ``balance-api check`` takes.
+- bytes of database per transfer (transfers, ledger entries, the system balances' tables and the
+  change feed's events with their indexes, over the transfers counted), and the time ``balance-api check`` takes.
 
 The goal printed under the table (issue 23): from the smallest to the largest step, no read route
 more than READ_GOAL times slower. Everything is bounded: a fixed count of requests, each with a
@@ -52,7 +52,7 @@ READ_SAMPLES = 100
 WINDOW_SECONDS = 2  # each rate's window: its transfers count towards the next step (they come after the reads)
 OLD_WINDOW_SHARE = 0.1  # the old time window: the first tenth of the first step's growth
 READ_GOAL = 3.0  # largest step against the smallest, every read route (issue 23)
-TABLES = ("transfers", "ledger_entries", "system_balance_shards", "system_balance_changes")
+TABLES = ("transfers", "ledger_entries", "system_balance_shards", "system_balance_changes", "events")
 
 
 @dataclass
