@@ -380,6 +380,28 @@ class Unauthorized(Problem):
         super().__init__(detail, headers={"WWW-Authenticate": challenge})
 
 
+class Forbidden(Problem):
+    """403: the API key is valid but lacks the scope the route needs (``requiredScope``), or is
+    limited to assets that do not include the one the request reads or changes (``requiredAsset``)."""
+
+    status, code, title = 403, "forbidden", "Forbidden"
+
+    def __init__(self, required_scope: str | None = None, required_asset: str | None = None):
+        if required_asset is not None:
+            super().__init__(f"This API key may not read or change accounts of asset {required_asset}.",
+                             requiredAsset=required_asset)
+        else:
+            super().__init__(f"This API key does not have the scope {required_scope!r} this route needs.",
+                             requiredScope=required_scope)
+
+
+class ApiKeyNotFound(Problem):
+    status, code, title = 404, "api_key_not_found", "API key not found"
+
+    def __init__(self, key_id: int):
+        super().__init__(f"There is no API key with id {key_id}.", keyId=key_id)
+
+
 class WebhookNotFound(Problem):
     status, code, title = 404, "webhook_not_found", "Webhook not found"
 

@@ -55,6 +55,9 @@ ADDED_SINCE_HISTORY = {
     "function record_asset_event(assets,bigint)",
     "function feed_page(bigint,bigint,integer,integer,event_type[],integer,bigint,integer)",
     "function feed_span(bigint,bigint,integer,bigint,integer)",
+    # issue 25: the audit log
+    "function account_document(accounts)",
+    "function record_audit(bigint,text,text,text,text,jsonb,jsonb)",
 }
 DEFINES = re.compile(r"^\s*(CREATE\s+(OR\s+REPLACE\s+)?(FUNCTION|PROCEDURE|VIEW|MATERIALIZED\s+VIEW|TRIGGER)"
                      r"|ALTER\s+(FUNCTION|PROCEDURE|VIEW))\b", re.IGNORECASE | re.MULTILINE)
@@ -154,7 +157,7 @@ def test_after_migrate_the_database_has_exactly_the_functions_and_views_of_the_f
     url = create_database()
     _migrate(url)
     assert _database_names(url) == _folder_names()
-    assert len(_folder_names()) == 17  # today: sixteen functions and the transfer_details view
+    assert len(_folder_names()) == 19  # today: eighteen functions and the transfer_details view
 
 
 def test_an_unchanged_folder_is_not_applied_again(create_database):

@@ -13,9 +13,20 @@ import swagger_ui
 from aiohttp import web
 from swagger_ui import aiohttp_api_doc
 
-from server.http.app_keys import ASSETS, BATCHER, DATABASE, DB_POOL, READS, SETTINGS, TRANSFER_BATCHES
-from server.http.bearer_auth import DOCS_PATH, bearer_auth_middleware
-from server.http.handlers import accounts, assets, balance_changes, events, operations, transfers, users, webhooks
+from server.http.app_keys import ASSETS, BATCHER, DATABASE, DB_POOL, KEY_LOOKUPS, READS, SETTINGS, TRANSFER_BATCHES
+from server.http.bearer_auth import DOCS_PATH, KeyLookups, bearer_auth_middleware, open_access_middleware
+from server.http.handlers import (
+    accounts,
+    api_keys,
+    assets,
+    audit,
+    balance_changes,
+    events,
+    operations,
+    transfers,
+    users,
+    webhooks,
+)
 from server.http.handlers.documents import event_json
 from server.http.http_edges import expect_handler, static_files
 from server.http.observability import observability_middleware
@@ -49,6 +60,7 @@ async def _database(app: web.Application) -> AsyncIterator[None]:
     replica = replica_pool and Database(replica_pool, settings.db_max_pending, settings.db_acquire_timeout)
     app[READS] = ReplicaRouting(app[DATABASE], replica, settings.replica_max_lag, settings.replica_check_interval)
     app[ASSETS] = AssetDirectory()
+    app[KEY_LOOKUPS] = KeyLookups(app[DATABASE])
     app[TRANSFER_BATCHES] = Turns(settings.transfer_batch_concurrency, settings.transfer_batch_queue_timeout)
     # BATCHING=false: batches of one, as many in flight as the pool has connections
     max_batch, in_flight = ((settings.batch_max_size, settings.batch_max_in_flight) if settings.batching
@@ -119,6 +131,56 @@ async def _webhook_dispatcher(app: web.Application) -> AsyncIterator[None]:
         yield
 
 
+# (method, path, handler, the scope an API key needs for it: docs/api.md "API keys and scopes")
+ROUTES = [
+    ("PATCH", "/api/balance", balance_changes.change_balance, "transfers"),
+    ("POST", "/api/users", users.create_user, "accounts"),
+    ("GET", "/api/users/{id}", users.get_user, "read"),
+    ("GET", "/api/users/{id}/history", users.get_history, "read"),
+    ("POST", "/api/users/{id}/credit", balance_changes.credit, "transfers"),
+    ("POST", "/api/users/{id}/debit", balance_changes.debit, "transfers"),
+    ("POST", "/api/transfers", transfers.create_transfer, "transfers"),
+    ("POST", "/api/transfers/batch", transfers.create_transfer_batch, "transfers"),
+    ("GET", "/api/transfers", transfers.list_transfers, "read"),
+    # {id} is never "batch": that path is POST /api/transfers/batch's alone, so GET or OPTIONS on
+    # it is 405 with Allow: POST (not GET's 422 "id must be an integer", nor Allow: GET, HEAD, POST)
+    ("GET", r"/api/transfers/{id:(?!batch$)[^/]+}", transfers.get_transfer, "read"),
+    ("POST", "/api/transfers/{id}/post", transfers.post_pending_transfer, "transfers"),
+    ("POST", "/api/transfers/{id}/void", transfers.void_pending_transfer, "transfers"),
+    ("POST", "/api/transfers/{id}/reverse", transfers.reverse_transfer, "transfers"),
+    ("POST", "/api/assets", assets.create_asset, "assets"),
+    ("GET", "/api/assets", assets.list_assets, "read"),
+    ("GET", "/api/assets/{code}", assets.get_asset, "read"),
+    ("POST", "/api/accounts", accounts.create_account, "accounts"),
+    ("GET", "/api/accounts/{id}", accounts.get_account, "read"),
+    ("PATCH", "/api/accounts/{id}", accounts.update_account, "accounts"),
+    ("POST", "/api/accounts/{id}/freeze", accounts.freeze_account, "accounts"),
+    ("POST", "/api/accounts/{id}/unfreeze", accounts.unfreeze_account, "accounts"),
+    ("POST", "/api/accounts/{id}/close", accounts.close_account, "accounts"),
+    ("POST", "/api/accounts/{id}/credit", balance_changes.account_credit, "transfers"),
+    ("POST", "/api/accounts/{id}/debit", balance_changes.account_debit, "transfers"),
+    ("GET", "/api/accounts/{id}/history", accounts.get_account_history, "read"),
+    ("GET", "/api/accounts/{id}/balance", accounts.get_account_balance, "read"),
+    ("GET", "/api/events", events.list_events, "events"),
+    ("GET", "/api/events/stream", events.stream_events, "events"),
+    ("POST", "/api/webhooks", webhooks.create_webhook, "webhooks"),
+    ("GET", "/api/webhooks", webhooks.list_webhooks, "read"),
+    ("GET", "/api/webhooks/{id}", webhooks.get_webhook, "read"),
+    ("PATCH", "/api/webhooks/{id}", webhooks.update_webhook, "webhooks"),
+    ("DELETE", "/api/webhooks/{id}", webhooks.delete_webhook, "webhooks"),
+    ("GET", "/api/webhooks/{id}/deliveries", webhooks.list_deliveries, "read"),
+    ("POST", "/api/keys", api_keys.create_key, "keys"),
+    ("GET", "/api/keys", api_keys.list_keys, "keys"),
+    ("DELETE", "/api/keys/{id}", api_keys.revoke_key, "keys"),
+    ("GET", "/api/audit", audit.list_audit, "audit"),
+    ("GET", "/api/health", operations.health, None),
+    ("GET", "/api/openapi.json", operations.openapi, "read"),
+    ("GET", "/metrics", operations.prometheus_metrics, None),
+]
+# the scope each route's handler needs (none: open to every key, and to no key for health and metrics)
+ROUTE_SCOPES = {handler: scope for _, _, handler, scope in ROUTES if scope is not None}
+
+
 def create_app(settings: Settings) -> web.Application:
     """Build the aiohttp application for ``settings``; ``settings.database_url`` must be set.
 
@@ -129,53 +191,16 @@ def create_app(settings: Settings) -> web.Application:
     if not settings.database_url:
         raise ValueError("create_app needs settings.database_url (see server.running.embedded_postgres)")
     middlewares = [observability_middleware(settings.request_log_level), problem_middleware]
-    if tokens := settings.api_tokens():
-        middlewares.append(bearer_auth_middleware(tokens))
+    if settings.authentication():
+        middlewares.append(bearer_auth_middleware(settings.api_tokens(), ROUTE_SCOPES,
+                                                  lambda app: app[KEY_LOOKUPS]))
+    else:
+        middlewares.append(open_access_middleware)
     app = web.Application(client_max_size=settings.max_body_bytes, middlewares=middlewares)
     app[SETTINGS] = settings
     app.cleanup_ctx.extend([_database, _idempotency_key_purger, _metrics_sampler, _webhook_dispatcher])
-    routes = [
-        web.patch("/api/balance", balance_changes.change_balance),
-        web.post("/api/users", users.create_user),
-        web.get("/api/users/{id}", users.get_user),
-        web.get("/api/users/{id}/history", users.get_history),
-        web.post("/api/users/{id}/credit", balance_changes.credit),
-        web.post("/api/users/{id}/debit", balance_changes.debit),
-        web.post("/api/transfers", transfers.create_transfer),
-        web.post("/api/transfers/batch", transfers.create_transfer_batch),
-        web.get("/api/transfers", transfers.list_transfers),
-        # {id} is never "batch": that path is POST /api/transfers/batch's alone, so GET or OPTIONS on
-        # it is 405 with Allow: POST (not GET's 422 "id must be an integer", nor Allow: GET, HEAD, POST)
-        web.get(r"/api/transfers/{id:(?!batch$)[^/]+}", transfers.get_transfer),
-        web.post("/api/transfers/{id}/post", transfers.post_pending_transfer),
-        web.post("/api/transfers/{id}/void", transfers.void_pending_transfer),
-        web.post("/api/transfers/{id}/reverse", transfers.reverse_transfer),
-        web.post("/api/assets", assets.create_asset),
-        web.get("/api/assets", assets.list_assets),
-        web.get("/api/assets/{code}", assets.get_asset),
-        web.post("/api/accounts", accounts.create_account),
-        web.get("/api/accounts/{id}", accounts.get_account),
-        web.patch("/api/accounts/{id}", accounts.update_account),
-        web.post("/api/accounts/{id}/freeze", accounts.freeze_account),
-        web.post("/api/accounts/{id}/unfreeze", accounts.unfreeze_account),
-        web.post("/api/accounts/{id}/close", accounts.close_account),
-        web.post("/api/accounts/{id}/credit", balance_changes.account_credit),
-        web.post("/api/accounts/{id}/debit", balance_changes.account_debit),
-        web.get("/api/accounts/{id}/history", accounts.get_account_history),
-        web.get("/api/accounts/{id}/balance", accounts.get_account_balance),
-        web.get("/api/events", events.list_events),
-        web.get("/api/events/stream", events.stream_events),
-        web.post("/api/webhooks", webhooks.create_webhook),
-        web.get("/api/webhooks", webhooks.list_webhooks),
-        web.get("/api/webhooks/{id}", webhooks.get_webhook),
-        web.patch("/api/webhooks/{id}", webhooks.update_webhook),
-        web.delete("/api/webhooks/{id}", webhooks.delete_webhook),
-        web.get("/api/webhooks/{id}/deliveries", webhooks.list_deliveries),
-        web.get("/api/health", operations.health),
-        web.get("/api/openapi.json", operations.openapi),
-        web.get("/metrics", operations.prometheus_metrics),
-    ]
-    app.router.add_routes([web.route(r.method, r.path, r.handler, expect_handler=expect_handler) for r in routes])
+    app.router.add_routes([web.route(method, path, handler, expect_handler=expect_handler)
+                           for method, path, handler, _ in ROUTES])
     _api_reference(app)
     return app
 

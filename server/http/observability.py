@@ -21,6 +21,7 @@ import time
 import structlog
 from aiohttp import web
 
+from server.http.app_keys import REQUEST_ID
 from server.problems import Handler
 from server.running import metrics
 
@@ -76,7 +77,7 @@ def observability_middleware(level: str) -> web.middleware:
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         started = time.perf_counter()
-        request_id = request_id_of(request)
+        request[REQUEST_ID] = request_id = request_id_of(request)
         structlog.contextvars.bind_contextvars(request_id=request_id)  # this request's task only
         response = await handler(request)
         duration = time.perf_counter() - started

@@ -14,13 +14,27 @@ import json
 from typing import Annotated, Any, Literal, TypeVar
 
 from aiohttp import web
-from pydantic import (AfterValidator, BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError,
-                      field_validator, model_validator)
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from server.http.app_keys import SETTINGS
 from server.ledger.events import EVENT_TYPES
-from server.problems import (MalformedJson, RequestTimeout, UnsupportedMediaType, UnsupportedTransferCoding,
-                             ValidationFailed)
+from server.problems import (
+    MalformedJson,
+    RequestTimeout,
+    UnsupportedMediaType,
+    UnsupportedTransferCoding,
+    ValidationFailed,
+)
 
 # PostgreSQL bigint holds -9223372036854775808..9223372036854775807 (PostgreSQL docs §8.1.1);
 # amounts stay within ±MAX_BIGINT so that negating one never overflows.
@@ -258,6 +272,32 @@ class WebhookPatch(StrictBody):
     types: Annotated[EventTypes | None, AfterValidator(_unique_types)] = None
     description: Description | None = None
     status: Literal["enabled", "disabled"] | None = None
+
+
+def _unique_scopes(scopes: list[str]) -> list[str]:
+    if len(set(scopes)) != len(scopes):
+        raise ValueError("must not name a scope twice")
+    return scopes
+
+
+def _unique_codes(codes: list[str]) -> list[str]:
+    if len(set(codes)) != len(codes):
+        raise ValueError("must not name an asset twice")
+    return codes
+
+
+Scope = Literal["read", "transfers", "accounts", "assets", "webhooks", "events", "keys", "audit"]
+MAX_KEY_LIFETIME = 10 * 366 * 86400  # ten years, in seconds
+
+
+class NewApiKey(StrictBody):
+    """Body of ``POST /api/keys``: ``{"name", "scopes": [1-8 of SCOPES], "assets"?: [codes] (null or
+    absent: every asset), "expiresInSeconds"?: 1..MAX_KEY_LIFETIME (absent: never)}``."""
+
+    name: Name
+    scopes: Annotated[list[Scope], Field(min_length=1, max_length=8), AfterValidator(_unique_scopes)]
+    assets: Annotated[list[AssetCode], Field(min_length=1, max_length=100), AfterValidator(_unique_codes)] | None = None
+    expires_in_seconds: Annotated[int, Field(ge=1, le=MAX_KEY_LIFETIME)] | None = Field(None, alias="expiresInSeconds")
 
 
 Body = TypeVar("Body", bound=StrictBody)

@@ -12,9 +12,17 @@ import json
 from dataclasses import dataclass
 from decimal import Decimal
 
-from server.ledger.records import Asset, Db
-from server.problems import (AccountClosed, AccountExists, AccountNotEmpty, AccountNotFound, LimitViolated, Problem,
-                             SystemAccount, UserNotFound)
+from server.ledger.records import NOBODY, Actor, Asset, Db
+from server.problems import (
+    AccountClosed,
+    AccountExists,
+    AccountNotEmpty,
+    AccountNotFound,
+    LimitViolated,
+    Problem,
+    SystemAccount,
+    UserNotFound,
+)
 
 IS_SYSTEM = "SELECT is_system FROM accounts WHERE id = $1"
 
@@ -50,7 +58,8 @@ USER_EXISTS = "SELECT EXISTS (SELECT 1 FROM users WHERE id = $1)"
 # abort the caller's transaction, and one holding an Idempotency-Key must still store the refusal
 # (found by Schemathesis: a 500 on POST /api/accounts with a key and an unknown userId). Every
 # statement that opens or changes an account records its event in the same statement (the feed,
-# server/ledger/sql/events.sql): the row it returns, under the row lock it took.
+# server/ledger/sql/events.sql): the row it returns, under the row lock it took; and its audit row
+# (server/ledger/sql/audit.sql), the actor's three parameters last.
 CREATE_ACCOUNT = """
 WITH opened AS (
     INSERT INTO accounts AS a (asset_id, user_id, name, overdraft_limit, max_balance, metadata, feed_position)
@@ -59,7 +68,9 @@ WITH opened AS (
     ON CONFLICT (user_id, asset_id) DO NOTHING
     RETURNING a
 )
-SELECT record_account_event('account.created', o.a) FROM opened o
+SELECT record_account_event('account.created', o.a),
+       record_audit($7, $8, $9, 'account.created', 'account:' || (o.a).id, NULL, account_document(o.a))
+  FROM opened o
 """
 ACCOUNT_OF_USER = "SELECT id FROM accounts WHERE user_id = $1 AND asset_id = $2"
 
@@ -70,7 +81,9 @@ opened AS (
     INSERT INTO accounts AS a (asset_id, user_id, feed_position) SELECT $1, id, feed_position_after(NULL) FROM new_user
     RETURNING a
 )
-SELECT record_account_event('account.created', o.a) FROM opened o
+SELECT record_account_event('account.created', o.a),
+       record_audit($2, $3, $4, 'account.created', 'account:' || (o.a).id, NULL, account_document(o.a))
+  FROM opened o
 """
 
 # Limits and names change under the account's row lock (the UPDATE takes it and re-checks its WHERE
@@ -82,13 +95,18 @@ SELECT record_account_event('account.created', o.a) FROM opened o
 # (found by tests/test_ledger_state_machine.py: an expired hold still refused a lower limit). The
 # subqueries read the row being updated, so a re-check on a newer row version recomputes them. A
 # closed account is not changed (closed is final); a concurrent close is seen by that re-check too.
+# The row is locked first, as the UPDATE would lock it (FOR NO KEY UPDATE, locking.sql rule 1), so
+# the audit log's `before` is the version the UPDATE changes (audit.sql); the UPDATE reads `before`,
+# so that it runs after it.
 UPDATE_ACCOUNT = """
-WITH changed AS (
+WITH before AS MATERIALIZED (SELECT b FROM accounts b WHERE b.id = $1 FOR NO KEY UPDATE),
+changed AS (
 UPDATE accounts a
    SET name = coalesce($2, name), overdraft_limit = coalesce($3, overdraft_limit),
        max_balance = CASE WHEN $6 THEN $4 ELSE max_balance END, metadata = coalesce($5, metadata),
        updated_at = now(), feed_position = feed_position_after(a.feed_position)
- WHERE id = $1 AND NOT is_system AND status <> 'closed'
+  FROM before pre
+ WHERE id = (pre.b).id AND NOT is_system AND status <> 'closed'
    AND balance - pending_debits
        + CASE WHEN pending_debits > 0 THEN (SELECT x.debits FROM expired_holds(a.id) x) ELSE 0 END
        >= -coalesce($3, overdraft_limit)
@@ -96,22 +114,28 @@ UPDATE accounts a
         - CASE WHEN pending_credits > 0 THEN (SELECT x.credits FROM expired_holds(a.id) x) ELSE 0 END <= $4)
 RETURNING a
 )
-SELECT record_account_event('account.updated', c.a) FROM changed c
+SELECT record_account_event('account.updated', c.a),
+       record_audit($7, $8, $9, 'account.updated', 'account:' || (c.a).id, account_document(b.b), account_document(c.a))
+  FROM changed c, before b
 """
 
 # freeze / unfreeze / close, under the row lock (as above): closing needs a zero balance, and a
-# closed account stays closed.
+# closed account stays closed. Audited as UPDATE_ACCOUNT.
 SET_STATUS = """
-WITH changed AS (
+WITH before AS MATERIALIZED (SELECT b FROM accounts b WHERE b.id = $1 FOR NO KEY UPDATE),
+changed AS (
 UPDATE accounts a SET status = $2, updated_at = now(), feed_position = feed_position_after(a.feed_position)
- WHERE id = $1 AND NOT is_system AND status <> 'closed'
+  FROM before pre
+ WHERE id = (pre.b).id AND NOT is_system AND status <> 'closed'
    AND ($2 <> 'closed' OR (balance = 0 AND ((pending_debits = 0 AND pending_credits = 0)
         OR (SELECT x.debits = pending_debits AND x.credits = pending_credits FROM expired_holds(a.id) x))))
 RETURNING a
 )
-SELECT record_account_event(CASE $2 WHEN 'frozen' THEN 'account.frozen' WHEN 'open' THEN 'account.unfrozen'
-                                    ELSE 'account.closed' END::event_type, c.a)
-  FROM changed c
+SELECT record_account_event(x.action::event_type, c.a),
+       record_audit($3, $4, $5, x.action, 'account:' || (c.a).id, account_document(b.b), account_document(c.a))
+  FROM changed c, before b,
+       LATERAL (SELECT CASE $2 WHEN 'frozen' THEN 'account.frozen' WHEN 'open' THEN 'account.unfrozen'
+                               ELSE 'account.closed' END AS action) x
 """
 READ_STATE = "SELECT is_system, status, balance FROM accounts WHERE id = $1"
 
@@ -180,11 +204,11 @@ class NewAccount:
     metadata: dict[str, str] | None = None
 
 
-async def create_account(db: Db, new: NewAccount) -> Account:
+async def create_account(db: Db, new: NewAccount, actor: Actor = NOBODY) -> Account:
     """Open an account; raises :class:`UserNotFound` (404) or :class:`AccountExists` (409, naming
     the user's existing account in that asset)."""
     account_id = await db.fetchval(CREATE_ACCOUNT, new.asset.asset_id, new.user_id, new.name, new.overdraft_limit,
-                                   new.max_balance, json.dumps(new.metadata or {}))
+                                   new.max_balance, json.dumps(new.metadata or {}), *actor.parameters())
     if account_id is None:
         existing = await db.fetchval(ACCOUNT_OF_USER, new.user_id, new.asset.asset_id)
         if existing is None:
@@ -193,10 +217,10 @@ async def create_account(db: Db, new: NewAccount) -> Account:
     return await read_account(db, account_id)
 
 
-async def open_user_account(db: Db, user_id: int, asset: Asset) -> None:
+async def open_user_account(db: Db, user_id: int, asset: Asset, actor: Actor = NOBODY) -> None:
     """Open user ``user_id``'s account in ``asset`` unless it has one (a credit opens it);
     raises :class:`UserNotFound`."""
-    opened = await db.fetchval(CREATE_ACCOUNT, asset.asset_id, user_id, None, 0, None, "{}")
+    opened = await db.fetchval(CREATE_ACCOUNT, asset.asset_id, user_id, None, 0, None, "{}", *actor.parameters())
     if opened is None and await db.fetchval(ACCOUNT_OF_USER, user_id, asset.asset_id) is None:
         raise UserNotFound(user_id)
 
@@ -231,7 +255,7 @@ async def _refusal(db: Db, account_id: int, status: str | None) -> Problem:
     return AccountNotEmpty(account_id, state["balance"])  # what else stops SET_STATUS: closing, balance <> 0
 
 
-async def update_account(db: Db, account_id: int, update: AccountUpdate) -> Account:
+async def update_account(db: Db, account_id: int, update: AccountUpdate, actor: Actor = NOBODY) -> Account:
     """Change an account's name, limits or metadata; raises :class:`AccountNotFound`,
     :class:`SystemAccount` (422), :class:`AccountClosed` (409: a closed account changes no more,
     as with its status) or :class:`LimitViolated` (409) when the balance already breaks a new
@@ -239,18 +263,19 @@ async def update_account(db: Db, account_id: int, update: AccountUpdate) -> Acco
     updated = await db.fetchval(
         UPDATE_ACCOUNT, account_id, update.name, update.overdraft_limit, update.max_balance,
         None if update.metadata is None else json.dumps(update.metadata), update.max_balance_given,
+        *actor.parameters(),
     )
     if updated is None:
         raise await _refusal(db, account_id, None)
     return await read_account(db, account_id)
 
 
-async def set_account_status(db: Db, account_id: int, status: str) -> Account:
+async def set_account_status(db: Db, account_id: int, status: str, actor: Actor = NOBODY) -> Account:
     """Freeze (``frozen``), unfreeze (``open``) or close (``closed``) an account.
 
     Raises :class:`AccountNotFound`, :class:`SystemAccount` (422), :class:`AccountClosed` (409:
     closed is final) or, closing, :class:`AccountNotEmpty` (409)."""
-    if await db.fetchval(SET_STATUS, account_id, status) is None:
+    if await db.fetchval(SET_STATUS, account_id, status, *actor.parameters()) is None:
         raise await _refusal(db, account_id, status)
     return await read_account(db, account_id)
 
@@ -264,9 +289,9 @@ class User:
     default_account: Account | None
 
 
-async def create_user(db: Db, default_asset: Asset) -> User:
+async def create_user(db: Db, default_asset: Asset, actor: Actor = NOBODY) -> User:
     """Open a new user with its default-asset account at balance 0 (one statement)."""
-    account_id = await db.fetchval(CREATE_USER, default_asset.asset_id)
+    account_id = await db.fetchval(CREATE_USER, default_asset.asset_id, *actor.parameters())
     account = await read_account(db, account_id)
     return User(account.user_id, [account], account)
 

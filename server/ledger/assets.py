@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from server.ledger.records import Asset, Db
+from server.ledger.records import NOBODY, Actor, Asset, Db
 from server.problems import AssetExists, AssetNotFound
 
-# A new asset, its system account and its event (asset.created, server/ledger/sql/events.sql), in
-# one statement.
+# A new asset, its system account, its event (asset.created, server/ledger/sql/events.sql) and its
+# audit row (audit.sql), in one statement.
 CREATE_ASSET = """
 WITH asset AS (
     INSERT INTO assets AS s (code, scale, name) VALUES ($1, $2, $3) ON CONFLICT (code) DO NOTHING
@@ -16,10 +16,14 @@ WITH asset AS (
  RETURNING id
 ), event AS MATERIALIZED (
     SELECT record_asset_event(x.s, y.id) AS asset_id FROM asset x CROSS JOIN system_account y
+), audit AS MATERIALIZED (
+    SELECT record_audit($4, $5, $6, 'asset.created', 'asset:' || (x.s).code, NULL,
+                        to_jsonb(x.s) || jsonb_build_object('system_account_id', y.id)) AS audit_id
+      FROM asset x CROSS JOIN system_account y
 )
 SELECT (x.s).id, (x.s).code, (x.s).scale, (x.s).name, (x.s).is_default, (x.s).created_at,
        y.id AS system_account_id
-  FROM asset x CROSS JOIN system_account y JOIN event e ON e.asset_id = (x.s).id
+  FROM asset x CROSS JOIN system_account y JOIN event e ON e.asset_id = (x.s).id CROSS JOIN audit
 """
 
 _ASSET_COLUMNS = """
@@ -33,9 +37,10 @@ LIST_ASSETS = _ASSET_COLUMNS + " ORDER BY s.id"
 ASSET_SUPPLY = "SELECT -coalesce(sum(balance), 0) FROM system_balance_shards WHERE asset_id = $1"
 
 
-async def create_asset(db: Db, code: str, scale: int, name: str | None) -> Asset:
-    """Create asset ``code`` and its system account; raises :class:`AssetExists` (409)."""
-    row = await db.fetchrow(CREATE_ASSET, code, scale, name)
+async def create_asset(db: Db, code: str, scale: int, name: str | None, actor: Actor = NOBODY) -> Asset:
+    """Create asset ``code`` and its system account, audited as made by ``actor``; raises
+    :class:`AssetExists` (409)."""
+    row = await db.fetchrow(CREATE_ASSET, code, scale, name, *actor.parameters())
     if row is None:
         raise AssetExists(code)
     return Asset(*row.values())

@@ -9,7 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import asyncpg
 
@@ -137,3 +137,25 @@ class Asset:
     default: bool
     created_at: dt.datetime
     system_account_id: int
+
+
+class Actor(NamedTuple):
+    """Who makes a change: an API key (``key_id``, ``name``), an ``API_TOKEN`` (``key_id`` None,
+    ``name`` "API_TOKEN"), or nobody (all None: authentication off); ``request_id`` is the HTTP
+    request's ``X-Request-ID`` (None from the command line)."""
+
+    key_id: int | None = None
+    name: str | None = None
+    request_id: str | None = None
+
+    def parameters(self) -> tuple[int | None, str | None, str | None]:
+        """The three parameters record_audit() takes first, in its order."""
+        return self.key_id, self.name, self.request_id
+
+    def document(self) -> dict[str, Any] | None:
+        """``{"keyId", "name"}``, or None for nobody (the API's ``actor`` and ``createdBy``)."""
+        return None if self.name is None else {"keyId": self.key_id, "name": self.name}
+
+
+NOBODY = Actor()
+COMMAND_LINE = Actor(None, "balance-api (command line)")

@@ -14,21 +14,33 @@ import datetime as dt
 import secrets
 
 from server.ledger.events import FeedCursor, feed_head, feed_horizon
-from server.ledger.records import Db
+from server.ledger.records import Actor, Db
 from server.problems import WebhookNotFound
 
 _COLUMNS = """id, url, types::text[] AS types, description, status, failures, next_attempt_at, disabled_at, created_at,
 updated_at, cursor_position, cursor_id, cursor_index"""
+# Each change of an endpoint writes its audit row in the same statement (server/ledger/sql/audit.sql),
+# its row without the secret; actor parameters last.
 CREATE = f"""
-INSERT INTO webhook_endpoints (url, types, description, secret, cursor_position, cursor_id, cursor_index)
-VALUES ($1, $2::event_type[], $3, $4, $5, $6, $7)
-RETURNING {_COLUMNS}
+WITH made AS (
+    INSERT INTO webhook_endpoints (url, types, description, secret, cursor_position, cursor_id, cursor_index)
+    VALUES ($1, $2::event_type[], $3, $4, $5, $6, $7)
+    RETURNING *
+)
+SELECT {_COLUMNS}, record_audit($8, $9, $10, 'webhook.created', 'webhook:' || m.id, NULL, to_jsonb(m) - 'secret')
+  FROM made m
 """
 READ = f"SELECT {_COLUMNS} FROM webhook_endpoints WHERE id = $1 AND NOT deleted"
 LIST = f"SELECT {_COLUMNS} FROM webhook_endpoints WHERE NOT deleted ORDER BY id"
 # NULL parameters leave a field as it is; $5 says whether types was given (null: every type).
 # Enabling again starts afresh: no failures counted, the next attempt now, from where it stopped.
+# The row is locked first (as the UPDATE would), so `before` is the version the UPDATE changes; the
+# UPDATE reads `before`, so that it runs after it (a CTE that locked a row this statement had
+# already updated would see no row).
 UPDATE = f"""
+WITH before AS MATERIALIZED (
+    SELECT w FROM webhook_endpoints w WHERE w.id = $1 AND NOT w.deleted FOR NO KEY UPDATE
+), changed AS (
 UPDATE webhook_endpoints
    SET url = coalesce($2, url), types = CASE WHEN $5 THEN $3::event_type[] ELSE types END,
        description = coalesce($4, description),
@@ -38,13 +50,26 @@ UPDATE webhook_endpoints
        disabled_at = CASE WHEN $6 = 'enabled' THEN NULL WHEN $6 = 'disabled' THEN coalesce(disabled_at, now())
                           ELSE disabled_at END,
        updated_at = now()
- WHERE id = $1 AND NOT deleted
-RETURNING {_COLUMNS}
+  FROM before b
+ WHERE id = (b.w).id AND NOT deleted
+RETURNING webhook_endpoints.*
+)
+SELECT {_COLUMNS}, record_audit($7, $8, $9, 'webhook.updated', 'webhook:' || c.id, to_jsonb(b.w) - 'secret',
+                                to_jsonb(c) - 'secret')
+  FROM changed c, before b
 """
 # deleted, not removed: its deliveries stay readable to an operator (balance-api check, psql)
 DELETE = """
-UPDATE webhook_endpoints SET deleted = true, status = 'disabled', updated_at = now() WHERE id = $1 AND NOT deleted
+WITH before AS MATERIALIZED (
+    SELECT w FROM webhook_endpoints w WHERE w.id = $1 AND NOT w.deleted FOR NO KEY UPDATE
+), deleted AS (
+UPDATE webhook_endpoints SET deleted = true, status = 'disabled', updated_at = now()
+  FROM before b
+ WHERE id = (b.w).id AND NOT deleted
 RETURNING id
+)
+SELECT record_audit($2, $3, $4, 'webhook.deleted', 'webhook:' || d.id, to_jsonb(b.w) - 'secret', NULL)
+  FROM deleted d, before b
 """
 LIST_DELIVERIES = """
 SELECT id, event_position, event_id, event_index, attempt, status_code, latency_ms, error, next_retry_at, at
@@ -149,12 +174,14 @@ def new_secret() -> str:
     return "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
 
 
-async def create_endpoint(db: Db, url: str, types: list[str] | None, description: str | None) -> Endpoint:
+async def create_endpoint(db: Db, url: str, types: list[str] | None, description: str | None,
+                          actor: Actor) -> Endpoint:
     """A new endpoint, enabled, following the feed from its newest final event on; the returned
     :class:`Endpoint` carries the ``secret`` (the only time it is given out)."""
     secret = new_secret()
     head = await feed_head(db)
-    row = await db.fetchrow(CREATE, url, types, description, secret, head.position, head.event_id, head.index)
+    row = await db.fetchrow(CREATE, url, types, description, secret, head.position, head.event_id, head.index,
+                            *actor.parameters())
     return dataclasses.replace(_endpoint(row), secret=secret)
 
 
@@ -179,19 +206,19 @@ async def list_endpoints(db: Db) -> list[Endpoint]:
 
 
 async def update_endpoint(db: Db, webhook_id: int, url: str | None, types: list[str] | None, types_given: bool,
-                          description: str | None, status: str | None) -> Endpoint:
+                          description: str | None, status: str | None, actor: Actor) -> Endpoint:
     """Change an endpoint (None leaves a field as it is; ``types`` None with ``types_given``: all
     types); ``status='enabled'`` re-enables it with no failures counted. Raises
     :class:`WebhookNotFound`."""
-    row = await db.fetchrow(UPDATE, webhook_id, url, types, description, types_given, status)
+    row = await db.fetchrow(UPDATE, webhook_id, url, types, description, types_given, status, *actor.parameters())
     if row is None:
         raise WebhookNotFound(webhook_id)
     return _endpoint(row)
 
 
-async def delete_endpoint(db: Db, webhook_id: int) -> None:
+async def delete_endpoint(db: Db, webhook_id: int, actor: Actor) -> None:
     """Delete an endpoint: nothing more is sent to it. Raises :class:`WebhookNotFound`."""
-    if await db.fetchval(DELETE, webhook_id) is None:
+    if await db.fetchval(DELETE, webhook_id, *actor.parameters()) is None:
         raise WebhookNotFound(webhook_id)
 
 

@@ -1,4 +1,4 @@
-"""The ``balance-api`` command: ``serve``, ``migrate``, ``check``, ``burst``, ``bench`` and ``torture``.
+"""The ``balance-api`` command: ``serve``, ``migrate``, ``check``, ``keys``, ``burst``, ``bench``, ``events`` and ``torture``.
 
 Exit codes: 0 success, 1 a failed check or run, 2 invalid configuration or arguments.
 """
@@ -142,6 +142,9 @@ def main(argv: list[str] | None = None) -> int:
     migrate_parser.add_argument("--definitions", action="store_true",
                                 help="apply the ledger's functions and views (server/ledger/sql/) even when unchanged")
     commands.add_parser("check", help="verify the ledger invariants; exit 1 naming what is wrong")
+    from server.running.key_commands import add_arguments as key_arguments
+
+    key_arguments(commands.add_parser("keys", help="make, list and revoke scoped API keys"))
     commands.add_parser("burst", help="fire N simultaneous balance changes and check the outcome", add_help=False)
     commands.add_parser("bench", help="measure the service, batching off and on, against a no-op ceiling",
                         add_help=False)
@@ -180,6 +183,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.rollback and args.definitions:
             parser.error("--definitions applies after migrating, not with --rollback")
         return migrate(settings, args.rollback, args.definitions)
+    if args.command == "keys":
+        from server.running.key_commands import keys
+
+        return keys(settings, args)
     return {"serve": serve, "check": check}[args.command](settings)
 
 

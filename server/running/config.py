@@ -123,6 +123,9 @@ class Settings(BaseSettings):
     reuse_port: bool = False
     api_token: SecretStr | None = None
     api_tokens_file: Path | None = None
+    # every route but health, metrics and the API reference needs an API key (balance-api keys) or
+    # a token; on by itself when API_TOKEN or API_TOKENS_FILE is set
+    require_api_key: bool = False
     log_level: LogLevel = "INFO"
     # auto: coloured console lines when stderr is a terminal, JSON lines otherwise
     log_format: LogFormat = "auto"
@@ -181,6 +184,10 @@ class Settings(BaseSettings):
                 if (token := line.strip()) and not token.startswith("#"):
                     tokens.append(token)
         return [token.encode() for token in tokens]
+
+    def authentication(self) -> bool:
+        """Whether requests must carry a key or token (REQUIRE_API_KEY, or any token configured)."""
+        return self.require_api_key or bool(self.api_tokens())
 
     @model_validator(mode="after")
     def _pool_bounds_are_ordered(self) -> Settings:

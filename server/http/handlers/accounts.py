@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from server.http.app_keys import ASSETS
+from server.http.bearer_auth import actor_of
 from server.http.handlers.documents import account_json, entry_json, timestamp
 from server.http.handlers.paths import FILTERS, id_from_path, page_query, rfc3339, split_page, unknown_parameters
 from server.http.idempotent_requests import respond
@@ -26,7 +27,7 @@ async def create_account(request: web.Request) -> web.Response:
     async def operation(db, key):
         asset = await request.app[ASSETS].get(db, body.asset)
         account = await accounts.create_account(db, accounts.NewAccount(
-            asset, body.user_id, body.name, body.overdraft_limit, body.max_balance, body.metadata))
+            asset, body.user_id, body.name, body.overdraft_limit, body.max_balance, body.metadata), actor_of(request))
         return Outcome.of(201, account_json(account), location=f"/api/accounts/{account.account_id}")
 
     return await respond(request, body, operation)
@@ -49,7 +50,7 @@ async def update_account(request: web.Request) -> web.Response:
                                   "max_balance" in body.model_fields_set, body.metadata)
 
     async def operation(db, key):
-        return Outcome.of(200, account_json(await accounts.update_account(db, account_id, update)))
+        return Outcome.of(200, account_json(await accounts.update_account(db, account_id, update, actor_of(request))))
 
     return await respond(request, body, operation)
 
@@ -60,7 +61,8 @@ def _status_change(status: str) -> Callable[[web.Request], Awaitable[web.Respons
         body = await read_json_body(request, EmptyBody) if request.body_exists else EmptyBody()
 
         async def operation(db, key):
-            return Outcome.of(200, account_json(await accounts.set_account_status(db, account_id, status)))
+            return Outcome.of(200, account_json(await accounts.set_account_status(db, account_id, status,
+                                                                                  actor_of(request))))
 
         return await respond(request, body, operation)
 

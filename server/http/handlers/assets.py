@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from server.http.bearer_auth import actor_of
 from server.http.handlers.documents import asset_json
 from server.http.handlers.paths import asset_code_from_path
 from server.http.idempotent_requests import respond
@@ -18,7 +19,7 @@ async def create_asset(request: web.Request) -> web.Response:
     body = await read_json_body(request, NewAsset)
 
     async def operation(db, key):
-        asset = await assets.create_asset(db, body.code, body.scale, body.name)
+        asset = await assets.create_asset(db, body.code, body.scale, body.name, actor_of(request))
         return Outcome.of(201, asset_json(asset), location=f"/api/assets/{asset.code}")
 
     return await respond(request, body, operation)

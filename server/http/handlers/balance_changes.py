@@ -10,6 +10,7 @@ import orjson
 from aiohttp import web
 
 from server.http.app_keys import ASSETS, BATCHER, DATABASE
+from server.http.bearer_auth import actor_of
 from server.http.handlers.documents import change_json, entry_applied_json
 from server.http.handlers.lookups import asset_id_of, asset_of
 from server.http.handlers.paths import id_from_path
@@ -104,7 +105,7 @@ async def _user_credit_or_debit(request: web.Request, kind: str, sign: int) -> w
         # a credit opens the user's account in that asset if it has none (every user has one in the
         # default asset from the start, so the hot path skips this)
         async with request.app[DATABASE].connection() as db:
-            await accounts.open_user_account(db, user_id, asset)
+            await accounts.open_user_account(db, user_id, asset, actor_of(request))
     change = BalanceChangeOrder(sign * body.amount, kind, body.code or kind, body.description)
     return await _apply(request, body, AccountRef(None, user_id, asset.asset_id), change, entry_applied_json)
 

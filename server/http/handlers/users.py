@@ -5,6 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from server.http.app_keys import ASSETS
+from server.http.bearer_auth import actor_of
 from server.http.handlers.documents import user_entry_json, user_json
 from server.http.handlers.paths import id_from_path, page_query, split_page
 from server.http.idempotent_requests import respond
@@ -21,7 +22,7 @@ async def create_user(request: web.Request) -> web.Response:
     body = await read_json_body(request, EmptyBody) if request.body_exists else EmptyBody()
 
     async def operation(db, key):
-        user = await accounts.create_user(db, await request.app[ASSETS].get(db, None))
+        user = await accounts.create_user(db, await request.app[ASSETS].get(db, None), actor_of(request))
         return Outcome.of(201, user_json(user), location=f"/api/users/{user.user_id}")
 
     return await respond(request, body, operation)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from server.http.app_keys import DATABASE, SETTINGS
+from server.http.bearer_auth import actor_of
 from server.http.handlers.documents import timestamp
 from server.http.handlers.paths import id_from_path, page_query, refuse_unknown_parameters, split_page
 from server.http.idempotent_requests import respond
@@ -39,7 +40,7 @@ async def create_webhook(request: web.Request) -> web.Response:
     await check_target(body.url, request.app[SETTINGS].webhook_allow_private_targets)
 
     async def operation(db, key):
-        endpoint = await webhooks.create_endpoint(db, body.url, body.types, body.description)
+        endpoint = await webhooks.create_endpoint(db, body.url, body.types, body.description, actor_of(request))
         return Outcome.of(201, {**webhook_json(endpoint), "secret": endpoint.secret},
                           location=f"/api/webhooks/{endpoint.webhook_id}")
 
@@ -72,7 +73,8 @@ async def update_webhook(request: web.Request) -> web.Response:
 
     async def operation(db, key):
         endpoint = await webhooks.update_endpoint(db, webhook_id, body.url, body.types,
-                                                  "types" in body.model_fields_set, body.description, body.status)
+                                                  "types" in body.model_fields_set, body.description, body.status,
+                                                  actor_of(request))
         return Outcome.of(200, webhook_json(endpoint))
 
     return await respond(request, body, operation)
@@ -84,7 +86,7 @@ async def delete_webhook(request: web.Request) -> web.Response:
     body = await read_json_body(request, EmptyBody) if request.body_exists else EmptyBody()
 
     async def operation(db, key):
-        await webhooks.delete_endpoint(db, webhook_id)
+        await webhooks.delete_endpoint(db, webhook_id, actor_of(request))
         return Outcome(204, "", "application/json")
 
     return await respond(request, body, operation)

@@ -48,30 +48,14 @@ $$;
 
 -- Record an account event: p_type of account row p_account as the change just left it (the row
 -- an INSERT or UPDATE ... RETURNING returned, so under its lock, with feed_position already set by
--- that statement with feed_position_after()). The document stored counts open holds as the API
--- does (expired ones excluded, holds.sql). Returns the account's id.
+-- that statement with feed_position_after()). The document stored is account_document() (audit.sql):
+-- open holds counted as the API does, expired ones excluded. Returns the account's id.
 CREATE OR REPLACE FUNCTION record_account_event(p_type event_type, p_account accounts) RETURNS bigint
-LANGUAGE plpgsql
-SET plan_cache_mode = force_generic_plan
-SET enable_seqscan = off
-SET enable_hashjoin = off
-SET enable_mergejoin = off
+LANGUAGE sql VOLATILE
 AS $$
-DECLARE
-    expired_debits bigint := 0;
-    expired_credits bigint := 0;
-BEGIN
-    IF p_account.pending_debits > 0 OR p_account.pending_credits > 0 THEN
-        SELECT e.debits, e.credits INTO expired_debits, expired_credits FROM expired_holds(p_account.id) e;
-    END IF;
     INSERT INTO events (position, type, asset_id, account_id, data)
-    SELECT p_account.feed_position, p_type, p_account.asset_id, p_account.id,
-           to_jsonb(p_account) || jsonb_build_object('asset', s.code,
-                                                     'pending_debits', p_account.pending_debits - expired_debits,
-                                                     'pending_credits', p_account.pending_credits - expired_credits)
-      FROM assets s WHERE s.id = p_account.asset_id;
-    RETURN p_account.id;
-END
+    VALUES (p_account.feed_position, p_type, p_account.asset_id, p_account.id, account_document(p_account))
+    RETURNING account_id
 $$;
 
 
