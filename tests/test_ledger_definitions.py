@@ -57,7 +57,7 @@ ADDED_SINCE_HISTORY = {
     "function feed_span(bigint,bigint,integer,bigint,integer)",
     # issue 25: the audit log
     "function account_document(accounts)",
-    "function record_audit(bigint,text,text,text,text,jsonb,jsonb)",
+    "function record_audit(bigint,bigint,text,text,text,text,jsonb,jsonb)",
 }
 DEFINES = re.compile(r"^\s*(CREATE\s+(OR\s+REPLACE\s+)?(FUNCTION|PROCEDURE|VIEW|MATERIALIZED\s+VIEW|TRIGGER)"
                      r"|ALTER\s+(FUNCTION|PROCEDURE|VIEW))\b", re.IGNORECASE | re.MULTILINE)

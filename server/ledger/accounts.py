@@ -69,7 +69,8 @@ WITH opened AS (
     RETURNING a
 )
 SELECT record_account_event('account.created', o.a),
-       record_audit($7, $8, $9, 'account.created', 'account:' || (o.a).id, NULL, account_document(o.a))
+       record_audit((o.a).feed_position, $7, $8, $9, 'account.created', 'account:' || (o.a).id, NULL,
+                    account_document(o.a))
   FROM opened o
 """
 ACCOUNT_OF_USER = "SELECT id FROM accounts WHERE user_id = $1 AND asset_id = $2"
@@ -82,7 +83,8 @@ opened AS (
     RETURNING a
 )
 SELECT record_account_event('account.created', o.a),
-       record_audit($2, $3, $4, 'account.created', 'account:' || (o.a).id, NULL, account_document(o.a))
+       record_audit((o.a).feed_position, $2, $3, $4, 'account.created', 'account:' || (o.a).id, NULL,
+                    account_document(o.a))
   FROM opened o
 """
 
@@ -115,7 +117,8 @@ UPDATE accounts a
 RETURNING a
 )
 SELECT record_account_event('account.updated', c.a),
-       record_audit($7, $8, $9, 'account.updated', 'account:' || (c.a).id, account_document(b.b), account_document(c.a))
+       record_audit((c.a).feed_position, $7, $8, $9, 'account.updated', 'account:' || (c.a).id, account_document(b.b),
+                    account_document(c.a))
   FROM changed c, before b
 """
 
@@ -132,7 +135,8 @@ UPDATE accounts a SET status = $2, updated_at = now(), feed_position = feed_posi
 RETURNING a
 )
 SELECT record_account_event(x.action::event_type, c.a),
-       record_audit($3, $4, $5, x.action, 'account:' || (c.a).id, account_document(b.b), account_document(c.a))
+       record_audit((c.a).feed_position, $3, $4, $5, x.action, 'account:' || (c.a).id, account_document(b.b),
+                    account_document(c.a))
   FROM changed c, before b,
        LATERAL (SELECT CASE $2 WHEN 'frozen' THEN 'account.frozen' WHEN 'open' THEN 'account.unfrozen'
                                ELSE 'account.closed' END AS action) x

@@ -37,7 +37,7 @@ WITH made AS (
     VALUES ($1, $2, $3, $4, $5, now() + $6 * interval '1 second')
     RETURNING k
 )
-SELECT {_COLUMNS}, record_audit($7, $8, $9, 'key.created', 'key:' || k.id, NULL, {_DOCUMENT}) AS audit_id
+SELECT {_COLUMNS}, record_audit(NULL, $7, $8, $9, 'key.created', 'key:' || k.id, NULL, {_DOCUMENT}) AS audit_id
   FROM made m, LATERAL (SELECT (m.k).*) k
 """
 LIST = f"SELECT {_COLUMNS} FROM api_keys k ORDER BY k.id"
@@ -49,7 +49,7 @@ WITH revoked AS (
     UPDATE api_keys k SET revoked_at = now() WHERE k.id = $1 AND k.revoked_at IS NULL
     RETURNING k
 )
-SELECT record_audit($2, $3, $4, 'key.revoked', 'key:' || k.id,
+SELECT record_audit(NULL, $2, $3, $4, 'key.revoked', 'key:' || k.id,
                     ({_DOCUMENT}) || jsonb_build_object('revoked_at', NULL), {_DOCUMENT})
   FROM revoked r, LATERAL (SELECT (r.k).*) k
 """

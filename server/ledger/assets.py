@@ -17,7 +17,7 @@ WITH asset AS (
 ), event AS MATERIALIZED (
     SELECT record_asset_event(x.s, y.id) AS asset_id FROM asset x CROSS JOIN system_account y
 ), audit AS MATERIALIZED (
-    SELECT record_audit($4, $5, $6, 'asset.created', 'asset:' || (x.s).code, NULL,
+    SELECT record_audit(NULL, $4, $5, $6, 'asset.created', 'asset:' || (x.s).code, NULL,
                         to_jsonb(x.s) || jsonb_build_object('system_account_id', y.id)) AS audit_id
       FROM asset x CROSS JOIN system_account y
 )

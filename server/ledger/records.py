@@ -149,7 +149,7 @@ class Actor(NamedTuple):
     request_id: str | None = None
 
     def parameters(self) -> tuple[int | None, str | None, str | None]:
-        """The three parameters record_audit() takes first, in its order."""
+        """The actor parameters of record_audit() (server/ledger/sql/audit.sql), in its order."""
         return self.key_id, self.name, self.request_id
 
     def document(self) -> dict[str, Any] | None:

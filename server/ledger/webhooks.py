@@ -27,7 +27,7 @@ WITH made AS (
     VALUES ($1, $2::event_type[], $3, $4, $5, $6, $7)
     RETURNING *
 )
-SELECT {_COLUMNS}, record_audit($8, $9, $10, 'webhook.created', 'webhook:' || m.id, NULL, to_jsonb(m) - 'secret')
+SELECT {_COLUMNS}, record_audit(NULL, $8, $9, $10, 'webhook.created', 'webhook:' || m.id, NULL, to_jsonb(m) - 'secret')
   FROM made m
 """
 READ = f"SELECT {_COLUMNS} FROM webhook_endpoints WHERE id = $1 AND NOT deleted"
@@ -54,7 +54,7 @@ UPDATE webhook_endpoints
  WHERE id = (b.w).id AND NOT deleted
 RETURNING webhook_endpoints.*
 )
-SELECT {_COLUMNS}, record_audit($7, $8, $9, 'webhook.updated', 'webhook:' || c.id, to_jsonb(b.w) - 'secret',
+SELECT {_COLUMNS}, record_audit(NULL, $7, $8, $9, 'webhook.updated', 'webhook:' || c.id, to_jsonb(b.w) - 'secret',
                                 to_jsonb(c) - 'secret')
   FROM changed c, before b
 """
@@ -68,7 +68,7 @@ UPDATE webhook_endpoints SET deleted = true, status = 'disabled', updated_at = n
  WHERE id = (b.w).id AND NOT deleted
 RETURNING id
 )
-SELECT record_audit($2, $3, $4, 'webhook.deleted', 'webhook:' || d.id, to_jsonb(b.w) - 'secret', NULL)
+SELECT record_audit(NULL, $2, $3, $4, 'webhook.deleted', 'webhook:' || d.id, to_jsonb(b.w) - 'secret', NULL)
   FROM deleted d, before b
 """
 LIST_DELIVERIES = """

@@ -1,4 +1,4 @@
-"""The ``balance-api`` command: ``serve``, ``migrate``, ``check``, ``keys``, ``burst``, ``bench``, ``events`` and ``torture``.
+"""The ``balance-api`` command: serve, migrate, check, keys, burst, bench, events and torture.
 
 Exit codes: 0 success, 1 a failed check or run, 2 invalid configuration or arguments.
 """

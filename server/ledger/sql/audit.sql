@@ -9,9 +9,12 @@
 -- commits or rolls back with it: a refused or failed change has no row, a committed one has one.
 -- A change of an account's row writes its row under the row lock its UPDATE takes, with the row
 -- as it was read under that lock (`before`) and as the UPDATE left it (`after`): two changes of one
--- account are logged in the order they were applied, each before equal to the previous after.
+-- account are logged in the order they were applied, each before equal to the previous after: an
+-- account's row is logged at the position its change feed event gets (the account's new
+-- feed_position, events.sql rule 2), not at the transaction's id alone, which a transaction can
+-- take (claiming an idempotency key) before it waits for the row lock behind a younger one.
 -- Pages are read in (position, id) order and only below the reading snapshot's xmin, as the change
--- feed does (events.sql, rule 1): position is the writing transaction's id (never below it), so a
+-- feed does (events.sql, rule 1): a position is never below the writing transaction's id, so a
 -- row committed later can never land before a cursor already handed out.
 
 
@@ -41,16 +44,18 @@ END
 $$;
 
 
--- Append one row to the audit log: action p_action (e.g. 'account.frozen') on p_target (e.g.
--- 'account:9'), made by key p_actor_key_id named p_actor_name (both NULL without authentication;
--- key NULL for an API_TOKEN), in request p_request_id; p_before / p_after the target's document
--- (NULL: it did not exist / no longer does). Returns the row's id.
-CREATE OR REPLACE FUNCTION record_audit(p_actor_key_id bigint, p_actor_name text, p_request_id text, p_action text,
-                                        p_target text, p_before jsonb, p_after jsonb) RETURNS bigint
+-- Append one row to the audit log at p_position (NULL: this transaction's id): action p_action
+-- (e.g. 'account.frozen') on p_target (e.g. 'account:9'), made by key p_actor_key_id named
+-- p_actor_name (both NULL without authentication; the key NULL for an API_TOKEN), in request
+-- p_request_id; p_before / p_after the target's document (NULL: it did not exist / no longer
+-- does). Returns the row's id.
+CREATE OR REPLACE FUNCTION record_audit(p_position bigint, p_actor_key_id bigint, p_actor_name text,
+                                        p_request_id text, p_action text, p_target text, p_before jsonb,
+                                        p_after jsonb) RETURNS bigint
 LANGUAGE sql VOLATILE
 AS $$
     INSERT INTO audit_log (position, actor_key_id, actor_name, request_id, action, target, before, after)
-    VALUES (feed_position_after(NULL), p_actor_key_id, p_actor_name, p_request_id, p_action, p_target, p_before,
-            p_after)
+    VALUES (coalesce(p_position, feed_position_after(NULL)), p_actor_key_id, p_actor_name, p_request_id, p_action,
+            p_target, p_before, p_after)
     RETURNING id
 $$;
