@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import resource
 import sys
 import time
@@ -91,10 +92,13 @@ class HttpConnection(asyncio.Protocol):
             self.transport.close()
 
 
-def http_request(method: str, host: str, path: str, body: bytes = b"", keep_alive: bool = False) -> bytes:
-    """Raw HTTP/1.1 request bytes with a JSON body (``Content-Type: application/json``)."""
+def http_request(method: str, host: str, path: str, body: bytes = b"", keep_alive: bool = False,
+                 token: str | None = None) -> bytes:
+    """Raw HTTP/1.1 request bytes with a JSON body (``Content-Type: application/json``), and
+    ``Authorization: Bearer token`` when a ``token`` (an API key or token) is given."""
+    authorization = f"Authorization: Bearer {token}\r\n" if token else ""
     head = (
-        f"{method} {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+        f"{method} {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n{authorization}"
         f"Content-Length: {len(body)}\r\nConnection: {'keep-alive' if keep_alive else 'close'}\r\n\r\n"
     )
     return head.encode() + body
@@ -135,6 +139,7 @@ class BurstConfig:
     connect_concurrency: int = 1_000
     timeout_s: float = 60.0
     verify: bool = True
+    token: str | None = None  # API key or token sent with every request
 
     def host(self, index: int = 0) -> str:
         """The Host header for connection ``index`` (its target is ``urls[index % len(urls)]``)."""
@@ -182,7 +187,7 @@ async def _exchange(config: BurstConfig, method: str, path: str, body: dict | No
     try:
         raw = json.dumps(body).encode() if body is not None else b""
         status, answer = await asyncio.wait_for(
-            connection.send(http_request(method, config.host(), path, raw)), config.timeout_s
+            connection.send(http_request(method, config.host(), path, raw, token=config.token)), config.timeout_s
         )
         return status, json.loads(answer) if answer else {}
     finally:
@@ -330,12 +335,13 @@ async def run_burst(config: BurstConfig) -> BurstReport:
         await set_balance(config, config.start_balance)
     body = json.dumps({"userId": config.user_id, "amount": config.amount}).encode()
     fire = _fire_keep_alive if config.connections else _fire_simultaneous
-    requests = [http_request("PATCH", config.host(index), "/api/balance", body, keep_alive=bool(config.connections))
+    requests = [http_request("PATCH", config.host(index), "/api/balance", body, keep_alive=bool(config.connections),
+                             token=config.token)
                 for index in range(len(config.urls))]
     outcomes, connect_s, fire_s, cpu_s = await fire(config, requests)
     counts = Counter(outcome.label for outcome in outcomes)
     report = BurstReport(
-        config=asdict(config),
+        config={**asdict(config), "token": "(set)" if config.token else None},  # never the key itself
         counts=dict(counts.most_common()),
         connect_s=connect_s,
         fire_s=fire_s,
@@ -394,6 +400,8 @@ def parse_args(argv: list[str]) -> tuple[BurstConfig, str | None]:
     parser.add_argument("--timeout", type=float, default=defaults.timeout_s, help="seconds per phase")
     parser.add_argument("--no-verify", action="store_true", help="only measure: no set-up, no checks")
     parser.add_argument("--json", metavar="PATH", help="also write the report as JSON to PATH")
+    parser.add_argument("--token", default=os.environ.get("API_TOKEN"),
+                        help="API key or token to send (default: $API_TOKEN)")
     args = parser.parse_args(argv)
     if args.amount == 0 or args.requests < 1 or args.connections < 0 or args.start_balance < 0:
         parser.error("--amount must be non-zero, --requests >= 1, --connections >= 0, --start-balance >= 0")
@@ -401,6 +409,7 @@ def parse_args(argv: list[str]) -> tuple[BurstConfig, str | None]:
         urls=tuple(url.rstrip("/") for url in args.urls or defaults.urls), user_id=args.user_id, requests=args.requests, amount=args.amount,
         start_balance=args.start_balance, connections=args.connections,
         connect_concurrency=args.connect_concurrency, timeout_s=args.timeout, verify=not args.no_verify,
+        token=args.token,
     )
     return config, args.json
 

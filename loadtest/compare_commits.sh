@@ -9,6 +9,8 @@
 # itself; h2load, Debian package nghttp2-client, makes them): spread, credits of 1 to random users
 # on 200 connections; transfers, transfers of 1 between two random accounts of those users (each
 # credited 1,000,000 first) on 200 connections; bulk, batches of 1,000 such transfers on 4.
+# WITH_KEY=1: every request carries a key: BEFORE's service an API_TOKEN, the working tree's an
+# API key made with `balance-api keys create` (REQUIRE_API_KEY=true), looked up per request.
 set -euo pipefail
 before_commit=$1 rounds=${2:-4} workload=${3:-burst}
 root=$(pwd) py=$root/.venv/bin/python work=$(mktemp -d)
@@ -32,9 +34,19 @@ cleanup() {
 pids=(); trap cleanup EXIT
 until [ -s "$work/pg.url" ]; do sleep 0.5; done
 url=$(cat "$work/pg.url")
-(cd "$work/before" && DATABASE_URL=$(printf "$url" before) PORT=8081 LOG_LEVEL=WARNING exec "$py" -m server serve) & pids+=($!)
-(cd "$root" && DATABASE_URL=$(printf "$url" after) PORT=8082 LOG_LEVEL=WARNING exec "$py" -m server serve) & pids+=($!)
+declare -A token=([8081]="" [8082]="")
+before_env=() after_env=()
+if [ "${WITH_KEY:-0}" = 1 ]; then
+  token[8081]=compare-$RANDOM$RANDOM$RANDOM
+  before_env=(API_TOKEN="${token[8081]}") after_env=(REQUIRE_API_KEY=true)
+  (cd "$root" && DATABASE_URL=$(printf "$url" after) LOG_LEVEL=WARNING "$py" -m server migrate > /dev/null)
+  token[8082]=$(cd "$root" && DATABASE_URL=$(printf "$url" after) LOG_LEVEL=WARNING "$py" -m server keys create \
+                --name compare --scopes read,transfers,accounts | "$py" -c 'import json, sys; print(json.load(sys.stdin)["key"])')
+fi
+(cd "$work/before" && env "${before_env[@]}" DATABASE_URL=$(printf "$url" before) PORT=8081 LOG_LEVEL=WARNING exec "$py" -m server serve) & pids+=($!)
+(cd "$root" && env "${after_env[@]}" DATABASE_URL=$(printf "$url" after) PORT=8082 LOG_LEVEL=WARNING exec "$py" -m server serve) & pids+=($!)
 for port in 8081 8082; do until curl -sf "http://127.0.0.1:$port/api/health" >/dev/null; do sleep 0.3; done; done
+auth() { [ -n "${token[$1]}" ] && echo "Authorization: Bearer ${token[$1]}" || echo "X-Compare: none"; }
 cpu_ms() { awk '{print ($14 + $15) * 10}' "/proc/$1/stat"; }
 declare -A first_account
 per_request=$([ "$workload" = bulk ] && echo 1000 || echo 1)
@@ -52,13 +64,13 @@ if [ "$workload" != burst ]; then
   printf '{}' > "$work/empty.json"
   printf '{"amount": 1000000}' > "$work/funding.json"
   for port in 8081 8082; do  # users 2..10001
-    h2load --h1 -n 10000 -c 20 -d "$work/empty.json" -H 'Content-Type: application/json' \
+    h2load --h1 -n 10000 -c 20 -d "$work/empty.json" -H 'Content-Type: application/json' -H "$(auth $port)" \
       "http://127.0.0.1:$port/api/users" | grep -E "^status codes"
-    first_account[$port]=$(curl -sf "http://127.0.0.1:$port/api/users/2" |
+    first_account[$port]=$(curl -sf -H "$(auth $port)" "http://127.0.0.1:$port/api/users/2" |
                            "$py" -c 'import json, sys; print(json.load(sys.stdin)["accounts"][0]["accountId"])')
     if [ "$workload" != spread ]; then  # one connection: h2load walks each through the whole list
       for i in $(seq 2 10001); do echo "http://127.0.0.1:$port/api/users/$i/credit"; done > "$work/uris.$port"
-      h2load --h1 -n 10000 -c 1 -d "$work/funding.json" -H 'Content-Type: application/json' \
+      h2load --h1 -n 10000 -c 1 -d "$work/funding.json" -H 'Content-Type: application/json' -H "$(auth $port)" \
         -i "$work/uris.$port" | grep -E "^status codes"
     fi
   done
@@ -70,12 +82,12 @@ for round in $(seq "$rounds"); do
     if [ "$workload" != burst ]; then
       connections=$([ "$workload" = bulk ] && echo 4 || echo 200)
       WORKLOAD=$([ "$workload" = spread ] && echo credits || echo "$workload") FIRST_USER=2 \
-        FIRST_ACCOUNT=${first_account[$port]} ACCOUNTS=10000 BATCH_SIZE=1000 REPORT="$work/wrk.json" \
+        FIRST_ACCOUNT=${first_account[$port]} ACCOUNTS=10000 BATCH_SIZE=1000 REPORT="$work/wrk.json" API_KEY="${token[$port]}" \
         timeout 300 wrk -t 2 -c "$connections" -d "${WRK_SECONDS:-10}s" --timeout 30s -s "$root/loadtest/transfers.lua" \
         "http://127.0.0.1:$port" > /dev/null
       line=$("$py" "$work/summary.py" "$work/wrk.json" "$per_request")
     else
-      line=$("$root/.venv/bin/balance-api" burst --url "http://127.0.0.1:$port" | grep -E "fire|RESULT" | tr -s ' ' | tr '\n' ' ')
+      line=$(API_TOKEN="${token[$port]}" "$root/.venv/bin/balance-api" burst --url "http://127.0.0.1:$port" | grep -E "fire|RESULT" | tr -s ' ' | tr '\n' ' ')
     fi
     cpu=$(( $(cpu_ms "$pid") - c0 ))
     if [ "$workload" != burst ]; then

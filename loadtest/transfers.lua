@@ -13,6 +13,7 @@
 --   BATCH_SIZE     items per bulk batch (bulk only)
 --   AMOUNT_MAX     transfers: each moves a random amount from 1 to AMOUNT_MAX minor units (default 1)
 --   REPORT         where done() writes the run's JSON report
+--   API_KEY        sent as Authorization: Bearer API_KEY when set (a service with REQUIRE_API_KEY)
 -- Bodies are built from a seeded random generator per thread, so runs are reproducible.
 
 local workload = os.getenv("WORKLOAD") or "transfers"
@@ -22,6 +23,8 @@ local accounts = tonumber(os.getenv("ACCOUNTS") or "50")
 local batch_size = tonumber(os.getenv("BATCH_SIZE") or "1000")
 local amount_max = tonumber(os.getenv("AMOUNT_MAX") or "1")
 local headers = {["Content-Type"] = "application/json"}
+local api_key = os.getenv("API_KEY")
+if api_key and api_key ~= "" then headers["Authorization"] = "Bearer " .. api_key end
 
 local threads = {}
 local counter = 0

@@ -3,7 +3,8 @@
 --
 -- A key is stored as the SHA-256 of its text only (server/ledger/api_keys.py): the text is shown
 -- once, when it is made, and a database dump gives no usable key. Revoking stamps revoked_at; the
--- row stays (the audit log and, later, transfers name it).
+-- row stays (the audit log and transfers name it). The service adds a row for each configured
+-- token when it starts (configured: every scope), so tokens are keys too.
 CREATE TABLE api_keys (
     id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     name text NOT NULL CHECK (length(name) BETWEEN 1 AND 200),
@@ -14,7 +15,8 @@ CREATE TABLE api_keys (
     asset_ids integer[],
     expires_at timestamptz,
     created_at timestamptz NOT NULL DEFAULT now(),
-    revoked_at timestamptz
+    revoked_at timestamptz,
+    configured boolean NOT NULL DEFAULT false  -- an API_TOKEN / API_TOKENS_FILE token (every scope)
 );
 
 -- One row per change that is not a transfer, written by the statement that makes the change, in

@@ -274,3 +274,87 @@ def test_no_key_appears_in_the_logs_or_the_metrics(keyed_service):
     with urllib.request.urlopen(f"{url}/metrics", timeout=10) as response:
         assert made["key"] not in response.read().decode()
     assert made["key"] not in log_path.read_text() and ADMIN not in log_path.read_text()
+
+
+@pytest.fixture(scope="module")
+def limited_setup(url) -> dict:
+    """Asset LIM with two funded accounts, a hold in the default asset, and a key limited to LIM."""
+    code = f"LIM{secrets.token_hex(3)}"
+    assert send(url, "POST", "/api/assets", {"code": code, "scale": 0})[0] == 201
+    mine = [send(url, "POST", "/api/accounts", {"asset": code})[2]["accountId"] for _ in range(2)]
+    assert send(url, "POST", f"/api/accounts/{mine[0]}/credit", {"amount": 100})[0] == 200
+    users = [send(url, "POST", "/api/users", {})[2]["userId"] for _ in range(2)]
+    theirs = [send(url, "GET", f"/api/users/{u}")[2]["accounts"][0]["accountId"] for u in users]
+    assert send(url, "POST", f"/api/accounts/{theirs[0]}/credit", {"amount": 100})[0] == 200
+    hold = send(url, "POST", "/api/transfers", {"fromAccountId": theirs[0], "toAccountId": theirs[1], "amount": 5,
+                                                "pending": True})[2]["transferId"]
+    key = make_key(url, ["read", "transfers", "accounts", "events"], assets=[code])
+    assert key["assets"] == [code]
+    return {"code": code, "mine": mine, "theirs": theirs, "users": users, "hold": hold, "key": key["key"]}
+
+
+def _forbidden_asset(answer) -> str:
+    status, _, problem = answer
+    assert (status, problem["code"]) == (403, "forbidden"), problem
+    return problem["requiredAsset"]
+
+
+def test_a_key_limited_to_an_asset_moves_money_in_it(url, limited_setup):
+    s = limited_setup
+    moved = send(url, "POST", "/api/transfers", {"fromAccountId": s["mine"][0], "toAccountId": s["mine"][1],
+                                                 "amount": 1}, key=s["key"])
+    assert moved[0] == 201, moved
+    assert send(url, "POST", f"/api/accounts/{s['mine'][1]}/debit", {"amount": 1}, key=s["key"])[0] == 200
+    assert send(url, "GET", f"/api/accounts/{s['mine'][0]}", key=s["key"])[0] == 200
+
+
+def test_a_key_limited_to_an_asset_cannot_touch_another_by_any_route(url, limited_setup, keys_database):
+    s, key = limited_setup, limited_setup["key"]
+    with psycopg.connect(keys_database) as conn:
+        before = conn.execute("SELECT sum(amount), count(*) FROM ledger_entries").fetchone()
+    refused = [
+        send(url, "PATCH", "/api/balance", {"userId": s["users"][0], "amount": 1}, key=key),
+        send(url, "POST", f"/api/users/{s['users'][0]}/credit", {"amount": 1}, key=key),
+        send(url, "POST", f"/api/accounts/{s['theirs'][0]}/debit", {"amount": 1}, key=key),
+        send(url, "POST", "/api/transfers", {"fromAccountId": s["theirs"][0], "toAccountId": s["theirs"][1],
+                                             "amount": 1}, key=key),
+        send(url, "POST", "/api/transfers", {"fromAccountId": s["mine"][0], "toAccountId": s["theirs"][1],
+                                             "amount": 1}, key=key),
+        send(url, "POST", "/api/transfers/batch", {"atomic": False, "transfers": [
+            {"fromAccountId": s["mine"][0], "toAccountId": s["mine"][1], "amount": 1},
+            {"fromAccountId": s["theirs"][0], "toAccountId": s["theirs"][1], "amount": 1}]}, key=key),
+        send(url, "POST", "/api/transfers/batch", {"atomic": False, "transfers": [{"post": s["hold"]}]}, key=key),
+        send(url, "POST", f"/api/transfers/{s['hold']}/post", {}, key=key),
+        send(url, "POST", f"/api/transfers/{s['hold']}/void", {}, key=key),
+        send(url, "POST", f"/api/transfers/{s['hold']}/reverse", {}, key=key),
+        send(url, "POST", f"/api/accounts/{s['theirs'][0]}/freeze", {}, key=key),
+        send(url, "PATCH", f"/api/accounts/{s['theirs'][0]}", {"name": "x"}, key=key),
+        send(url, "POST", "/api/accounts", {"asset": "default"}, key=key),
+        send(url, "POST", "/api/users", {}, key=key),
+        send(url, "GET", f"/api/accounts/{s['theirs'][0]}", key=key),
+        send(url, "GET", f"/api/accounts/{s['theirs'][0]}/history", key=key),
+        send(url, "GET", f"/api/accounts/{s['theirs'][0]}/balance", key=key),
+        send(url, "GET", f"/api/transfers/{s['hold']}", key=key),
+        send(url, "GET", f"/api/transfers?accountId={s['theirs'][0]}", key=key),
+        send(url, "GET", f"/api/users/{s['users'][0]}", key=key),
+        send(url, "GET", f"/api/users/{s['users'][0]}/history", key=key),
+        send(url, "GET", "/api/assets/default", key=key),
+        send(url, "GET", "/api/events?asset=default", key=key),
+    ]
+    assert [_forbidden_asset(answer) for answer in refused] == ["default"] * len(refused)
+    with psycopg.connect(keys_database) as conn:
+        assert conn.execute("SELECT sum(amount), count(*) FROM ledger_entries").fetchone() == before
+
+
+def test_a_key_limited_to_an_asset_lists_only_that_asset(url, limited_setup):
+    s, key = limited_setup, limited_setup["key"]
+    assert [a["code"] for a in send(url, "GET", "/api/assets", key=key)[2]["assets"]] == [s["code"]]
+    assert {t["asset"] for t in send(url, "GET", "/api/transfers?limit=500", key=key)[2]["transfers"]} == {s["code"]}
+    events = send(url, "GET", "/api/events?limit=1000", key=key)[2]["events"]
+    assert events and {e["data"].get("asset", e["data"].get("code")) for e in events} == {s["code"]}
+
+
+def test_a_key_limited_to_assets_cannot_have_a_scope_over_every_asset(url, limited_setup):
+    status, _, problem = send(url, "POST", "/api/keys", {"name": "x", "scopes": ["read", "keys"],
+                                                         "assets": [limited_setup["code"]]})
+    assert (status, problem["code"]) == (422, "validation_error")

@@ -188,9 +188,11 @@ def test_without_authentication_the_actor_is_null(service_url):
     assert page["entries"][-1]["actor"] is None
 
 
-def test_an_api_token_is_named_as_the_actor(url):
+def test_an_api_token_is_named_as_the_actor_by_the_key_it_is_stored_as(url):
     status, _, account = call(f"{url}/api/accounts", "POST", {"asset": "default"}, {"Authorization": f"Bearer {ADMIN}"})
-    assert last_entry(url, f"account:{account['accountId']}")["actor"] == {"keyId": None, "name": "API_TOKEN"}
+    keys = call(f"{url}/api/keys", headers={"Authorization": f"Bearer {ADMIN}"})[2]["keys"]
+    token_key = next(k["keyId"] for k in keys if k["name"] == "API_TOKEN")
+    assert last_entry(url, f"account:{account['accountId']}")["actor"] == {"keyId": token_key, "name": "API_TOKEN"}
 
 
 def test_pages_follow_one_another_from_the_cursor(url, operator):

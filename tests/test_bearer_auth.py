@@ -101,3 +101,21 @@ def test_a_missing_tokens_file_is_refused_at_start_up(tmp_path):
 def test_a_token_with_characters_outside_rfc_6750_is_refused_at_start_up():
     result = balance_api("serve", env=service_env(api_token="has space"))
     assert result.returncode == 2 and "b64token" in result.stderr and "has space" not in result.stderr
+
+
+def test_configured_tokens_are_keys_with_every_scope_that_can_be_revoked(create_database, tmp_path):
+    """Each API_TOKENS_FILE line becomes a key (every scope) when the service starts; revoking one
+    refuses it, also after a restart, while the others keep working."""
+    tokens_file = tmp_path / "tokens"
+    tokens_file.write_text("# rotation\nfirst-token\nsecond-token\n")
+    database = create_database()
+    with running_service(tmp_path / "a.log", database_url=database, api_tokens_file=str(tokens_file)) as (url, _):
+        keys = authorized_call(f"{url}/api/keys", token="first-token")[2]["keys"]
+        assert [(k["name"], len(k["scopes"])) for k in keys] == [("API_TOKENS_FILE line 2", 8),
+                                                                ("API_TOKENS_FILE line 3", 8)]
+        assert authorized_call(f"{url}/api/keys/{keys[1]['keyId']}", "DELETE", token="first-token")[0] == 204
+        assert authorized_call(f"{url}/api/users/1", token="second-token")[0] == 401
+    with running_service(tmp_path / "b.log", database_url=database, api_tokens_file=str(tokens_file)) as (url, _):
+        assert authorized_call(f"{url}/api/users/1", token="second-token")[0] == 401
+        assert authorized_call(f"{url}/api/users/1", token="first-token")[0] == 200
+        assert len(authorized_call(f"{url}/api/keys", token="first-token")[2]["keys"]) == 2

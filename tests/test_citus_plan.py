@@ -11,9 +11,9 @@ import pytest
 PLAN = (Path(__file__).resolve().parent.parent / "docs" / "scaling.md").read_text()
 DISTRIBUTED = {"accounts": "id", "ledger_entries": "account_id", "transfers": "from_account_id",
                "idempotency_keys": "key", "system_balance_shards": "shard", "system_balance_changes": "shard",
-               "events": "position", "webhook_deliveries": "webhook_id"}
+               "events": "position", "webhook_deliveries": "webhook_id", "audit_log": "position"}
 CO_LOCATED_WITH_ACCOUNTS = ("ledger_entries", "transfers")
-REFERENCE = {"assets", "users", "webhook_endpoints"}
+REFERENCE = {"assets", "users", "webhook_endpoints", "api_keys"}
 LOCAL = {"_yoyo_log", "_yoyo_migration", "_yoyo_version", "yoyo_lock", "ledger_definitions"}  # the coordinator's
 # unique indexes the Citus DDL replaces (docs/scaling.md says with what)
 REPLACED = {"one_account_per_user_and_asset", "accounts_one_system_account_per_asset", "transfers_pkey",

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
@@ -13,8 +14,18 @@ import swagger_ui
 from aiohttp import web
 from swagger_ui import aiohttp_api_doc
 
-from server.http.app_keys import ASSETS, BATCHER, DATABASE, DB_POOL, KEY_LOOKUPS, READS, SETTINGS, TRANSFER_BATCHES
-from server.http.bearer_auth import DOCS_PATH, KeyLookups, bearer_auth_middleware, open_access_middleware
+from server.http.app_keys import (
+    ASSETS,
+    BATCHER,
+    DATABASE,
+    DB_POOL,
+    KEY_LOOKUPS,
+    OPERATION_SCOPES,
+    READS,
+    SETTINGS,
+    TRANSFER_BATCHES,
+)
+from server.http.bearer_auth import DOCS_PATH, bearer_auth_middleware, open_access_middleware
 from server.http.handlers import (
     accounts,
     api_keys,
@@ -29,10 +40,13 @@ from server.http.handlers import (
 )
 from server.http.handlers.documents import event_json
 from server.http.http_edges import expect_handler, static_files
+from server.http.key_lookups import KeyLookups
 from server.http.observability import observability_middleware
+from server.ledger import api_keys as stored_keys
 from server.ledger.assets import AssetDirectory
 from server.ledger.batching import LedgerBatcher
 from server.ledger.idempotency import purge_expired_keys_forever
+from server.ledger.records import CONFIGURATION
 from server.problems import problem_middleware
 from server.running import metrics
 from server.running.config import Settings
@@ -61,6 +75,7 @@ async def _database(app: web.Application) -> AsyncIterator[None]:
     app[READS] = ReplicaRouting(app[DATABASE], replica, settings.replica_max_lag, settings.replica_check_interval)
     app[ASSETS] = AssetDirectory()
     app[KEY_LOOKUPS] = KeyLookups(app[DATABASE])
+    await stored_keys.ensure_configured_tokens(pool, settings.named_api_tokens(), CONFIGURATION)
     app[TRANSFER_BATCHES] = Turns(settings.transfer_batch_concurrency, settings.transfer_batch_queue_timeout)
     # BATCHING=false: batches of one, as many in flight as the pool has connections
     max_batch, in_flight = ((settings.batch_max_size, settings.batch_max_in_flight) if settings.batching
@@ -179,6 +194,9 @@ ROUTES = [
 ]
 # the scope each route's handler needs (none: open to every key, and to no key for health and metrics)
 ROUTE_SCOPES = {handler: scope for _, _, handler, scope in ROUTES if scope is not None}
+# the same as (method, OpenAPI path, scope): the document names each operation's scope
+SCOPED_OPERATIONS = frozenset((method.lower(), re.sub(r"\{(\w+)[^}]*\}", r"{\1}", path), scope)
+                              for method, path, _, scope in ROUTES if scope is not None)
 
 
 def create_app(settings: Settings) -> web.Application:
@@ -192,12 +210,12 @@ def create_app(settings: Settings) -> web.Application:
         raise ValueError("create_app needs settings.database_url (see server.running.embedded_postgres)")
     middlewares = [observability_middleware(settings.request_log_level), problem_middleware]
     if settings.authentication():
-        middlewares.append(bearer_auth_middleware(settings.api_tokens(), ROUTE_SCOPES,
-                                                  lambda app: app[KEY_LOOKUPS]))
+        middlewares.append(bearer_auth_middleware(ROUTE_SCOPES, lambda app: app[KEY_LOOKUPS]))
     else:
         middlewares.append(open_access_middleware)
     app = web.Application(client_max_size=settings.max_body_bytes, middlewares=middlewares)
     app[SETTINGS] = settings
+    app[OPERATION_SCOPES] = SCOPED_OPERATIONS
     app.cleanup_ctx.extend([_database, _idempotency_key_purger, _metrics_sampler, _webhook_dispatcher])
     app.router.add_routes([web.route(method, path, handler, expect_handler=expect_handler)
                            for method, path, handler, _ in ROUTES])

@@ -22,6 +22,7 @@ from server.http.request_bodies import (
     CreditOrDebit,
     EmptyBody,
     NewAccount,
+    NewApiKey,
     NewAsset,
     NewWebhook,
     PostPendingTransfer,
@@ -30,6 +31,8 @@ from server.http.request_bodies import (
     TransferRequest,
     WebhookPatch,
 )
+from server.ledger.api_keys import SCOPES
+from server.ledger.audit import ACTIONS as AUDIT_ACTIONS
 from server.ledger.events import EVENT_TYPES
 
 JSON = "application/json"
@@ -221,14 +224,45 @@ SCHEMAS.update({
         "nextCursor": {"type": ["string", "null"], "description": "pass as `cursor` for the next page"},
     }),
 })
+_API_KEY = {
+    "keyId": INTEGER_ID, "name": {"type": "string"},
+    "hint": {"type": "string", "description": "the key's last four characters, to tell keys apart"},
+    "scopes": {"type": "array", "items": {"enum": list(SCOPES)}},
+    "assets": {"type": ["array", "null"], "items": {"type": "string"}, "description": "null: every asset"},
+    "expiresAt": {"type": ["string", "null"], "format": "date-time", "description": "null: never"},
+    "createdAt": TIMESTAMP,
+}
+_STORED_ROW = {"type": ["object", "null"], "description": "the target's row as stored (no secret, no digest); "
+                                                          "null: it did not exist before / no longer does"}
+SCHEMAS.update({
+    "NewApiKey": _request_schema(NewApiKey),
+    "ApiKey": _object({**_API_KEY, "revokedAt": {"type": ["string", "null"], "format": "date-time"}}),
+    "NewApiKeyText": _object({**_API_KEY, "key": {"type": "string", "pattern": "^bak_[A-Za-z0-9_-]{43}$",
+                                                  "description": "the key, shown in this answer only"}},
+                             ["keyId", "key", "name", "scopes", "assets", "expiresAt", "createdAt"]),
+    "ApiKeys": _object({"keys": {"type": "array", "items": _ref("ApiKey")}}),
+    "AuditEntry": _object({
+        "id": INTEGER_ID, "cursor": _FEED_CURSOR, "at": TIMESTAMP,
+        "actor": {"oneOf": [_object({"keyId": NULLABLE_ID, "name": {"type": "string"}}), {"type": "null"}],
+                  "description": "the API key (keyId null: an API_TOKEN); null without authentication"},
+        "requestId": {"type": ["string", "null"], "description": "the request's X-Request-ID"},
+        "action": {"enum": list(AUDIT_ACTIONS)},
+        "target": {"type": "string", "description": "kind:id, e.g. account:9, asset:USD, key:3, webhook:2"},
+        "before": _STORED_ROW, "after": _STORED_ROW,
+    }),
+    "AuditLog": _object({"entries": {"type": "array", "items": _ref("AuditEntry"), "maxItems": 1000},
+                         "nextCursor": {**_FEED_CURSOR, "description": "pass as `after` to read on"}}),
+})
 SCHEMAS.update(_NESTED)  # PostItem, VoidItem: referenced from TransferBatch
 
 PROBLEM_CODES = {
     400: "malformed_json: the body is not UTF-8 JSON, or an object repeats a member name (RFC 7493 §2.3) / "
          "header_repeated: Idempotency-Key given more than once",
-    401: "unauthorized: bearer token missing or wrong (only when the service is configured with tokens)",
+    401: "unauthorized: API key or token missing, wrong, revoked or expired (only when authentication is on)",
+    403: "forbidden: the API key lacks the route's scope (requiredScope), or is limited to other assets "
+         "(requiredAsset)",
     404: "user_not_found / account_not_found / asset_not_found / transfer_not_found / webhook_not_found / "
-         "route_not_found",
+         "api_key_not_found / route_not_found",
     409: "insufficient_funds / max_balance_exceeded / balance_overflow / account_frozen / account_closed / "
          "account_not_empty / limit_violated / asset_exists / account_exists",
     405: "method_not_allowed (with Allow)",
@@ -346,6 +380,8 @@ OPERATION_IDS = {
     ("get", "/api/webhooks/{id}"): "getWebhook", ("patch", "/api/webhooks/{id}"): "updateWebhook",
     ("delete", "/api/webhooks/{id}"): "deleteWebhook",
     ("get", "/api/webhooks/{id}/deliveries"): "listWebhookDeliveries",
+    ("post", "/api/keys"): "createApiKey", ("get", "/api/keys"): "listApiKeys",
+    ("delete", "/api/keys/{id}"): "revokeApiKey", ("get", "/api/audit"): "listAuditEntries",
     ("get", "/api/health"): "getHealth", ("get", "/api/openapi.json"): "getOpenApiDocument",
     ("get", "/metrics"): "getMetrics",
 }
@@ -357,20 +393,26 @@ TAGS = [
     {"name": "transfers", "description": "Transfers, pending transfers (holds), batches and reversals"},
     {"name": "events", "description": "The change feed: every committed change, once, in an order that never changes"},
     {"name": "webhooks", "description": "Endpoints that get the change feed as signed POSTs (Standard Webhooks)"},
+    {"name": "keys", "description": "Scoped API keys: made, listed, revoked"},
+    {"name": "audit", "description": "The audit log: every change that is not a transfer, with who made it"},
     {"name": "operations", "description": "Health, metrics and this document"},
 ]
 
 
 def _tag(path: str) -> str:
     resource = path.split("/")[2] if path.startswith("/api/") else "metrics"
-    return (resource if resource in {"balance", "assets", "accounts", "users", "transfers", "events", "webhooks"}
+    return (resource if resource in {"balance", "assets", "accounts", "users", "transfers", "events", "webhooks",
+                                     "keys", "audit"}
             else "operations")
 
 
 @functools.cache
-def openapi_document(with_security: bool = True) -> dict:
-    """The OpenAPI 3.1 document (built once per process for each ``with_security``): with it,
-    bearer authentication is declared (a token is configured); without, no operation carries it."""
+def openapi_document(with_security: bool = True, scopes: frozenset[tuple[str, str, str]] = frozenset()) -> dict:
+    """The OpenAPI 3.1 document (built once per process for each argument): ``with_security``,
+    bearer authentication is declared (keys are required); without, no operation carries it.
+    ``scopes`` holds (method, path, scope) of the routes that need a scope
+    (``server.http.app.SCOPED_OPERATIONS``): each such operation names it in ``x-required-scope``
+    and its description, and can answer 403."""
     user_id = _path_id("user id")
     account_id = _path_id("account id")
     document = {
@@ -520,6 +562,24 @@ def openapi_document(with_security: bool = True) -> dict:
             "/api/webhooks/{id}/deliveries": {"get": _read(
                 "A webhook endpoint's delivery attempts, newest first (keyset pagination)", "WebhookDeliveries",
                 "one page of attempts", [_path_id("webhook id"), *PAGE_PARAMETERS])},
+            "/api/keys": {
+                "post": _mutation("Make an API key; its text is in this answer only", "NewApiKey",
+                                  _ok(201, "NewApiKeyText", "made", location=True, replay=True), 404),
+                "get": _read("List every API key ever made (never their text)", "ApiKeys", "every key", [],
+                             LIST_PROBLEMS),
+            },
+            "/api/keys/{id}": {"delete": {
+                "summary": "Revoke an API key: refused from this answer on, by every worker",
+                "parameters": [_path_id("key id"), IDEMPOTENCY_KEY],
+                "responses": {"204": {"description": "revoked (or was already)"}, **_problems(401, 404, 422, 503)}}},
+            "/api/audit": {"get": _read(
+                "The audit log from a cursor, oldest first (keyset pagination)", "AuditLog",
+                "at most `limit` entries after `after`",
+                [_query("target", {"type": "string", "pattern": "^(asset|account|key|webhook):[A-Za-z0-9_]{1,32}$"},
+                        "only this target's entries, e.g. account:9"),
+                 _query("after", _FEED_CURSOR, "an entry's cursor or a `nextCursor`; absent: from the beginning"),
+                 _query("limit", {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100})],
+                READ_PROBLEMS)},
             "/api/health": {"get": {
                 "summary": "Liveness and database reachability",
                 "security": [],
@@ -537,16 +597,23 @@ def openapi_document(with_security: bool = True) -> dict:
                                       "content": {"text/plain": {"schema": {"type": "string"}}}}},
             }},
         },
-        # Authentication is optional (API_TOKEN / API_TOKENS_FILE): either no credentials or a token.
+        # Authentication is optional (REQUIRE_API_KEY, API_TOKEN, API_TOKENS_FILE): none, or a key.
         "security": [{}, {"bearerAuth": []}],
         "components": {
             "schemas": SCHEMAS,
             "securitySchemes": {"bearerAuth": {"type": "http", "scheme": "bearer",
-                                               "description": "when the service is configured with API_TOKEN"}},
+                                               "description": "an API key (balance-api keys create, POST "
+                                                              "/api/keys) or a configured API_TOKEN"}},
         },
     }
+    scope_of = {(method, path): scope for method, path, scope in scopes}
     for path, operations in document["paths"].items():
         for method, operation in operations.items():
+            if scope := scope_of.get((method, path)):
+                operation["x-required-scope"] = scope
+                operation["summary"] += f" (scope {scope})"
+                if with_security:
+                    operation["responses"].update(_problems(403))
             operation["operationId"] = OPERATION_IDS[(method, path)]
             operation["tags"] = [_tag(path)]
             operation.setdefault("description", operation["summary"] + ". Every error is RFC 9457 problem "

@@ -27,6 +27,7 @@ from pydantic import (
 )
 
 from server.http.app_keys import SETTINGS
+from server.ledger.api_keys import GLOBAL_SCOPES, SCOPES
 from server.ledger.events import EVENT_TYPES
 from server.problems import (
     MalformedJson,
@@ -286,7 +287,7 @@ def _unique_codes(codes: list[str]) -> list[str]:
     return codes
 
 
-Scope = Literal["read", "transfers", "accounts", "assets", "webhooks", "events", "keys", "audit"]
+Scope = Literal[SCOPES]
 MAX_KEY_LIFETIME = 10 * 366 * 86400  # ten years, in seconds
 
 
@@ -298,6 +299,13 @@ class NewApiKey(StrictBody):
     scopes: Annotated[list[Scope], Field(min_length=1, max_length=8), AfterValidator(_unique_scopes)]
     assets: Annotated[list[AssetCode], Field(min_length=1, max_length=100), AfterValidator(_unique_codes)] | None = None
     expires_in_seconds: Annotated[int, Field(ge=1, le=MAX_KEY_LIFETIME)] | None = Field(None, alias="expiresInSeconds")
+
+    @model_validator(mode="after")
+    def _limited_keys_have_no_global_scope(self) -> NewApiKey:
+        if self.assets is not None and (found := [s for s in self.scopes if s in GLOBAL_SCOPES]):
+            raise ValueError(f"a key limited to assets cannot have the scope {found[0]!r} "
+                             f"(scopes over every asset: {', '.join(GLOBAL_SCOPES)})")
+        return self
 
 
 Body = TypeVar("Body", bound=StrictBody)

@@ -23,6 +23,9 @@ from server.problems import ApiKeyNotFound
 # (events), keys and the audit log; the others as named.
 SCOPES = ("read", "transfers", "accounts", "assets", "webhooks", "events", "keys", "audit")
 KEY_PREFIX = "bak_"
+# Scopes over the whole service, never given to a key limited to assets (an asset, a webhook
+# endpoint, a key or the audit log is not one asset's).
+GLOBAL_SCOPES = ("assets", "webhooks", "keys", "audit")
 
 _COLUMNS = """k.id, k.name, k.hint, k.scopes, k.expires_at, k.created_at, k.revoked_at, k.asset_ids,
        (SELECT array_agg(s.code ORDER BY s.code) FROM assets s WHERE s.id = ANY (k.asset_ids)) AS assets"""
@@ -60,6 +63,20 @@ SELECT k.digest, k.id, k.name, k.scopes, k.asset_ids,
        (SELECT array_agg(s.code) FROM assets s WHERE s.id = ANY (k.asset_ids)) AS assets
   FROM api_keys k
  WHERE k.digest = ANY ($1) AND k.revoked_at IS NULL AND (k.expires_at IS NULL OR k.expires_at > statement_timestamp())
+"""
+# The configured tokens as keys ($1 digests, $2 names, $3 hints, $4 every scope): made when first
+# seen (audited), their scopes kept at every scope; a revoked one stays revoked.
+ENSURE_CONFIGURED = """
+WITH given AS (SELECT * FROM unnest($1::bytea[], $2::text[], $3::text[]) AS g (digest, name, hint)),
+made AS (
+    INSERT INTO api_keys AS k (name, digest, hint, scopes, configured)
+    SELECT g.name, g.digest, g.hint, $4, true FROM given g
+    ON CONFLICT (digest) DO UPDATE SET scopes = excluded.scopes WHERE k.configured AND k.scopes <> excluded.scopes
+    RETURNING k.*, k.xmax = 0 AS inserted
+)
+SELECT count(record_audit(NULL, $5, $6, NULL, 'key.created', 'key:' || m.id, NULL,
+                          to_jsonb(m) - 'digest' - 'inserted'))
+  FROM made m WHERE m.inserted
 """
 ASSET_IDS = "SELECT array_agg(id ORDER BY id) FROM assets WHERE code = ANY ($1)"
 ASSET_CODES = "SELECT array_agg(code ORDER BY code) FROM assets WHERE id = ANY ($1)"
@@ -143,6 +160,16 @@ async def valid_grants(db: Db, digests: list[bytes]) -> dict[bytes, Grant]:
                                  None if row["asset_ids"] is None else frozenset(row["asset_ids"]),
                                  None if row["asset_ids"] is None else frozenset(row["assets"] or []))
             for row in await db.fetch(VALID_KEYS, digests)}
+
+
+async def ensure_configured_tokens(db: Db, tokens: list[tuple[str, bytes]], actor: Actor) -> int:
+    """Make a key row for each configured token (``(name, token bytes)``) not stored yet, with every
+    scope; returns how many were made. Safe to run by several workers at once (ON CONFLICT)."""
+    if not tokens:
+        return 0
+    return await db.fetchval(ENSURE_CONFIGURED, [key_digest(token) for _, token in tokens],
+                             [name for name, _ in tokens], [token.decode()[-4:] for _, token in tokens],
+                             list(SCOPES), actor.key_id, actor.name)
 
 
 async def asset_ids_of(db: Db, codes: list[str]) -> list[int]:

@@ -159,3 +159,4 @@ class Actor(NamedTuple):
 
 NOBODY = Actor()
 COMMAND_LINE = Actor(None, "balance-api (command line)")
+CONFIGURATION = Actor(None, "balance-api (API_TOKEN / API_TOKENS_FILE)")  # a configured token made a key

@@ -177,13 +177,18 @@ class Settings(BaseSettings):
 
     def api_tokens(self) -> list[bytes]:
         """The bearer tokens that grant access (``API_TOKEN`` and each non-blank, non-``#`` line of
-        ``API_TOKENS_FILE``), as bytes; empty when authentication is off."""
-        tokens = [self.api_token.get_secret_value()] if self.api_token else []
+        ``API_TOKENS_FILE``), as bytes; empty when none is configured."""
+        return [token for _, token in self.named_api_tokens()]
+
+    def named_api_tokens(self) -> list[tuple[str, bytes]]:
+        """:meth:`api_tokens` with the name each is stored under as a key: ``API_TOKEN``, or
+        ``API_TOKENS_FILE line N``."""
+        tokens = [("API_TOKEN", self.api_token.get_secret_value())] if self.api_token else []
         if self.api_tokens_file is not None:
-            for line in self.api_tokens_file.read_text().splitlines():
+            for number, line in enumerate(self.api_tokens_file.read_text().splitlines(), 1):
                 if (token := line.strip()) and not token.startswith("#"):
-                    tokens.append(token)
-        return [token.encode() for token in tokens]
+                    tokens.append((f"API_TOKENS_FILE line {number}", token))
+        return [(name, token.encode()) for name, token in tokens]
 
     def authentication(self) -> bool:
         """Whether requests must carry a key or token (REQUIRE_API_KEY, or any token configured)."""

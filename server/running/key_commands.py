@@ -61,6 +61,9 @@ async def _run(url: str, args: argparse.Namespace) -> int:
                 print(f"balance-api keys: unknown scope {unknown[0]!r}; scopes are {', '.join(api_keys.SCOPES)}",
                       file=sys.stderr)
                 return 2
+            if args.assets and (found := [s for s in args.scopes if s in api_keys.GLOBAL_SCOPES]):
+                print(f"balance-api keys: a key limited to assets cannot have the scope {found[0]!r}", file=sys.stderr)
+                return 2
             asset_ids = None
             if args.assets:
                 asset_ids = await api_keys.asset_ids_of(conn, args.assets)

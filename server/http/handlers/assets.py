@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from server.http.app_keys import GRANT
+from server.http.asset_limits import check_assets
 from server.http.bearer_auth import actor_of
 from server.http.handlers.documents import asset_json
 from server.http.handlers.paths import asset_code_from_path
@@ -30,6 +32,8 @@ async def list_assets(request: web.Request) -> web.Response:
     """``GET /api/assets`` → 200 ``{"assets": [...]}``, oldest first."""
     async with reading(request).connection() as db:
         listed = await assets.list_assets(db)
+    if (allowed := request[GRANT].assets) is not None:  # a key limited to assets sees theirs only
+        listed = [asset for asset in listed if asset.code in allowed]
     return web.json_response({"assets": [asset_json(asset) for asset in listed]})
 
 
@@ -39,5 +43,6 @@ async def get_asset(request: web.Request) -> web.Response:
     code = asset_code_from_path(request)
     async with reading(request).connection() as db:
         asset = await assets.read_asset(db, code)
+        await check_assets(request, assets=[asset.asset_id])
         supply = await assets.asset_supply(db, asset)
     return web.json_response({**asset_json(asset), "supply": supply})

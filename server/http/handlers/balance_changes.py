@@ -10,6 +10,7 @@ import orjson
 from aiohttp import web
 
 from server.http.app_keys import ASSETS, BATCHER, DATABASE
+from server.http.asset_limits import check_assets, limited
 from server.http.bearer_auth import actor_of
 from server.http.handlers.documents import change_json, entry_applied_json
 from server.http.handlers.lookups import asset_id_of, asset_of
@@ -77,6 +78,8 @@ async def _apply_keyed(request: web.Request, body: StrictBody, ref: AccountRef, 
 
 async def _apply(request: web.Request, body: StrictBody, ref: AccountRef, change: BalanceChangeOrder,
                  render: Callable[[AppliedChange], dict]) -> web.Response:
+    if limited(request):  # a key limited to assets: the account's asset must be one of them
+        await check_assets(request, accounts=[ref.account_id], assets=[None if ref.account_id else ref.asset_id])
     if IDEMPOTENCY_KEY_HEADER not in request.headers:
         return web.Response(body=orjson.dumps(render(await _apply_unkeyed(request, ref, change))),
                             content_type="application/json")
@@ -101,6 +104,7 @@ async def _user_credit_or_debit(request: web.Request, kind: str, sign: int) -> w
     user_id = id_from_path(request)
     body = await read_json_body(request, CreditOrDebit)
     asset = await asset_of(request, body.asset)
+    await check_assets(request, assets=[asset.asset_id])
     if sign > 0 and not asset.default:
         # a credit opens the user's account in that asset if it has none (every user has one in the
         # default asset from the start, so the hot path skips this)

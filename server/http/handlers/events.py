@@ -10,13 +10,13 @@ import orjson
 from aiohttp import web
 from aiohttp_sse import sse_response
 
-from server.http.app_keys import DATABASE, SETTINGS
+from server.http.app_keys import DATABASE, GRANT, SETTINGS
 from server.http.handlers.documents import event_json
 from server.http.handlers.lookups import asset_id_of
 from server.http.handlers.paths import bounded_int, unknown_parameters
 from server.http.request_bodies import ASSET_CODE_PATTERN, MAX_BIGINT
 from server.ledger.events import EVENT_TYPES, START, Event, FeedCursor, FeedFilter, read_events
-from server.problems import ValidationFailed
+from server.problems import Forbidden, ValidationFailed
 
 EVENTS_DEFAULT_LIMIT = 100
 EVENTS_MAX_LIMIT = 1000
@@ -58,6 +58,13 @@ async def _query(request: web.Request, allowed: tuple[str, ...]) -> tuple[FeedCu
     if errors:
         raise ValidationFailed(errors)
     asset_id = await asset_id_of(request, code) if code is not None else None
+    if (allowed := request[GRANT].asset_ids) is not None:  # a key limited to assets reads theirs only
+        if asset_id is None and len(allowed) > 1:
+            raise ValidationFailed([{"field": "asset", "reason": "a key limited to several assets must name one"}])
+        if asset_id is None:
+            asset_id = next(iter(allowed))
+        elif asset_id not in allowed:
+            raise Forbidden(required_asset=code)
     return after, FeedFilter(types, asset_id, account_id), numbers
 
 

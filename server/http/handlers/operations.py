@@ -6,7 +6,7 @@ import asyncio
 
 from aiohttp import web
 
-from server.http.app_keys import DATABASE, DB_POOL, SETTINGS
+from server.http.app_keys import DATABASE, DB_POOL, OPERATION_SCOPES, SETTINGS
 from server.http.openapi import openapi_document
 from server.problems import DATABASE_UNAVAILABLE_ERRORS, DatabaseUnavailable
 from server.running import metrics
@@ -25,7 +25,7 @@ async def health(request: web.Request) -> web.Response:
 
 async def openapi(request: web.Request) -> web.Response:
     """``GET /api/openapi.json`` → the OpenAPI 3.1 document of this API."""
-    return web.json_response(openapi_document(with_security=bool(request.app[SETTINGS].api_tokens())))
+    return web.json_response(openapi_document(request.app[SETTINGS].authentication(), request.app[OPERATION_SCOPES]))
 
 
 async def prometheus_metrics(request: web.Request) -> web.Response:

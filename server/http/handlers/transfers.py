@@ -7,14 +7,23 @@ from collections.abc import Callable
 
 from aiohttp import web
 
-from server.http.app_keys import BATCHER, SETTINGS, TRANSFER_BATCHES
+from server.http.app_keys import BATCHER, GRANT, SETTINGS, TRANSFER_BATCHES
+from server.http.asset_limits import check_assets, limited
 from server.http.handlers.documents import transfer_json
 from server.http.handlers.lookups import asset_id_of, asset_of
 from server.http.handlers.paths import FILTERS, bounded_int, id_from_path, page_query, split_page
 from server.http.idempotent_requests import keyed_request, outcome_response, respond
 from server.http.reads import read_only, reading
-from server.http.request_bodies import (MAX_BIGINT, EmptyBody, PostItem, PostPendingTransfer, ReverseTransfer,
-                                        TransferBatch, TransferRequest, read_json_body)
+from server.http.request_bodies import (
+    MAX_BIGINT,
+    EmptyBody,
+    PostItem,
+    PostPendingTransfer,
+    ReverseTransfer,
+    TransferBatch,
+    TransferRequest,
+    read_json_body,
+)
 from server.ledger import moving_money, transfer_reads
 from server.ledger.idempotency import Outcome
 from server.ledger.records import AccountRef, PageQuery, ResolvePending, Transfer, TransferOrder
@@ -29,6 +38,8 @@ async def create_transfer(request: web.Request) -> web.Response:
     if body.from_account_id is not None and body.from_account_id == body.to_account_id:
         raise SameAccount(account_id=body.from_account_id)
     asset_id = await asset_id_of(request, body.asset)
+    await check_assets(request, accounts=[body.from_account_id, body.to_account_id],
+                       assets=[asset_id if body.from_user_id or body.to_user_id else None])
     order = TransferOrder(
         AccountRef(body.from_account_id, body.from_user_id, asset_id),
         AccountRef(body.to_account_id, body.to_user_id, asset_id),
@@ -79,6 +90,8 @@ async def create_transfer_batch(request: web.Request) -> web.Response:
     if len(body.transfers) > settings.transfer_batch_max_items:
         raise ValidationFailed([{"field": "transfers", "reason": f"at most {settings.transfer_batch_max_items} items"}])
     orders = [await _batch_order(request, item) for item in body.transfers]
+    if limited(request):  # a key limited to assets: every item's, or the whole batch is refused
+        await check_assets(request, **_batch_subjects(orders))
     timeout = settings.transfer_batch_timeout or None
 
     async def operation(db, key):
@@ -109,6 +122,19 @@ async def _batch_order(request: web.Request, item) -> TransferOrder | ResolvePen
     return ResolvePending(item.void, False)
 
 
+def _batch_subjects(orders: list[TransferOrder | ResolvePending | Problem]) -> dict[str, list]:
+    """The accounts, transfers and assets the items of a batch name (for :func:`check_assets`)."""
+    accounts, transfers, assets = [], [], []
+    for order in orders:
+        if isinstance(order, TransferOrder):
+            for ref in (order.source, order.destination):
+                accounts.append(ref.account_id)
+                assets.append(None if ref.account_id else ref.asset_id)
+        elif isinstance(order, ResolvePending):
+            transfers.append(order.transfer_id)
+    return {"accounts": accounts, "transfers": transfers, "assets": assets}
+
+
 def _batch_result(order, result: Transfer | Problem) -> dict:
     if isinstance(result, Problem):
         return {"status": result.status, "problem": result.body(BATCH_PATH)}
@@ -122,6 +148,7 @@ async def reverse_transfer(request: web.Request) -> web.Response:
     201 a transfer the opposite way with ``"reverses": id``; the original's ``reversedAmount`` grows."""
     transfer_id = id_from_path(request)
     body = await read_json_body(request, ReverseTransfer) if request.body_exists else ReverseTransfer()
+    await check_assets(request, transfers=[transfer_id])
 
     async def operation(db, key):
         return _made(await moving_money.reverse_transfer(db, transfer_id, body.amount, body.code, body.description,
@@ -135,6 +162,7 @@ async def post_pending_transfer(request: web.Request) -> web.Response:
     with ``postedAmount``; the rest of the hold is released."""
     transfer_id = id_from_path(request)
     body = await read_json_body(request, PostPendingTransfer) if request.body_exists else PostPendingTransfer()
+    await check_assets(request, transfers=[transfer_id])
     return await _batched(request, body, ResolvePending(transfer_id, True, body.amount), _resolved)
 
 
@@ -142,6 +170,7 @@ async def void_pending_transfer(request: web.Request) -> web.Response:
     """``POST /api/transfers/{id}/void`` → 200 the transfer, ``"status": "voided"``: the hold released."""
     transfer_id = id_from_path(request)
     body = await read_json_body(request, EmptyBody) if request.body_exists else EmptyBody()
+    await check_assets(request, transfers=[transfer_id])
     return await _batched(request, body, ResolvePending(transfer_id, False), _resolved)
 
 
@@ -149,6 +178,7 @@ async def void_pending_transfer(request: web.Request) -> web.Response:
 async def get_transfer(request: web.Request) -> web.Response:
     """``GET /api/transfers/{id}`` → 200 the transfer with the balances right after it, or 404."""
     transfer_id = id_from_path(request)
+    await check_assets(request, transfers=[transfer_id])
     async with reading(request).connection() as db:
         transfer = await transfer_reads.read_transfer(db, transfer_id)
     if transfer is None:
@@ -180,6 +210,7 @@ async def list_transfers(request: web.Request) -> web.Response:
         account_id = bounded_int(request.query["accountId"], MAX_BIGINT)
         if account_id is None:
             raise ValidationFailed([{"field": "accountId", "reason": f"must be an integer from 1 to {MAX_BIGINT}"}])
+    await check_assets(request, accounts=[account_id])
     fetch = PageQuery(query.before, query.limit + 1, query.code, query.created_from, query.created_to)
     async with reading(request).connection() as db:
         if "reference" in request.query:  # at most one transfer, then narrowed by the other filters
@@ -192,4 +223,6 @@ async def list_transfers(request: web.Request) -> web.Response:
         else:
             transfers, cursor = split_page(await transfer_reads.list_transfers(db, fetch), lambda t: t.transfer_id,
                                            query.limit)
+    if limited(request):  # a key limited to assets sees theirs only (a page may then be shorter)
+        transfers = [t for t in transfers if t.asset in request[GRANT].assets]
     return web.json_response({"transfers": [transfer_json(t) for t in transfers], "nextCursor": cursor})
