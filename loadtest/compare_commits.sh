@@ -43,8 +43,10 @@ if [ "${WITH_KEY:-0}" = 1 ]; then
   token[8082]=$(cd "$root" && DATABASE_URL=$(printf "$url" after) LOG_LEVEL=WARNING "$py" -m server keys create \
                 --name compare --scopes read,transfers,accounts | "$py" -c 'import json, sys; print(json.load(sys.stdin)["key"])')
 fi
-(cd "$work/before" && env "${before_env[@]}" DATABASE_URL=$(printf "$url" before) PORT=8081 LOG_LEVEL=WARNING exec "$py" -m server serve) & pids+=($!)
-(cd "$root" && env "${after_env[@]}" DATABASE_URL=$(printf "$url" after) PORT=8082 LOG_LEVEL=WARNING exec "$py" -m server serve) & pids+=($!)
+(cd "$work/before" && exec env "${before_env[@]}" DATABASE_URL="$(printf "$url" before)" PORT=8081 LOG_LEVEL=WARNING \
+  "$py" -m server serve) & pids+=($!)
+(cd "$root" && exec env "${after_env[@]}" DATABASE_URL="$(printf "$url" after)" PORT=8082 LOG_LEVEL=WARNING \
+  "$py" -m server serve) & pids+=($!)
 for port in 8081 8082; do until curl -sf "http://127.0.0.1:$port/api/health" >/dev/null; do sleep 0.3; done; done
 auth() { [ -n "${token[$1]}" ] && echo "Authorization: Bearer ${token[$1]}" || echo "X-Compare: none"; }
 cpu_ms() { awk '{print ($14 + $15) * 10}' "/proc/$1/stat"; }
