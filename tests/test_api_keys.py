@@ -358,3 +358,26 @@ def test_a_key_limited_to_assets_cannot_have_a_scope_over_every_asset(url, limit
     status, _, problem = send(url, "POST", "/api/keys", {"name": "x", "scopes": ["read", "keys"],
                                                          "assets": [limited_setup["code"]]})
     assert (status, problem["code"]) == (422, "validation_error")
+
+
+def test_a_balance_change_with_a_key_revoked_since_its_last_use_is_401_and_changes_nothing(url):
+    """The balance-change routes admit a key on the grant its worker remembers: the batch refuses it."""
+    made = make_key(url, ["transfers", "read"])
+    user = send(url, "POST", "/api/users", {})[2]["userId"]
+    assert all(send(url, "PATCH", "/api/balance", {"userId": user, "amount": 1}, key=made["key"])[0] == 200
+               for _ in range(10))  # both workers have seen it
+    assert send(url, "DELETE", f"/api/keys/{made['keyId']}")[0] == 204
+    for path, body in (("/api/balance", {"userId": user, "amount": 1}),
+                       (f"/api/users/{user}/credit", {"amount": 1}), (f"/api/users/{user}/debit", {"amount": 1})):
+        for _ in range(4):
+            status, _, problem = send(url, "PATCH" if path == "/api/balance" else "POST", path, body, key=made["key"])
+            assert (status, problem["code"]) == (401, "unauthorized")
+    assert send(url, "GET", f"/api/users/{user}")[2]["balance"] == 10
+
+
+def test_a_balance_change_with_an_expired_key_is_401(url):
+    made = make_key(url, ["transfers"], expiresInSeconds=1)
+    user = send(url, "POST", "/api/users", {})[2]["userId"]
+    assert send(url, "PATCH", "/api/balance", {"userId": user, "amount": 1}, key=made["key"])[0] == 200
+    time.sleep(1.2)
+    assert send(url, "PATCH", "/api/balance", {"userId": user, "amount": 1}, key=made["key"])[0] == 401

@@ -194,6 +194,9 @@ ROUTES = [
 ]
 # the scope each route's handler needs (none: open to every key, and to no key for health and metrics)
 ROUTE_SCOPES = {handler: scope for _, _, handler, scope in ROUTES if scope is not None}
+# the routes whose one statement refuses a revoked key itself (apply_balance_changes())
+CHECKED_IN_STATEMENT = frozenset({balance_changes.change_balance, balance_changes.credit, balance_changes.debit,
+                                  balance_changes.account_credit, balance_changes.account_debit})
 # the same as (method, OpenAPI path, scope): the document names each operation's scope
 SCOPED_OPERATIONS = frozenset((method.lower(), re.sub(r"\{(\w+)[^}]*\}", r"{\1}", path), scope)
                               for method, path, _, scope in ROUTES if scope is not None)
@@ -210,7 +213,7 @@ def create_app(settings: Settings) -> web.Application:
         raise ValueError("create_app needs settings.database_url (see server.running.embedded_postgres)")
     middlewares = [observability_middleware(settings.request_log_level), problem_middleware]
     if settings.authentication():
-        middlewares.append(bearer_auth_middleware(ROUTE_SCOPES, lambda app: app[KEY_LOOKUPS]))
+        middlewares.append(bearer_auth_middleware(ROUTE_SCOPES, CHECKED_IN_STATEMENT, lambda app: app[KEY_LOOKUPS]))
     else:
         middlewares.append(open_access_middleware)
     app = web.Application(client_max_size=settings.max_body_bytes, middlewares=middlewares)

@@ -34,3 +34,4 @@ GRANT = web.RequestKey("grant", Grant)  # what its credentials may do, and who i
 # (method, OpenAPI path, scope) of each route that needs a scope (server.http.app.ROUTES), for the
 # OpenAPI document
 OPERATION_SCOPES = web.AppKey("operation_scopes", frozenset)
+REMEMBERED = web.RequestKey("remembered", bool)  # admitted on a remembered grant (server.http.bearer_auth)

@@ -21,7 +21,7 @@ from collections.abc import Callable, Mapping
 
 from aiohttp import web
 
-from server.http.app_keys import GRANT, REQUEST_ID
+from server.http.app_keys import GRANT, KEY_LOOKUPS, REMEMBERED, REQUEST_ID
 from server.http.key_lookups import KeyLookups
 from server.ledger.api_keys import SCOPES, Grant, key_digest
 from server.ledger.records import NOBODY, Actor
@@ -35,6 +35,7 @@ OPEN_PATHS = frozenset({"/api/health", "/metrics"})
 DOCS_PATH = "/api/docs"
 
 ALL_SCOPES = frozenset(SCOPES)
+MAX_REMEMBERED = 10_000  # keys whose grant a process remembers (the first ones seen)
 # Authentication off: every request may do everything and is made by nobody.
 OPEN_GRANT = Grant(NOBODY, ALL_SCOPES)
 
@@ -44,11 +45,29 @@ def actor_of(request: web.Request) -> Actor:
     return request[GRANT].actor._replace(request_id=request.get(REQUEST_ID))
 
 
-def bearer_auth_middleware(scope_of: Mapping[Callable, str],
+async def confirm_key(request: web.Request) -> None:
+    """Look the request's key up again when it was admitted on a remembered grant (below), before
+    a write that is not a balance change's statement; raises :class:`Unauthorized` when it is no
+    longer valid."""
+    if request.get(REMEMBERED):
+        digest = key_digest(request.headers["Authorization"].partition(" ")[2].strip())
+        if await request.app[KEY_LOOKUPS].grant(digest) is None:
+            raise Unauthorized(credentials_sent=True)
+
+
+def bearer_auth_middleware(scope_of: Mapping[Callable, str], checked_in_statement: frozenset[Callable],
                            key_lookups: Callable[[web.Application], KeyLookups]) -> web.middleware:
     """The middleware admitting requests that carry a valid API key (configured tokens are keys too)
     with the scope ``scope_of[handler]`` the matched route needs (a route not in it, or no route
-    matched, needs none); ``key_lookups(app)`` is the app's :class:`KeyLookups`."""
+    matched, needs none); ``key_lookups(app)`` is the app's :class:`KeyLookups`.
+
+    The routes of ``checked_in_statement`` (balance changes) are admitted on the grant a key got
+    at its last look-up by this process, with no look-up per request: the batcher refuses (401)
+    a change whose key is revoked or expired, with one look-up per batch, run after every change
+    in it arrived (server/ledger/batching.py, ``_refused_by_key``). A grant's scopes and assets
+    never change, only whether the key is still valid, so nothing else is remembered.
+    """
+    remembered: dict[bytes, Grant] = {}
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -61,7 +80,13 @@ def bearer_auth_middleware(scope_of: Mapping[Callable, str],
         if header is not None:
             scheme, _, credentials = header.partition(" ")
             if scheme.lower() == "bearer" and credentials:  # the scheme is case-insensitive (RFC 9110 §11.1)
-                grant = await key_lookups(request.app).grant(key_digest(credentials.strip()))
+                digest = key_digest(credentials.strip())
+                if request.match_info.handler in checked_in_statement and (grant := remembered.get(digest)):
+                    request[REMEMBERED] = True
+                else:
+                    grant = await key_lookups(request.app).grant(digest)
+                    if grant is not None and len(remembered) < MAX_REMEMBERED:
+                        remembered[digest] = grant
         if grant is None:
             raise Unauthorized(credentials_sent=header is not None)
         scope = scope_of.get(request.match_info.handler)

@@ -15,6 +15,7 @@ import dataclasses
 import datetime as dt
 import hashlib
 import secrets
+from collections.abc import Iterable
 
 from server.ledger.records import Actor, Db
 from server.problems import ApiKeyNotFound
@@ -77,6 +78,11 @@ made AS (
 SELECT count(record_audit(NULL, $5, $6, NULL, 'key.created', 'key:' || m.id, NULL,
                           to_jsonb(m) - 'digest' - 'inserted'))
   FROM made m WHERE m.inserted
+"""
+# Of the keys $1, those revoked or expired as of this statement (the batcher's check of the
+# balance changes it admitted on a remembered grant, server/ledger/batching.py).
+REFUSED_KEYS = """
+SELECT id FROM api_keys WHERE id = ANY ($1) AND (revoked_at IS NOT NULL OR expires_at <= statement_timestamp())
 """
 ASSET_IDS = "SELECT array_agg(id ORDER BY id) FROM assets WHERE code = ANY ($1)"
 ASSET_CODES = "SELECT array_agg(code ORDER BY code) FROM assets WHERE id = ANY ($1)"
@@ -170,6 +176,11 @@ async def ensure_configured_tokens(db: Db, tokens: list[tuple[str, bytes]], acto
     return await db.fetchval(ENSURE_CONFIGURED, [key_digest(token) for _, token in tokens],
                              [name for name, _ in tokens], [token.decode()[-4:] for _, token in tokens],
                              list(SCOPES), actor.key_id, actor.name)
+
+
+async def refused_keys(db: Db, key_ids: Iterable[int]) -> set[int]:
+    """Those of ``key_ids`` that are revoked or expired now (one look-up by primary key each)."""
+    return {row["id"] for row in await db.fetch(REFUSED_KEYS, list(key_ids))}
 
 
 async def asset_ids_of(db: Db, codes: list[str]) -> list[int]:

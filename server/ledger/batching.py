@@ -59,11 +59,12 @@ from typing import Generic, TypeVar
 
 import asyncpg
 
+from server.ledger.api_keys import refused_keys
 from server.ledger.idempotency import (CLAIM_KEYS, READ_STORED_MANY, STORE_OUTCOMES, KeyedRequest, KeyVanished, Outcome,
                                        retry_transaction, stored_outcome)
 from server.ledger.moving_money import apply_balance_changes, apply_ledger_batch, apply_transfer_batch
 from server.ledger.records import AccountRef, AppliedChange, BalanceChangeOrder, ResolvePending, Transfer, TransferOrder
-from server.problems import DATABASE_UNAVAILABLE_ERRORS, DatabaseUnavailable, Problem
+from server.problems import DATABASE_UNAVAILABLE_ERRORS, DatabaseUnavailable, Problem, Unauthorized
 from server.running.database import Database
 
 log = logging.getLogger(__name__)
@@ -316,6 +317,19 @@ def _is_change(order) -> bool:
     return type(order[1]) is BalanceChangeOrder
 
 
+async def _refused_by_key(conn: asyncpg.Connection, orders: list) -> list[Problem | None] | None:
+    """Per order, :class:`~server.problems.Unauthorized` when it is a balance change whose API key
+    is revoked or expired as of now, else None; None when none is. The HTTP side admits balance
+    changes on a key's remembered grant (server/http/bearer_auth.py): this one statement per batch,
+    run after every change in it arrived, is what refuses a change sent after its key's revoke
+    committed (none sent before it is refused: it was in flight). Batches without keys skip it."""
+    key_ids = {order[1].key_id for order in orders if _is_change(order) and order[1].key_id is not None}
+    if not key_ids or not (refused := await refused_keys(conn, key_ids)):
+        return None
+    return [Unauthorized(credentials_sent=True) if _is_change(order) and order[1].key_id in refused else None
+            for order in orders]
+
+
 class LedgerBatcher(Batcher[tuple, AppliedChange | Transfer]):
     """The one batcher of a worker: every single money movement, balance changes (``PATCH
     /api/balance``, credits, debits) and transfers (plain or a hold), posts and voids, in batches
@@ -396,8 +410,17 @@ class LedgerBatcher(Batcher[tuple, AppliedChange | Transfer]):
         return tuple(lanes)
 
     async def _apply(self, conn, orders):
-        """One call (class docstring); remembers the accounts of the holds made and of the users
-        named."""
+        """One call (class docstring), after refusing the balance changes whose API key is revoked
+        or expired now (:func:`_refused_by_key`); remembers the accounts of the holds made and
+        of the users named."""
+        refused = await _refused_by_key(conn, orders)
+        if refused:
+            applying = [order for order, no in zip(orders, refused, strict=True) if no is None]
+            results = iter(await self._apply_admitted(conn, applying) if applying else [])
+            return [no if no is not None else next(results) for no in refused]
+        return await self._apply_admitted(conn, orders)
+
+    async def _apply_admitted(self, conn, orders):
         is_change = [_is_change(order) for order in orders]
         changes = sum(is_change)
         if self._on_batch is not None:

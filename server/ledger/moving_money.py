@@ -77,8 +77,8 @@ async def apply_balance_changes(db: Db, changes: Sequence[tuple[AccountRef, Bala
     """
     if not changes:
         return []
-    rows = await db.fetch(
-        APPLY_BALANCE_CHANGES, *zip(*(ref for ref, _ in changes)), *zip(*(change for _, change in changes)),
+    rows = await db.fetch(  # each change's fields but key_id (the batcher checks keys: batching.py)
+        APPLY_BALANCE_CHANGES, *zip(*(ref for ref, _ in changes)), *zip(*(change[:5] for _, change in changes)),
     )
     return [AppliedChange(account_id, user_id, balance_after, transfer_id, entry_id) if outcome == "applied"
             else balance_change_refusal(outcome, ref, account_id, change.amount)

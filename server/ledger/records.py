@@ -38,6 +38,7 @@ class BalanceChangeOrder(NamedTuple):
     code: str = "adjustment"
     description: str | None = None
     idempotency_key: str | None = None
+    key_id: int | None = None  # the API key that sends it: refused when revoked (server/ledger/batching.py)
 
 
 class AppliedChange(NamedTuple):

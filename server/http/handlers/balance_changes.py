@@ -9,9 +9,9 @@ from collections.abc import Awaitable, Callable
 import orjson
 from aiohttp import web
 
-from server.http.app_keys import ASSETS, BATCHER, DATABASE
+from server.http.app_keys import ASSETS, BATCHER, DATABASE, GRANT
 from server.http.asset_limits import check_assets, limited
-from server.http.bearer_auth import actor_of
+from server.http.bearer_auth import actor_of, confirm_key
 from server.http.handlers.documents import change_json, entry_applied_json
 from server.http.handlers.lookups import asset_id_of, asset_of
 from server.http.handlers.paths import id_from_path
@@ -97,7 +97,8 @@ async def change_balance(request: web.Request) -> web.Response:
     default = request.app[ASSETS].default
     asset_id = default.asset_id if body.asset is None and default else await asset_id_of(request, body.asset)
     ref = AccountRef(None, body.user_id, asset_id)
-    return await _apply(request, body, ref, BalanceChangeOrder(body.amount), change_json)
+    return await _apply(request, body, ref, BalanceChangeOrder(body.amount, key_id=request[GRANT].actor.key_id),
+                        change_json)
 
 
 async def _user_credit_or_debit(request: web.Request, kind: str, sign: int) -> web.Response:
@@ -108,9 +109,11 @@ async def _user_credit_or_debit(request: web.Request, kind: str, sign: int) -> w
     if sign > 0 and not asset.default:
         # a credit opens the user's account in that asset if it has none (every user has one in the
         # default asset from the start, so the hot path skips this)
+        await confirm_key(request)  # opening writes outside the statement that refuses revoked keys
         async with request.app[DATABASE].connection() as db:
             await accounts.open_user_account(db, user_id, asset, actor_of(request))
-    change = BalanceChangeOrder(sign * body.amount, kind, body.code or kind, body.description)
+    change = BalanceChangeOrder(sign * body.amount, kind, body.code or kind, body.description,
+                                key_id=request[GRANT].actor.key_id)
     return await _apply(request, body, AccountRef(None, user_id, asset.asset_id), change, entry_applied_json)
 
 
@@ -128,7 +131,8 @@ async def debit(request: web.Request) -> web.Response:
 async def _account_credit_or_debit(request: web.Request, kind: str, sign: int) -> web.Response:
     account_id = id_from_path(request)
     body = await read_json_body(request, AccountCreditOrDebit)
-    change = BalanceChangeOrder(sign * body.amount, kind, body.code or kind, body.description)
+    change = BalanceChangeOrder(sign * body.amount, kind, body.code or kind, body.description,
+                                key_id=request[GRANT].actor.key_id)
     return await _apply(request, body, AccountRef(account_id), change, entry_applied_json)
 
 
