@@ -317,19 +317,6 @@ def _is_change(order) -> bool:
     return type(order[1]) is BalanceChangeOrder
 
 
-async def _refused_by_key(conn: asyncpg.Connection, orders: list) -> list[Problem | None] | None:
-    """Per order, :class:`~server.problems.Unauthorized` when it is a balance change whose API key
-    is revoked or expired as of now, else None; None when none is. The HTTP side admits balance
-    changes on a key's remembered grant (server/http/bearer_auth.py): this one statement per batch,
-    run after every change in it arrived, is what refuses a change sent after its key's revoke
-    committed (none sent before it is refused: it was in flight). Batches without keys skip it."""
-    key_ids = {order[1].key_id for order in orders if _is_change(order) and order[1].key_id is not None}
-    if not key_ids or not (refused := await refused_keys(conn, key_ids)):
-        return None
-    return [Unauthorized(credentials_sent=True) if _is_change(order) and order[1].key_id in refused else None
-            for order in orders]
-
-
 class LedgerBatcher(Batcher[tuple, AppliedChange | Transfer]):
     """The one batcher of a worker: every single money movement, balance changes (``PATCH
     /api/balance``, credits, debits) and transfers (plain or a hold), posts and voids, in batches
@@ -410,23 +397,40 @@ class LedgerBatcher(Batcher[tuple, AppliedChange | Transfer]):
         return tuple(lanes)
 
     async def _apply(self, conn, orders):
-        """One call (class docstring), after refusing the balance changes whose API key is revoked
-        or expired now (:func:`_refused_by_key`); remembers the accounts of the holds made and
-        of the users named."""
-        refused = await _refused_by_key(conn, orders)
-        if refused:
-            applying = [order for order, no in zip(orders, refused, strict=True) if no is None]
-            results = iter(await self._apply_admitted(conn, applying) if applying else [])
-            return [no if no is not None else next(results) for no in refused]
-        return await self._apply_admitted(conn, orders)
+        """One call (class docstring); remembers the accounts of the holds made and of the users
+        named. Balance changes sent with API keys (admitted on a remembered grant,
+        server/http/bearer_auth.py) are applied only if their keys are still valid as of the
+        statement, checked in it (a batch of changes only); when one is not, or the batch mixes
+        kinds, a look-up of the keys first refuses (401) the changes of those revoked or expired
+        and the rest are applied. Every check runs after each change in its batch arrived, so no
+        change sent after its key's revoke committed is applied; one sent before may be (it was in
+        flight)."""
+        if self._on_batch is not None:
+            changes = sum(map(_is_change, orders))
+            self._on_batch(changes, len(orders) - changes)
+        key_ids = sorted({order[1].key_id for order in orders if _is_change(order) and order[1].key_id is not None})
+        if not key_ids:
+            return await self._apply_admitted(conn, orders)
+        if all(_is_change(order) for order in orders):
+            results = await self._apply_admitted(conn, orders, key_ids)
+            if results is not None:
+                return results
+        refused = await refused_keys(conn, key_ids)
+        verdicts = [Unauthorized(credentials_sent=True) if _is_change(order) and order[1].key_id in refused else None
+                    for order in orders]
+        applying = [order for order, verdict in zip(orders, verdicts, strict=True) if verdict is None]
+        results = iter(await self._apply_admitted(conn, applying) if applying else [])
+        return [verdict if verdict is not None else next(results) for verdict in verdicts]
 
-    async def _apply_admitted(self, conn, orders):
+    async def _apply_admitted(self, conn, orders, if_keys_valid: Sequence[int] = ()):
+        """The one call for ``orders``; with ``if_keys_valid`` (a batch of changes only), None
+        when one of those keys is no longer valid (nothing applied)."""
         is_change = [_is_change(order) for order in orders]
         changes = sum(is_change)
-        if self._on_batch is not None:
-            self._on_batch(changes, len(orders) - changes)
         if changes == len(orders):
-            results = await apply_balance_changes(conn, orders)
+            results = await apply_balance_changes(conn, orders, if_keys_valid)
+            if results is None:
+                return None
         elif not changes:
             _, results = await apply_transfer_batch(conn, [order for order, _ in orders], atomic=False,
                                                     idempotency_keys=[key for _, key in orders])

@@ -37,6 +37,19 @@ SELECT account_id, user_id, balance_after, transfer_id, entry_id, outcome
 """
 
 
+# The same, run only when none of the API keys $9 is revoked or expired as of this statement's
+# snapshot (else it returns no row and changes nothing): the function's first argument depends on
+# the one row of `valid`, so it is called once, after the check, or not at all (no signature of a
+# ledger function changes for it). The check reads api_keys by primary key and locks nothing.
+APPLY_BALANCE_CHANGES_IF_KEYS_VALID = """
+SELECT c.account_id, c.user_id, c.balance_after, c.transfer_id, c.entry_id, c.outcome
+  FROM (SELECT '{}'::bigint[] AS nothing
+         WHERE NOT EXISTS (SELECT 1 FROM api_keys k WHERE k.id = ANY ($9)
+                              AND (k.revoked_at IS NOT NULL OR k.expires_at <= statement_timestamp()))) valid
+ CROSS JOIN LATERAL apply_balance_changes($1 || valid.nothing, $2, $3, $4, $5, $6, $7, $8) c
+"""
+
+
 # Reverse $2 (NULL: all that is left) of transfer $1, with code $3, description $4, reference $5
 # (transfers.sql).
 REVERSE_TRANSFER = "SELECT * FROM reverse_transfer($1, $2, $3, $4, $5)"
@@ -67,19 +80,25 @@ REFUSALS: dict[str, type[Problem]] = {
 }
 
 
-async def apply_balance_changes(db: Db, changes: Sequence[tuple[AccountRef, BalanceChangeOrder]]
-                                ) -> list[AppliedChange | Problem]:
+async def apply_balance_changes(db: Db, changes: Sequence[tuple[AccountRef, BalanceChangeOrder]],
+                                if_keys_valid: Sequence[int] = ()) -> list[AppliedChange | Problem] | None:
     """Apply ``changes``, each ``(account, change)``, to any accounts, in order, in ONE statement;
     return each one's :class:`AppliedChange` or its refusal (a :class:`Problem`, not raised), in order.
+    With ``if_keys_valid`` (API key ids), only if none of those keys is revoked or expired, in the
+    same statement: else nothing is applied and the result is None.
 
     The outcome is exactly that of applying them one at a time (``apply_balance_changes()``,
     balance_changes.sql); refusals write nothing.
     """
     if not changes:
         return []
-    rows = await db.fetch(  # each change's fields but key_id (the batcher checks keys: batching.py)
-        APPLY_BALANCE_CHANGES, *zip(*(ref for ref, _ in changes)), *zip(*(change[:5] for _, change in changes)),
-    )
+    columns = (*zip(*(ref for ref, _ in changes)), *zip(*(change[:5] for _, change in changes)))  # all but key_id
+    if if_keys_valid:
+        rows = await db.fetch(APPLY_BALANCE_CHANGES_IF_KEYS_VALID, *columns, list(if_keys_valid))
+        if not rows:
+            return None
+    else:
+        rows = await db.fetch(APPLY_BALANCE_CHANGES, *columns)
     return [AppliedChange(account_id, user_id, balance_after, transfer_id, entry_id) if outcome == "applied"
             else balance_change_refusal(outcome, ref, account_id, change.amount)
             for (ref, change), (account_id, user_id, balance_after, transfer_id, entry_id, outcome)
