@@ -14,7 +14,7 @@ def test_check_passes_on_a_freshly_migrated_database(create_database):
     balance_api("migrate", env=service_env(database_url=url))
     result = check(url)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert result.stdout.count("PASS") == 13 and "ledger consistent" in result.stdout
+    assert result.stdout.count("PASS") == 14 and "ledger consistent" in result.stdout
 
 
 def test_check_passes_on_the_suites_database_after_everything_the_tests_did(database_url, service_url):
@@ -95,3 +95,18 @@ def test_check_names_a_transfer_whose_event_is_missing_and_one_made_twice(create
     assert result.returncode == 1 and "FAIL change feed" in result.stdout
     assert "transfer 1 (posted): 0 event(s) of its making (none), 0 of its resolution (none)" in result.stdout
     assert "transfer.posted): its transfer 9 does not exist or is not of asset 1" in result.stdout
+
+
+def test_check_names_a_key_revoked_by_hand_and_an_audit_entry_whose_target_is_gone(create_database):
+    url = create_database()
+    env = service_env(database_url=url)
+    balance_api("migrate", env=env)
+    assert balance_api("keys", "create", "--name", "job", "--scopes", "read", env=env).returncode == 0
+    with psycopg.connect(url, autocommit=True) as conn:
+        key_id = conn.execute("SELECT id FROM api_keys").fetchone()[0]
+        conn.execute("UPDATE api_keys SET revoked_at = now()")  # no key.revoked entry in the log
+        conn.execute("INSERT INTO audit_log (position, action, target) VALUES (0, 'account.frozen', 'account:999')")
+    result = check(url)
+    assert result.returncode == 1 and "FAIL audit log" in result.stdout
+    assert f"key {key_id} (job): revoked, 0 key.revoked entries" in result.stdout
+    assert "(account.frozen): its target account:999 does not exist" in result.stdout

@@ -210,6 +210,39 @@ EVENTS = ("change feed", "every transfer has exactly one event of its making (tr
           ORDER BY e.id LIMIT {SAMPLE})""")
 HAS_EVENTS = "SELECT to_regclass('events') IS NOT NULL"
 
+# API keys and the audit log (migration 0016 on; server/ledger/sql/audit.sql): every key is stored
+# as a 32-byte digest only, a configured token's key has every scope, and a key's state agrees with
+# its log (revoked exactly when a key.revoked entry names it, once); every entry names an existing
+# target and a known action.
+AUDIT = ("audit log", "every API key is a digest with known scopes, a configured token's has every scope, and a "
+                      "key is revoked exactly when the log has one key.revoked entry for it; every audit entry "
+                      "names an existing target", f"""
+        (SELECT format('key %s (%s): %s', k.id, k.name,
+                       CASE WHEN length(k.digest) <> 32 THEN 'its digest is not 32 bytes'
+                            WHEN k.configured AND cardinality(k.scopes) <> 8
+                            THEN 'a configured token without every scope'
+                            ELSE format('%s, %s key.revoked entries', CASE WHEN k.revoked_at IS NULL
+                                        THEN 'not revoked' ELSE 'revoked' END, coalesce(r.n, 0)) END)
+           FROM api_keys k
+           LEFT JOIN (SELECT target, count(*) AS n FROM audit_log WHERE action = 'key.revoked' GROUP BY target) r
+             ON r.target = 'key:' || k.id
+          WHERE length(k.digest) <> 32 OR (k.configured AND cardinality(k.scopes) <> 8)
+             OR (k.revoked_at IS NOT NULL) <> (coalesce(r.n, 0) = 1) OR r.n > 1
+          ORDER BY k.id LIMIT {SAMPLE})
+        UNION ALL
+        (SELECT format('audit entry %s (%s): its target %s does not exist', a.id, a.action, a.target)
+           FROM audit_log a
+          CROSS JOIN LATERAL (SELECT split_part(a.target, ':', 1) AS kind, split_part(a.target, ':', 2) AS name) t
+          CROSS JOIN LATERAL (SELECT CASE WHEN t.name ~ '^[0-9]{{1,18}}$' THEN t.name::bigint END AS id) n
+          WHERE NOT CASE t.kind
+                    WHEN 'asset' THEN EXISTS (SELECT 1 FROM assets s WHERE s.code = t.name)
+                    WHEN 'account' THEN EXISTS (SELECT 1 FROM accounts x WHERE x.id = n.id)
+                    WHEN 'key' THEN EXISTS (SELECT 1 FROM api_keys k WHERE k.id = n.id)
+                    WHEN 'webhook' THEN EXISTS (SELECT 1 FROM webhook_endpoints w WHERE w.id = n.id)
+                    ELSE false END
+          ORDER BY a.id LIMIT {SAMPLE})""")
+HAS_AUDIT = "SELECT to_regclass('audit_log') IS NOT NULL"
+
 # The functions and views are those server/ledger/sql/ defines (the folder of this installation
 # was applied, and nothing changed them since: each one's fingerprint is the one stored when it
 # was). Run only on a schema that has ledger_definitions (migration 0012 on). %(digest)s: the
@@ -250,14 +283,15 @@ class CheckResult:
 def check_ledger(database_url: str) -> list[CheckResult]:
     """Run every check against ``database_url`` in one REPEATABLE READ snapshot, so that the
     checks see one consistent state while the service keeps running; the system balances', the change
-    feed's and the ledger definitions' checks when the schema has them (migrations 0013, 0015 and 0012
-    on). Raises ``psycopg.Error`` when the database cannot be reached."""
+    feed's, the audit log's and the ledger definitions' checks when the schema has them (migrations
+    0013, 0015, 0016 and 0012 on). Raises ``psycopg.Error`` when the database cannot be reached."""
     with psycopg.connect(database_url) as conn:
         conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
         conn.read_only = True
         with conn.transaction():
             checks = CHECKS + ([SYSTEM_BALANCES] if conn.execute(HAS_SYSTEM_BALANCES).fetchone()[0] else [])
             checks += [EVENTS] if conn.execute(HAS_EVENTS).fetchone()[0] else []
+            checks += [AUDIT] if conn.execute(HAS_AUDIT).fetchone()[0] else []
             results = [CheckResult(name, rule, [row[0] for row in conn.execute(query)])
                        for name, rule, query in checks]
             if conn.execute(HAS_DEFINITIONS_TABLE).fetchone()[0]:
