@@ -4,6 +4,7 @@ who made it, in which request, and the target before and after; GET /api/audit r
 from __future__ import annotations
 
 import concurrent.futures
+import itertools
 import uuid
 
 import pytest
@@ -72,7 +73,7 @@ def test_creating_an_asset_is_logged_with_the_asset_after(url, operator):
 
 
 def test_creating_a_user_logs_its_account(url, operator):
-    status, user, request_id = as_operator(url, operator, "POST", "/api/users", {})
+    _, user, request_id = as_operator(url, operator, "POST", "/api/users", {})
     account_id = user["accounts"][0]["accountId"]
     entry = last_entry(url, f"account:{account_id}")
     assert_logged(entry, "account.created", f"account:{account_id}", request_id, operator)
@@ -80,7 +81,7 @@ def test_creating_a_user_logs_its_account(url, operator):
 
 
 def test_opening_an_account_is_logged(url, operator):
-    status, account, request_id = as_operator(url, operator, "POST", "/api/accounts",
+    _, account, request_id = as_operator(url, operator, "POST", "/api/accounts",
                                               {"asset": "default", "name": "float", "overdraftLimit": 5})
     entry = last_entry(url, f"account:{account['accountId']}")
     assert_logged(entry, "account.created", f"account:{account['accountId']}", request_id, operator)
@@ -112,7 +113,7 @@ def test_freezing_and_closing_are_logged(url, operator, route, action, status_af
 def test_unfreezing_is_logged(url, operator):
     account_id = new_account(url, operator)
     as_operator(url, operator, "POST", f"/api/accounts/{account_id}/freeze")
-    status, _, request_id = as_operator(url, operator, "POST", f"/api/accounts/{account_id}/unfreeze")
+    _, _, request_id = as_operator(url, operator, "POST", f"/api/accounts/{account_id}/unfreeze")
     entry = last_entry(url, f"account:{account_id}")
     assert_logged(entry, "account.unfrozen", f"account:{account_id}", request_id, operator)
     assert (entry["before"]["status"], entry["after"]["status"]) == ("frozen", "open")
@@ -130,11 +131,11 @@ def test_a_credit_that_opens_an_account_logs_the_opening(url, operator):
 
 
 def test_making_and_revoking_a_key_are_logged_without_its_text(url, operator):
-    status, made, request_id = as_operator(url, operator, "POST", "/api/keys", {"name": "job", "scopes": ["read"]})
+    _, made, request_id = as_operator(url, operator, "POST", "/api/keys", {"name": "job", "scopes": ["read"]})
     entry = last_entry(url, f"key:{made['keyId']}")
     assert_logged(entry, "key.created", f"key:{made['keyId']}", request_id, operator)
     assert entry["after"]["name"] == "job" and "digest" not in entry["after"] and made["key"] not in str(entry)
-    status, _, request_id = as_operator(url, operator, "DELETE", f"/api/keys/{made['keyId']}")
+    _, _, request_id = as_operator(url, operator, "DELETE", f"/api/keys/{made['keyId']}")
     entry = last_entry(url, f"key:{made['keyId']}")
     assert_logged(entry, "key.revoked", f"key:{made['keyId']}", request_id, operator)
     assert entry["before"]["revoked_at"] is None and entry["after"]["revoked_at"] is not None
@@ -146,12 +147,12 @@ def test_webhook_changes_are_logged_without_the_secret(url, operator):
     entry = last_entry(url, target)
     assert_logged(entry, "webhook.created", target, request_id, operator)
     assert entry["after"]["url"] == "http://127.0.0.1:9/h" and "secret" not in entry["after"]
-    status, _, request_id = as_operator(url, operator, "PATCH", f"/api/webhooks/{hook['webhookId']}",
+    _, _, request_id = as_operator(url, operator, "PATCH", f"/api/webhooks/{hook['webhookId']}",
                                         {"description": "ops"})
     entry = last_entry(url, target)
     assert_logged(entry, "webhook.updated", target, request_id, operator)
     assert (entry["before"]["description"], entry["after"]["description"]) == (None, "ops")
-    status, _, request_id = as_operator(url, operator, "DELETE", f"/api/webhooks/{hook['webhookId']}")
+    _, _, request_id = as_operator(url, operator, "DELETE", f"/api/webhooks/{hook['webhookId']}")
     entry = last_entry(url, target)
     assert_logged(entry, "webhook.deleted", target, request_id, operator)
     assert entry["after"] is None and entry["before"]["description"] == "ops"
@@ -183,13 +184,13 @@ def test_transfers_are_not_in_the_audit_log(url, operator):
 
 
 def test_without_authentication_the_actor_is_null(service_url):
-    status, _, account = call(f"{service_url}/api/accounts", "POST", {"asset": "default"})
+    _, _, account = call(f"{service_url}/api/accounts", "POST", {"asset": "default"})
     page = call(f"{service_url}/api/audit?target=account:{account['accountId']}")[2]
     assert page["entries"][-1]["actor"] is None
 
 
 def test_an_api_token_is_named_as_the_actor_by_the_key_it_is_stored_as(url):
-    status, _, account = call(f"{url}/api/accounts", "POST", {"asset": "default"}, {"Authorization": f"Bearer {ADMIN}"})
+    _, _, account = call(f"{url}/api/accounts", "POST", {"asset": "default"}, {"Authorization": f"Bearer {ADMIN}"})
     keys = call(f"{url}/api/keys", headers={"Authorization": f"Bearer {ADMIN}"})[2]["keys"]
     token_key = next(k["keyId"] for k in keys if k["name"] == "API_TOKEN")
     assert last_entry(url, f"account:{account['accountId']}")["actor"] == {"keyId": token_key, "name": "API_TOKEN"}
@@ -224,7 +225,7 @@ def test_concurrent_changes_of_one_account_are_logged_in_the_order_applied(url, 
         assert set(pool.map(change, range(20))) == {200}
     logged = entries(url, f"account:{account_id}")[0][1:]
     assert len(logged) == 20
-    for previous, entry in zip(logged, logged[1:]):
+    for previous, entry in itertools.pairwise(logged):
         assert entry["before"]["overdraft_limit"] == previous["after"]["overdraft_limit"]
 
 

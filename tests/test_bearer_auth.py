@@ -87,7 +87,8 @@ def test_every_other_route_needs_the_token(protected_url):
 def test_a_tokens_file_grants_each_of_its_tokens_and_ignores_comments(database_url, tmp_path):
     tokens_file = tmp_path / "tokens"
     tokens_file.write_text("# one token per line\nfirst-token\n\n  second-token  \n")
-    with running_service(tmp_path / "service.log", database_url=database_url, api_tokens_file=str(tokens_file)) as (url, _):
+    with running_service(tmp_path / "service.log", database_url=database_url,
+                         api_tokens_file=str(tokens_file)) as (url, _):
         assert authorized_call(f"{url}/api/users/1", token="first-token")[0] == 200
         assert authorized_call(f"{url}/api/users/1", token="second-token")[0] == 200
         assert authorized_call(f"{url}/api/users/1", token="# one token per line")[0] == 401
