@@ -230,13 +230,13 @@ _API_KEY = {
     "scopes": {"type": "array", "items": {"enum": list(SCOPES)}},
     "assets": {"type": ["array", "null"], "items": {"type": "string"}, "description": "null: every asset"},
     "expiresAt": {"type": ["string", "null"], "format": "date-time", "description": "null: never"},
-    "createdAt": TIMESTAMP,
+    "createdAt": TIMESTAMP, "revokedAt": {"type": ["string", "null"], "format": "date-time"},
 }
 _STORED_ROW = {"type": ["object", "null"], "description": "the target's row as stored (no secret, no digest); "
                                                           "null: it did not exist before / no longer does"}
 SCHEMAS.update({
     "NewApiKey": _request_schema(NewApiKey),
-    "ApiKey": _object({**_API_KEY, "revokedAt": {"type": ["string", "null"], "format": "date-time"}}),
+    "ApiKey": _object(_API_KEY),
     "NewApiKeyText": _object({**_API_KEY, "key": {"type": "string", "pattern": "^bak_[A-Za-z0-9_-]{43}$",
                                                   "description": "the key, shown in this answer only"}},
                              ["keyId", "key", "name", "scopes", "assets", "expiresAt", "createdAt"]),
