@@ -62,10 +62,11 @@ def bearer_auth_middleware(scope_of: Mapping[Callable, str], checked_in_statemen
     matched, needs none); ``key_lookups(app)`` is the app's :class:`KeyLookups`.
 
     The routes of ``checked_in_statement`` (balance changes) are admitted on the grant a key got
-    at its last look-up by this process, with no look-up per request: the batcher refuses (401)
-    a change whose key is revoked or expired, with one look-up per batch, run after every change
-    in it arrived (server/ledger/batching.py, ``_refused_by_key``). A grant's scopes and assets
-    never change, only whether the key is still valid, so nothing else is remembered.
+    at its last look-up by this process, with no look-up per request: the batch's statement applies
+    the changes only if their keys are still valid, and a change whose key is revoked or expired is
+    refused (401); the batch is sent after every change in it arrived (server/ledger/batching.py,
+    ``LedgerBatcher._apply``). A grant's scopes and assets never change, only whether the key is
+    still valid, so nothing else is remembered.
     """
     remembered: dict[bytes, Grant] = {}
 
