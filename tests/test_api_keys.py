@@ -381,3 +381,23 @@ def test_a_balance_change_with_an_expired_key_is_401(url):
     assert send(url, "PATCH", "/api/balance", {"userId": user, "amount": 1}, key=made["key"])[0] == 200
     time.sleep(1.2)
     assert send(url, "PATCH", "/api/balance", {"userId": user, "amount": 1}, key=made["key"])[0] == 401
+
+
+def test_a_replayed_key_request_answers_without_the_key_text_which_is_never_stored(url, keys_database):
+    headers = {"Idempotency-Key": f"key-{secrets.token_hex(8)}"}
+    body = {"name": "replayed", "scopes": ["read"]}
+    status, _, first = send(url, "POST", "/api/keys", body, headers=headers)
+    status_again, replay_headers, again = send(url, "POST", "/api/keys", body, headers=headers)
+    assert (status, status_again, replay_headers["Idempotent-Replayed"]) == (201, 201, "true")
+    assert first["key"].startswith("bak_") and again["key"] is None and again["keyId"] == first["keyId"]
+    with psycopg.connect(keys_database) as conn:
+        stored = conn.execute("SELECT string_agg(coalesce(body, ''), '') FROM idempotency_keys").fetchone()[0]
+    assert first["key"] not in stored and first["key"][4:20] not in stored
+
+
+def test_an_idempotency_key_used_by_another_api_key_is_refused_not_replayed(url):
+    one, other = make_key(url, ["accounts"])["key"], make_key(url, ["accounts"])["key"]
+    headers = {"Idempotency-Key": f"shared-{secrets.token_hex(8)}"}
+    assert send(url, "POST", "/api/accounts", {"asset": "default"}, key=one, headers=headers)[0] == 201
+    status, _, problem = send(url, "POST", "/api/accounts", {"asset": "default"}, key=other, headers=headers)
+    assert (status, problem["code"]) == (422, "idempotency_key_reused")

@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable
 import asyncpg
 from aiohttp import web
 
-from server.http.app_keys import DATABASE, SETTINGS
+from server.http.app_keys import DATABASE, GRANT, SETTINGS
 from server.http.request_bodies import StrictBody, canonical_json
 from server.ledger.idempotency import (
     CLAIM_KEY,
@@ -67,7 +67,9 @@ async def _run_keyed(database: Database, operation: Operation, key: str, fingerp
             outcome = await operation(conn, key)
         except Problem as refusal:  # a refusal is an outcome too; the operation wrote nothing
             outcome = Outcome.of_problem(refusal, instance)
-        await conn.execute(STORE_OUTCOME, key, outcome.status, outcome.body, outcome.content_type, outcome.location)
+        await conn.execute(STORE_OUTCOME, key, outcome.status,
+                           outcome.body if outcome.stored_body is None else outcome.stored_body,
+                           outcome.content_type, outcome.location)
         return outcome, False
 
 
@@ -78,7 +80,10 @@ def keyed_request(request: web.Request, body: StrictBody) -> KeyedRequest | None
     if key is None:
         return None
     path = instance(request)
-    return KeyedRequest(key, f"{request.method} {path} {canonical_json(body)}", path)
+    fingerprint = f"{request.method} {path} {canonical_json(body)}"
+    if (grant := request.get(GRANT)) is not None and grant.actor.key_id is not None:
+        fingerprint += f" key {grant.actor.key_id}"  # another API key reusing it is refused, not replayed
+    return KeyedRequest(key, fingerprint, path)
 
 
 async def respond(request: web.Request, body: StrictBody, operation: Operation,

@@ -237,8 +237,9 @@ _STORED_ROW = {"type": ["object", "null"], "description": "the target's row as s
 SCHEMAS.update({
     "NewApiKey": _request_schema(NewApiKey),
     "ApiKey": _object(_API_KEY),
-    "NewApiKeyText": _object({**_API_KEY, "key": {"type": "string", "pattern": "^bak_[A-Za-z0-9_-]{43}$",
-                                                  "description": "the key, shown in this answer only"}},
+    "NewApiKeyText": _object({**_API_KEY, "key": {"type": ["string", "null"], "pattern": "^bak_[A-Za-z0-9_-]{43}$",
+                                                  "description": "the key, shown in this answer only (null in an "
+                                                                 "idempotent replay: its text is never stored)"}},
                              ["keyId", "key", "name", "scopes", "assets", "expiresAt", "createdAt"]),
     "ApiKeys": _object({"keys": {"type": "array", "items": _ref("ApiKey")}}),
     "AuditEntry": _object({

@@ -116,6 +116,9 @@ class Outcome:
     # the request found what it asks for already made (a transfer's reference): answered with
     # Idempotent-Replayed; not stored (a replay under an Idempotency-Key says so anyway)
     replayed: bool = False
+    # the body a replay answers, when it is not ``body``: a new API key's text is answered once and
+    # never stored (POST /api/keys); None: ``body``
+    stored_body: str | None = None
 
     @classmethod
     def of(cls, status: int, document: dict, location: str | None = None, replayed: bool = False) -> Outcome:

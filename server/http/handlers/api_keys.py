@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from aiohttp import web
 
 from server.http.app_keys import DATABASE
@@ -24,8 +26,8 @@ def key_json(key: api_keys.ApiKey) -> dict:
 
 async def create_key(request: web.Request) -> web.Response:
     """``POST /api/keys`` ``{"name", "scopes", "assets"?, "expiresInSeconds"?}`` → 201 the key with
-    its text in ``key``, shown this once (an idempotent replay of the request shows it again: the
-    stored answer); an unknown asset is 404 ``asset_not_found``."""
+    its text in ``key``, shown this once (an idempotent replay of the request answers ``"key":
+    null``: the text is never stored); an unknown asset is 404 ``asset_not_found``."""
     body = await read_json_body(request, NewApiKey)
 
     async def operation(db, key):
@@ -37,7 +39,9 @@ async def create_key(request: web.Request) -> web.Response:
                 raise AssetNotFound(next(code for code in body.assets if code not in known))
         made = await api_keys.create_key(db, body.name, list(body.scopes), asset_ids, body.expires_in_seconds,
                                          actor_of(request))
-        return Outcome.of(201, {**key_json(made), "key": made.key}, location=f"/api/keys/{made.key_id}")
+        answered = Outcome.of(201, {**key_json(made), "key": made.key}, location=f"/api/keys/{made.key_id}")
+        # a replay (the same Idempotency-Key) answers the key without its text: never stored in clear
+        return dataclasses.replace(answered, stored_body=Outcome.of(201, {**key_json(made), "key": None}).body)
 
     return await respond(request, body, operation)
 
