@@ -57,13 +57,16 @@ SELECT record_audit(NULL, $2, $3, $4, 'key.revoked', 'key:' || k.id,
                     ({_DOCUMENT}) || jsonb_build_object('revoked_at', NULL), {_DOCUMENT})
   FROM revoked r, LATERAL (SELECT (r.k).*) k
 """
+# Whether key row k can no longer be used: revoked, or expired as of this statement. The one
+# definition of it, in every statement that checks a key.
+KEY_REFUSED = "(k.revoked_at IS NOT NULL OR coalesce(k.expires_at <= statement_timestamp(), false))"
 # The keys (of these digests) that are valid now: not revoked, not expired. Run per request (in
-# batches, server/http/bearer_auth.py), so a revoke or an expiry counts from its commit on.
-VALID_KEYS = """
+# batches, server/http/key_lookups.py), so a revoke or an expiry counts from its commit on.
+VALID_KEYS = f"""
 SELECT k.digest, k.id, k.name, k.scopes, k.asset_ids,
        (SELECT array_agg(s.code) FROM assets s WHERE s.id = ANY (k.asset_ids)) AS assets
   FROM api_keys k
- WHERE k.digest = ANY ($1) AND k.revoked_at IS NULL AND (k.expires_at IS NULL OR k.expires_at > statement_timestamp())
+ WHERE k.digest = ANY ($1) AND NOT {KEY_REFUSED}
 """
 # The configured tokens as keys ($1 digests, $2 names, $3 hints, $4 every scope): made when first
 # seen (audited), their scopes kept at every scope; a revoked one stays revoked.
@@ -81,8 +84,8 @@ SELECT count(record_audit(NULL, $5, $6, NULL, 'key.created', 'key:' || m.id, NUL
 """
 # Of the keys $1, those revoked or expired as of this statement (the batcher's check of the
 # balance changes it admitted on a remembered grant, server/ledger/batching.py).
-REFUSED_KEYS = """
-SELECT id FROM api_keys WHERE id = ANY ($1) AND (revoked_at IS NOT NULL OR expires_at <= statement_timestamp())
+REFUSED_KEYS = f"""
+SELECT k.id FROM api_keys k WHERE k.id = ANY ($1) AND {KEY_REFUSED}
 """
 ASSET_IDS = "SELECT array_agg(id ORDER BY id) FROM assets WHERE code = ANY ($1)"
 ASSET_CODES = "SELECT array_agg(code ORDER BY code) FROM assets WHERE id = ANY ($1)"

@@ -405,27 +405,29 @@ class LedgerBatcher(Batcher[tuple, AppliedChange | Transfer]):
         and the rest are applied. Every check runs after each change in its batch arrived, so no
         change sent after its key's revoke committed is applied; one sent before may be (it was in
         flight)."""
+        is_change = [_is_change(order) for order in orders]
+        changes = sum(is_change)
         if self._on_batch is not None:
-            changes = sum(map(_is_change, orders))
             self._on_batch(changes, len(orders) - changes)
-        key_ids = sorted({order[1].key_id for order in orders if _is_change(order) and order[1].key_id is not None})
+        key_ids = sorted({order[1].key_id for order, change in zip(orders, is_change)
+                          if change and order[1].key_id is not None})
         if not key_ids:
-            return await self._apply_admitted(conn, orders)
-        if all(_is_change(order) for order in orders):
-            results = await self._apply_admitted(conn, orders, key_ids)
+            return await self._apply_admitted(conn, orders, is_change)
+        if changes == len(orders):
+            results = await self._apply_admitted(conn, orders, is_change, key_ids)
             if results is not None:
                 return results
         refused = await refused_keys(conn, key_ids)
-        verdicts = [Unauthorized(credentials_sent=True) if _is_change(order) and order[1].key_id in refused else None
-                    for order in orders]
-        applying = [order for order, verdict in zip(orders, verdicts, strict=True) if verdict is None]
-        results = iter(await self._apply_admitted(conn, applying) if applying else [])
+        verdicts = [Unauthorized(credentials_sent=True) if change and order[1].key_id in refused else None
+                    for order, change in zip(orders, is_change)]
+        kept = [(order, change) for order, change, verdict in zip(orders, is_change, verdicts) if verdict is None]
+        results = iter(await self._apply_admitted(conn, *map(list, zip(*kept))) if kept else [])
         return [verdict if verdict is not None else next(results) for verdict in verdicts]
 
-    async def _apply_admitted(self, conn, orders, if_keys_valid: Sequence[int] = ()):
-        """The one call for ``orders``; with ``if_keys_valid`` (a batch of changes only), None
-        when one of those keys is no longer valid (nothing applied)."""
-        is_change = [_is_change(order) for order in orders]
+    async def _apply_admitted(self, conn, orders, is_change: list[bool], if_keys_valid: Sequence[int] = ()):
+        """The one call for ``orders`` (``is_change``: per order, whether it is a balance change);
+        with ``if_keys_valid`` (a batch of changes only), None when one of those keys is no longer
+        valid (nothing applied)."""
         changes = sum(is_change)
         if changes == len(orders):
             results = await apply_balance_changes(conn, orders, if_keys_valid)

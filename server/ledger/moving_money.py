@@ -20,6 +20,7 @@ from collections.abc import Sequence
 
 import asyncpg
 
+from server.ledger.api_keys import KEY_REFUSED
 from server.ledger.records import (AccountRef, AppliedChange, BalanceChangeOrder, Db, ResolvePending, Transfer,
                                    TransferOrder, transfer_from_row)
 from server.ledger.transfer_reads import read_transfer
@@ -41,11 +42,10 @@ SELECT account_id, user_id, balance_after, transfer_id, entry_id, outcome
 # snapshot (else it returns no row and changes nothing): the function's first argument depends on
 # the one row of `valid`, so it is called once, after the check, or not at all (no signature of a
 # ledger function changes for it). The check reads api_keys by primary key and locks nothing.
-APPLY_BALANCE_CHANGES_IF_KEYS_VALID = """
+APPLY_BALANCE_CHANGES_IF_KEYS_VALID = f"""
 SELECT c.account_id, c.user_id, c.balance_after, c.transfer_id, c.entry_id, c.outcome
-  FROM (SELECT '{}'::bigint[] AS nothing
-         WHERE NOT EXISTS (SELECT 1 FROM api_keys k WHERE k.id = ANY ($9)
-                              AND (k.revoked_at IS NOT NULL OR k.expires_at <= statement_timestamp()))) valid
+  FROM (SELECT '{{}}'::bigint[] AS nothing
+         WHERE NOT EXISTS (SELECT 1 FROM api_keys k WHERE k.id = ANY ($9) AND {KEY_REFUSED})) valid
  CROSS JOIN LATERAL apply_balance_changes($1 || valid.nothing, $2, $3, $4, $5, $6, $7, $8) c
 """
 

@@ -78,8 +78,6 @@ async def _apply_keyed(request: web.Request, body: StrictBody, ref: AccountRef, 
 
 async def _apply(request: web.Request, body: StrictBody, ref: AccountRef, change: BalanceChangeOrder,
                  render: Callable[[AppliedChange], dict]) -> web.Response:
-    if limited(request):  # a key limited to assets: the account's asset must be one of them
-        await check_assets(request, accounts=[ref.account_id], assets=[None if ref.account_id else ref.asset_id])
     if IDEMPOTENCY_KEY_HEADER not in request.headers:
         return web.Response(body=orjson.dumps(render(await _apply_unkeyed(request, ref, change))),
                             content_type="application/json")
@@ -96,6 +94,8 @@ async def change_balance(request: web.Request) -> web.Response:
     body = await read_json_body(request, BalanceChange)
     default = request.app[ASSETS].default
     asset_id = default.asset_id if body.asset is None and default else await asset_id_of(request, body.asset)
+    if limited(request):  # a key limited to assets: the account's asset must be one of them
+        await check_assets(request, assets=[asset_id])
     ref = AccountRef(None, body.user_id, asset_id)
     return await _apply(request, body, ref, BalanceChangeOrder(body.amount, key_id=request[GRANT].actor.key_id),
                         change_json)
@@ -105,7 +105,8 @@ async def _user_credit_or_debit(request: web.Request, kind: str, sign: int) -> w
     user_id = id_from_path(request)
     body = await read_json_body(request, CreditOrDebit)
     asset = await asset_of(request, body.asset)
-    await check_assets(request, assets=[asset.asset_id])
+    if limited(request):
+        await check_assets(request, assets=[asset.asset_id])
     if sign > 0 and not asset.default:
         # a credit opens the user's account in that asset if it has none (every user has one in the
         # default asset from the start, so the hot path skips this)
@@ -131,6 +132,8 @@ async def debit(request: web.Request) -> web.Response:
 async def _account_credit_or_debit(request: web.Request, kind: str, sign: int) -> web.Response:
     account_id = id_from_path(request)
     body = await read_json_body(request, AccountCreditOrDebit)
+    if limited(request):
+        await check_assets(request, accounts=[account_id])
     change = BalanceChangeOrder(sign * body.amount, kind, body.code or kind, body.description,
                                 key_id=request[GRANT].actor.key_id)
     return await _apply(request, body, AccountRef(account_id), change, entry_applied_json)
