@@ -292,8 +292,12 @@ def _prepare_database(url_template: str, name: str) -> str:
                   FROM accounts a JOIN accounts sys ON sys.asset_id = a.asset_id AND sys.is_system
                  WHERE a.user_id >= 2
              RETURNING id, to_account_id, amount)
-            INSERT INTO ledger_entries (account_id, transfer_id, amount, balance_after, kind)
-            SELECT to_account_id, id, amount, amount, 'opening' FROM opening""")
+            INSERT INTO ledger_entries (account_id, transfer_id, amount, balance_after, kind, hash)
+            SELECT to_account_id, id, amount, amount, 'opening', entry_hash(NULL, to_account_id, id, amount, amount)
+              FROM opening""")
+        # each account's head: its one entry's hash (server/ledger/sql/entry_hashes.sql)
+        conn.execute("UPDATE accounts a SET head_hash = e.hash FROM ledger_entries e"
+                     " WHERE e.account_id = a.id AND a.user_id >= 2")
     return url
 
 

@@ -13,6 +13,8 @@ import time
 
 import psycopg
 
+from tests.seeded_users import chain_entries
+
 TABLES = ("accounts", "transfers", "ledger_entries", "events")
 
 
@@ -89,8 +91,8 @@ def grow_ledger(conn: psycopg.Connection, accounts: int, transfers: int) -> None
                 INSERT INTO events (position, type, asset_id, transfer_ids)
                 SELECT feed_position_after(NULL), 'transfer.created', asset_id, array_agg(id ORDER BY id)
                   FROM t GROUP BY asset_id)
-            INSERT INTO ledger_entries (account_id, transfer_id, amount, balance_after, kind)
-            SELECT to_account_id, id, 1, to_balance, 'credit' FROM t""",
+            INSERT INTO ledger_entries (account_id, transfer_id, amount, balance_after, kind, hash)
+            SELECT to_account_id, id, 1, to_balance, 'credit', '' FROM t""",
                      {"transfers": transfers, "first": first_user, "accounts": accounts})
         conn.execute("""
             UPDATE accounts a SET balance = e.total
@@ -99,3 +101,4 @@ def grow_ledger(conn: psycopg.Connection, accounts: int, transfers: int) -> None
              WHERE a.id = e.account_id""", (first_user,))
         conn.execute("SELECT add_to_system_balances(ARRAY[s.id], ARRAY[-%s::bigint]) FROM assets s WHERE s.is_default",
                      (transfers,))
+        chain_entries(conn)

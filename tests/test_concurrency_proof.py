@@ -11,6 +11,7 @@ import subprocess
 import sys
 
 from tests.conftest import USER_ACCOUNT, ledger_state
+from tests.seeded_users import chained
 from tests.service_process import PROJECT_ROOT, balance_api, free_port, running_server
 
 ALL_CHECKS = ["successes", "refusals", "balance chain", "final balance"]
@@ -42,6 +43,17 @@ def test_10000_simultaneous_debits_of_2_on_10000_give_exactly_5000_successes_and
         f"WHERE account_id = {USER_ACCOUNT} AND id > %s AND amount = -2", (1, before),
     ).fetchone()
     assert debits == (5000, 0, 5000)
+
+
+def test_the_10000_request_proof_leaves_the_accounts_history_one_unbroken_hash_chain(service_url, db, tmp_path):
+    result, _ = burst(service_url, tmp_path, "--user-id", "1", "--requests", "10000",
+                      "--amount", "-2", "--start-balance", "10000")
+    assert result.returncode == 0, result.stdout + result.stderr
+    rows = db.execute(f"SELECT account_id, transfer_id, amount, balance_after, hash FROM ledger_entries"
+                      f" WHERE account_id = {USER_ACCOUNT} ORDER BY id", (1,)).fetchall()
+    assert len(rows) >= 5001 and [bytes(row[4]) for row in rows] == chained([row[:4] for row in rows])
+    head = db.execute(f"SELECT head_hash FROM accounts WHERE id = {USER_ACCOUNT}", (1,)).fetchone()[0]
+    assert bytes(head) == bytes(rows[-1][4])
 
 
 def test_a_keep_alive_burst_gives_the_same_exact_split(service_url, db, new_user, tmp_path):

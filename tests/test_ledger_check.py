@@ -14,7 +14,7 @@ def test_check_passes_on_a_freshly_migrated_database(create_database):
     balance_api("migrate", env=service_env(database_url=url))
     result = check(url)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert result.stdout.count("PASS") == 14 and "ledger consistent" in result.stdout
+    assert result.stdout.count("PASS") == 15 and "ledger consistent" in result.stdout
 
 
 def test_check_passes_on_the_suites_database_after_everything_the_tests_did(database_url, service_url):
@@ -74,8 +74,8 @@ def test_check_names_a_broken_balance_after_chain_and_a_half_transfer(create_dat
         conn.execute("INSERT INTO accounts (asset_id, user_id, balance) VALUES (1, 2, 10)")
         transfer = conn.execute("INSERT INTO transfers (asset_id, from_account_id, to_account_id, amount, code) "
                                 "VALUES (1, 2, 3, 5, 'transfer') RETURNING id").fetchone()[0]
-        conn.execute("INSERT INTO ledger_entries (account_id, amount, balance_after, kind, transfer_id) "
-                     "VALUES (3, 5, 7, 'transfer_in', %s), (3, 5, 10, 'credit', 999)", (transfer,))
+        conn.execute("INSERT INTO ledger_entries (account_id, amount, balance_after, kind, transfer_id, hash) "
+                     "VALUES (3, 5, 7, 'transfer_in', %s, ''), (3, 5, 10, 'credit', 999, '')", (transfer,))
     result = check(url)
     assert result.returncode == 1
     for failed in ("balance_after chain", "transfers balanced", "entries belong to transfers"):

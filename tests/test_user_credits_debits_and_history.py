@@ -6,7 +6,7 @@ import pytest
 
 from tests.conftest import USER_ACCOUNT, database_fingerprint, ledger_state
 from tests.ledger_api import send
-from tests.seeded_users import seed_user
+from tests.seeded_users import chain_entries, seed_user
 
 
 async def test_post_users_opens_a_user_with_balance_0_and_its_location(http):
@@ -182,9 +182,10 @@ def test_history_of_an_account_with_many_entries_reads_only_one_page_through_the
             f"SELECT {USER_ACCOUNT}, (SELECT id FROM accounts WHERE is_system AND asset_id = 1)", (user,)).fetchone()
         db.execute("INSERT INTO transfers (asset_id, from_account_id, to_account_id, amount, code, to_balance) "
                    "SELECT 1, %s, %s, 1, 'credit', i FROM generate_series(1, %s) AS i", (system, account, n))
-        db.execute("INSERT INTO ledger_entries (account_id, transfer_id, amount, balance_after, kind) "
-                   "SELECT %s, id, 1, to_balance, 'credit' FROM transfers WHERE to_account_id = %s ORDER BY id",
+        db.execute("INSERT INTO ledger_entries (account_id, transfer_id, amount, balance_after, kind, hash) "
+                   "SELECT %s, id, 1, to_balance, 'credit', '' FROM transfers WHERE to_account_id = %s ORDER BY id",
                    (account, account))
+        chain_entries(db)
         db.execute("INSERT INTO events (position, type, asset_id, transfer_ids) SELECT feed_position_after(NULL), "
                    "'transfer.created', 1, array_agg(id ORDER BY id) FROM transfers WHERE to_account_id = %s",
                    (account,))

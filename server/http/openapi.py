@@ -89,6 +89,10 @@ _ACCOUNT = {
     "overdraftLimit": MINOR_UNITS, "maxBalance": {"oneOf": [MINOR_UNITS, {"type": "null"}]},
     "status": {"enum": ["open", "frozen", "closed"]}, "metadata": METADATA,
     "createdAt": TIMESTAMP, "updatedAt": TIMESTAMP,
+    "headHash": {"type": ["string", "null"], "pattern": "^[0-9a-f]{64}$",
+                 "description": "SHA-256 (hex) of its last ledger entry, chained to every entry before it: a client "
+                                "that keeps it can tell later whether the history up to it was rewritten; null "
+                                "before its first entry (a system account has none)"},
 }
 _CHANGE = {"userId": NULLABLE_ID, "balance": SIGNED, "accountId": INTEGER_ID, "transferId": INTEGER_ID}
 

@@ -45,7 +45,7 @@ SELECT a.id, s.code AS asset, a.user_id, a.name, a.is_system,
             ELSE a.balance END AS balance,
        a.overdraft_limit, a.max_balance, a.status, a.metadata, a.created_at, a.updated_at,
        a.pending_debits - coalesce(x.debits, 0) AS pending_debits,
-       a.pending_credits - coalesce(x.credits, 0) AS pending_credits
+       a.pending_credits - coalesce(x.credits, 0) AS pending_credits, encode(a.head_hash, 'hex') AS head_hash
   FROM accounts a JOIN assets s ON s.id = a.asset_id
   -- holds whose timeout has passed count no more (holds.sql); looked up only when any is held
   LEFT JOIN LATERAL expired_holds(a.id) x ON a.pending_debits > 0 OR a.pending_credits > 0
@@ -148,7 +148,8 @@ READ_STATE = "SELECT is_system, status, balance FROM accounts WHERE id = $1"
 class Account:
     """An account of one asset. ``balance``, limits and pending sums in minor units;
     ``pending_debits`` / ``pending_credits`` are the amounts of its open holds as sender and receiver
-    (expired ones excluded); ``max_balance`` None means no ceiling."""
+    (expired ones excluded); ``max_balance`` None means no ceiling. ``head_hash`` is the hash of its
+    last ledger entry as 64 hex digits (server/ledger/sql/entry_hashes.sql), None before its first."""
 
     account_id: int
     asset: str
@@ -164,6 +165,7 @@ class Account:
     updated_at: dt.datetime
     pending_debits: int = 0
     pending_credits: int = 0
+    head_hash: str | None = None
 
     @property
     def available(self) -> int:
@@ -176,7 +178,7 @@ def _account(row) -> Account:
     return Account(row["id"], row["asset"], row["user_id"], row["name"], row["is_system"],
                    int(balance) if isinstance(balance, Decimal) else balance, row["overdraft_limit"],
                    row["max_balance"], row["status"], json.loads(row["metadata"]), row["created_at"],
-                   row["updated_at"], row["pending_debits"], row["pending_credits"])
+                   row["updated_at"], row["pending_debits"], row["pending_credits"], row["head_hash"])
 
 
 def account_from_document(data: dict) -> Account:
@@ -185,7 +187,13 @@ def account_from_document(data: dict) -> Account:
     return Account(data["id"], data["asset"], data["user_id"], data["name"], data["is_system"], data["balance"],
                    data["overdraft_limit"], data["max_balance"], data["status"], data["metadata"],
                    dt.datetime.fromisoformat(data["created_at"]), dt.datetime.fromisoformat(data["updated_at"]),
-                   data["pending_debits"], data["pending_credits"])
+                   data["pending_debits"], data["pending_credits"], _hex(data.get("head_hash")))
+
+
+def _hex(stored: str | None) -> str | None:
+    """A ``bytea`` as ``to_jsonb`` writes it (``"\\x"`` and hex digits) as hex digits alone; None
+    for None (no entries yet, or an event written before migration 0017)."""
+    return stored[2:] if stored else None
 
 
 async def read_account(db: Db, account_id: int) -> Account:

@@ -243,6 +243,35 @@ AUDIT = ("audit log", "every API key is a digest with known scopes, a configured
           ORDER BY a.id LIMIT {SAMPLE})""")
 HAS_AUDIT = "SELECT to_regclass('audit_log') IS NOT NULL"
 
+# Tamper-evident histories (migration 0017 on; server/ledger/sql/entry_hashes.sql): every entry's
+# hash is entry_hash() of its account's previous entry's stored hash and its own content, and every
+# account's head is its last entry's hash. Per account, the first entry that does not match is
+# named: an entry edited (its own hash), deleted (the next one's), or moved (the first of the two):
+# each link is checked against the stored hash before it, so the entries after it still match.
+ENTRY_HASHES = ("entry hashes", "each ledger entry's hash is the SHA-256 of its account's previous entry's hash and "
+                                "its own account, transfer, amount and balance_after, and each account's head hash "
+                                "is its last entry's", f"""
+        (SELECT format('account %s: entry %s does not match its hash chain (edited, moved, or an entry before it '
+                       'deleted)', c.account_id, min(c.id))
+           FROM (SELECT e.id, e.account_id, e.hash,
+                        entry_hash(lag(e.hash) OVER (PARTITION BY e.account_id ORDER BY e.id), e.account_id,
+                                   e.transfer_id, e.amount, e.balance_after) AS expected
+                   FROM ledger_entries e) c
+          WHERE c.hash IS DISTINCT FROM c.expected
+          GROUP BY c.account_id
+          ORDER BY c.account_id LIMIT {SAMPLE})
+        UNION ALL
+        (SELECT format('account %s: head hash %s, its last entry%s', a.id,
+                       coalesce(encode(a.head_hash, 'hex'), 'none'),
+                       CASE WHEN l.id IS NULL THEN ': none' ELSE format(' (%s) has %s', l.id, encode(l.hash, 'hex')) END)
+           FROM accounts a
+           LEFT JOIN LATERAL (SELECT e.id, e.hash FROM ledger_entries e WHERE e.account_id = a.id
+                               ORDER BY e.id DESC LIMIT 1) l ON true
+          WHERE a.head_hash IS DISTINCT FROM l.hash
+          ORDER BY a.id LIMIT {SAMPLE})""")
+HAS_ENTRY_HASHES = ("SELECT EXISTS (SELECT 1 FROM information_schema.columns WHERE table_schema = 'public'"
+                    " AND table_name = 'accounts' AND column_name = 'head_hash')")
+
 # The functions and views are those server/ledger/sql/ defines (the folder of this installation
 # was applied, and nothing changed them since: each one's fingerprint is the one stored when it
 # was). Run only on a schema that has ledger_definitions (migration 0012 on). %(digest)s: the
@@ -283,8 +312,8 @@ class CheckResult:
 def check_ledger(database_url: str) -> list[CheckResult]:
     """Run every check against ``database_url`` in one REPEATABLE READ snapshot, so that the
     checks see one consistent state while the service keeps running; the system balances', the change
-    feed's, the audit log's and the ledger definitions' checks when the schema has them (migrations
-    0013, 0015, 0016 and 0012 on). Raises ``psycopg.Error`` when the database cannot be reached."""
+    feed's, the audit log's, the entry hashes' and the ledger definitions' checks when the schema has
+    them (migrations 0013, 0015, 0016, 0017 and 0012 on). Raises ``psycopg.Error`` when the database cannot be reached."""
     with psycopg.connect(database_url) as conn:
         conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
         conn.read_only = True
@@ -292,6 +321,7 @@ def check_ledger(database_url: str) -> list[CheckResult]:
             checks = CHECKS + ([SYSTEM_BALANCES] if conn.execute(HAS_SYSTEM_BALANCES).fetchone()[0] else [])
             checks += [EVENTS] if conn.execute(HAS_EVENTS).fetchone()[0] else []
             checks += [AUDIT] if conn.execute(HAS_AUDIT).fetchone()[0] else []
+            checks += [ENTRY_HASHES] if conn.execute(HAS_ENTRY_HASHES).fetchone()[0] else []
             results = [CheckResult(name, rule, [row[0] for row in conn.execute(query)])
                        for name, rule, query in checks]
             if conn.execute(HAS_DEFINITIONS_TABLE).fetchone()[0]:

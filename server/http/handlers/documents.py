@@ -27,6 +27,7 @@ def account_json(account: Account) -> dict:
         "pendingDebits": account.pending_debits, "pendingCredits": account.pending_credits,
         "overdraftLimit": account.overdraft_limit, "maxBalance": account.max_balance, "status": account.status,
         "metadata": account.metadata, "createdAt": timestamp(account.created_at), "updatedAt": timestamp(account.updated_at),
+        "headHash": account.head_hash,
     }
 
 

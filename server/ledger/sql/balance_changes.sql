@@ -26,9 +26,10 @@
 -- rows are joined only to learn their ids, neither locked nor written; their balance is added to
 -- after the writes (add_to_system_balances(), which waits for nothing). The checks are written so
 -- that they cannot overflow bigint. Writes are set-based: the loop only decides (and draws the ids,
--- ascending in the order decided), then ONE statement inserts all transfers, their events
--- (events.sql) and entries and updates all balances. A change whose account is not found stays a
--- look-up of `users` (OFFSET 0), never a scan.
+-- ascending in the order decided, and chains each entry's hash to the account's previous one,
+-- entry_hashes.sql), then ONE statement inserts all transfers, their events (events.sql) and
+-- entries and updates all balances and heads. A change whose account is not found stays a look-up
+-- of `users` (OFFSET 0), never a scan.
 CREATE OR REPLACE FUNCTION apply_balance_changes(
     p_account_ids bigint[],
     p_user_ids bigint[],
@@ -57,6 +58,7 @@ DECLARE
     held_out bigint;         -- its pending debits and credits (holds not expired)
     held_in bigint;
     change bigint;
+    v_hash bytea;            -- the hash of its last entry (entry_hashes.sql)
     -- per change, in array order: what the result rows say
     o_account bigint[] := array_fill(NULL::bigint, ARRAY[n]);
     o_user bigint[] := array_fill(NULL::bigint, ARRAY[n]);
@@ -74,15 +76,18 @@ DECLARE
     w_running bigint[] := '{}';
     w_transfer bigint[] := '{}';
     w_entry bigint[] := '{}';
+    w_hash bytea[] := '{}';
     -- per account changed, in id order: its final balance
     u_account bigint[] := '{}';
     u_balance bigint[] := '{}';
+    u_hash bytea[] := '{}';
     v_after bigint;          -- the largest feed_position of the accounts changed (events.sql)
     v_position bigint;
 BEGIN
     FOR r IN
         SELECT c.i, a.id, a.user_id, a.asset_id, a.is_system, a.status, a.balance, a.overdraft_limit,
-               a.max_balance, a.pending_debits, a.pending_credits, a.feed_position, s.id AS system_id
+               a.max_balance, a.pending_debits, a.pending_credits, a.feed_position, a.head_hash,
+               s.id AS system_id
           FROM (SELECT u.i, coalesce(u.account_id, (SELECT x.id FROM accounts x
                                                       WHERE x.user_id = u.user_id AND x.asset_id = u.asset_id)) AS id
                   FROM unnest(p_account_ids, p_user_ids, p_asset_ids) WITH ORDINALITY
@@ -98,6 +103,7 @@ BEGIN
             ceiling := coalesce(r.max_balance, 9223372036854775807);
             held_out := r.pending_debits;
             held_in := r.pending_credits;
+            v_hash := r.head_hash;
             IF held_out > 0 OR held_in > 0 THEN  -- a statement of its own: read after the row lock
                 SELECT held_out - e.debits, held_in - e.credits INTO held_out, held_in FROM expired_holds(r.id) e;
             END IF;
@@ -126,6 +132,8 @@ BEGIN
             w_running[k] := running;
             w_transfer[k] := nextval(transfer_ids);  -- ascending in the order decided
             w_entry[k] := nextval(entry_ids);
+            v_hash := entry_hash(v_hash, r.id, w_transfer[k], change, running);  -- chained in id order
+            w_hash[k] := v_hash;
             o_transfer[r.i] := w_transfer[k];
             o_entry[r.i] := w_entry[k];
             IF u_account[cardinality(u_account)] IS DISTINCT FROM r.id THEN
@@ -133,13 +141,15 @@ BEGIN
                 v_after := greatest(v_after, r.feed_position);
             END IF;
             u_balance[cardinality(u_account)] := running;
+            u_hash[cardinality(u_account)] := v_hash;
         END IF;
     END LOOP;
 
     IF k > 0 THEN
         v_position := feed_position_after(v_after);
         -- one statement writes it all: the transfers (each carries both sides), their events, the
-        -- accounts' entries (each with its running balance) and the accounts' final balances
+        -- accounts' entries (each with its running balance and hash) and the accounts' final balances
+        -- and heads
         WITH transfer AS (
             INSERT INTO transfers (id, asset_id, from_account_id, to_account_id, amount, code, description,
                                    from_balance, to_balance)
@@ -157,17 +167,18 @@ BEGIN
               FROM unnest(w_transfer, w_asset) WITH ORDINALITY AS w (transfer_id, asset_id, k)
              GROUP BY w.asset_id
         ), balance AS (
-            UPDATE accounts a SET balance = u.balance, updated_at = now(), feed_position = v_position
-              FROM unnest(u_account, u_balance) AS u (id, balance)
+            UPDATE accounts a SET balance = u.balance, head_hash = u.hash, updated_at = now(),
+                                  feed_position = v_position
+              FROM unnest(u_account, u_balance, u_hash) AS u (id, balance, hash)
              WHERE a.id = u.id
         )
         INSERT INTO ledger_entries (id, account_id, transfer_id, amount, balance_after, kind, description,
-                                    idempotency_key)
+                                    idempotency_key, hash)
         OVERRIDING SYSTEM VALUE
         SELECT w.entry_id, w.account_id, w.transfer_id, w.amount, w.running, p_kinds[w.i], p_descriptions[w.i],
-               p_idempotency_keys[w.i]
-          FROM unnest(w_entry, w_transfer, w_account, w_amount, w_running, w_index)
-               AS w (entry_id, transfer_id, account_id, amount, running, i);
+               p_idempotency_keys[w.i], w.hash
+          FROM unnest(w_entry, w_transfer, w_account, w_amount, w_running, w_index, w_hash)
+               AS w (entry_id, transfer_id, account_id, amount, running, i, hash);
         -- each change moved its amount out of (a credit: into) its asset's system account
         PERFORM add_to_system_balances(w_asset, ARRAY(SELECT -w.amount FROM unnest(w_amount) WITH ORDINALITY
                                                                                 AS w (amount, i) ORDER BY w.i));

@@ -58,6 +58,8 @@ DECLARE
     moved bigint;
     v_from bigint;
     v_to bigint;
+    v_from_hash bytea;
+    v_to_hash bytea;
     v_position bigint;
 BEGIN
     SELECT * INTO h FROM transfers t WHERE t.id = p_transfer_id;
@@ -89,21 +91,26 @@ BEGIN
     -- its event's position (events.sql), from the sides' feed_position read under their locks
     v_position := feed_position_after(greatest(CASE WHEN NOT src.is_system THEN src.feed_position END,
                                                CASE WHEN NOT dst.is_system THEN dst.feed_position END));
-    -- release the whole hold; move what is posted (within what was reserved, so within the limits)
+    -- release the whole hold; move what is posted (within what was reserved, so within the limits),
+    -- a post's entries chained to each account's last one (entry_hashes.sql; the row as locked)
     UPDATE accounts a SET pending_debits = a.pending_debits - h.amount, balance = a.balance - moved,
+                          head_hash = CASE WHEN p_post THEN entry_hash(a.head_hash, a.id, h.id, -moved, a.balance - moved)
+                                           ELSE a.head_hash END,
                           updated_at = now(), feed_position = v_position
      WHERE a.id = src.id AND NOT a.is_system
-    RETURNING a.balance INTO v_from;
+    RETURNING a.balance, a.head_hash INTO v_from, v_from_hash;
     UPDATE accounts a SET pending_credits = a.pending_credits - h.amount, balance = a.balance + moved,
+                          head_hash = CASE WHEN p_post THEN entry_hash(a.head_hash, a.id, h.id, moved, a.balance + moved)
+                                           ELSE a.head_hash END,
                           updated_at = now(), feed_position = v_position
      WHERE a.id = dst.id AND NOT a.is_system
-    RETURNING a.balance INTO v_to;
+    RETURNING a.balance, a.head_hash INTO v_to, v_to_hash;
     IF p_post THEN
-        INSERT INTO ledger_entries (account_id, transfer_id, amount, balance_after, kind, description)
-        SELECT side.id, h.id, side.amount, side.balance_after, side.kind, h.description
-          FROM (VALUES (src.id, -moved, v_from, 'transfer_out', src.is_system),
-                       (dst.id,  moved, v_to,   'transfer_in',  dst.is_system))
-               AS side (id, amount, balance_after, kind, is_system)
+        INSERT INTO ledger_entries (account_id, transfer_id, amount, balance_after, kind, description, hash)
+        SELECT side.id, h.id, side.amount, side.balance_after, side.kind, h.description, side.hash
+          FROM (VALUES (src.id, -moved, v_from, 'transfer_out', src.is_system, v_from_hash),
+                       (dst.id,  moved, v_to,   'transfer_in',  dst.is_system, v_to_hash))
+               AS side (id, amount, balance_after, kind, is_system, hash)
          WHERE NOT side.is_system;
         IF src.is_system OR dst.is_system THEN  -- after the account locks; waits for nothing
             PERFORM add_to_system_balances(ARRAY[h.asset_id], ARRAY[CASE WHEN dst.is_system THEN moved ELSE -moved END]);

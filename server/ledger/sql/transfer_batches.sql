@@ -73,9 +73,10 @@ $$;
 -- passes, applying them one at a time in order would accept every one and reach exactly these
 -- running balances, so the result is the one the in-order function gives; if one fails, that
 -- function decides, item by item. The arithmetic is in numeric, so a check cannot overflow.
--- Then four writes: the transfers (ids taken in item order, each with both sides' balances
--- after), their events (events.sql), the non-system accounts' entries (in item order, so entry ids follow the balance_after
--- chain), the accounts' new balances (one UPDATE per account with the sum of its legs). The result
+-- Then the entries' hashes, chained per account (entry_hashes.sql), and four writes: the transfers
+-- (ids taken in item order, each with both sides' balances after), their events (events.sql), the
+-- non-system accounts' entries (in item order, so entry ids follow the balance_after and hash
+-- chains), the accounts' new balances and heads (one UPDATE per account: its last leg's). The result
 -- statement is a look-up per item (a join by filter over `transfers` was a seq scan per batch).
 CREATE OR REPLACE FUNCTION apply_transfer_batch(
     p_atomic boolean, p_kinds text[], p_from_accounts bigint[], p_from_users bigint[], p_to_accounts bigint[],
@@ -103,6 +104,15 @@ DECLARE
     r_roles text[];
     v_after bigint;          -- the largest feed_position of the accounts the batch changes
     v_position bigint;
+    v_from_head bytea[];     -- per item, each side's head_hash before the batch (entry_hashes.sql)
+    v_to_head bytea[];
+    h record;                -- a leg of the loop that chains the hashes
+    v_account bigint;
+    v_hash bytea;
+    e_hashes bytea[];        -- per leg (item i's sender 2i - 1, its receiver 2i): its entry's hash
+    h_accounts bigint[] := '{}';  -- per account changed: its new balance and head
+    h_balances bigint[] := '{}';
+    h_hashes bytea[] := '{}';
 BEGIN
     PERFORM lock_transfer_batch_accounts(p_from_accounts, p_from_users, p_to_accounts, p_to_users, p_asset_ids,
                                          p_holds);
@@ -123,6 +133,7 @@ BEGIN
                    AS s (side, account_id, delta)
         ), running AS (  -- each leg's account and its running balance, as if every item were accepted
             SELECT l.i, l.side, a.id, a.asset_id, a.is_system, a.status, a.overdraft_limit, a.max_balance, a.feed_position,
+                   a.head_hash,
                    a.balance + sum(l.delta) OVER (PARTITION BY l.account_id ORDER BY l.i, l.side
                                                   ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS after,
                    CASE WHEN l.side = 0 AND a.pending_debits > 0
@@ -142,13 +153,16 @@ BEGIN
             SELECT r.i, bool_and(r.passes) AND min(r.id) <> max(r.id) AND min(r.asset_id) = max(r.asset_id) AS accepted,
                    max(r.after) FILTER (WHERE r.side = 0 AND NOT r.is_system) AS from_after,
                    max(r.after) FILTER (WHERE r.side = 1 AND NOT r.is_system) AS to_after,
-                   max(r.feed_position) FILTER (WHERE NOT r.is_system) AS feed_after
+                   max(r.feed_position) FILTER (WHERE NOT r.is_system) AS feed_after,
+                   (array_agg(r.head_hash) FILTER (WHERE r.side = 0))[1] AS from_head,
+                   (array_agg(r.head_hash) FILTER (WHERE r.side = 1))[1] AS to_head
               FROM checked r
              GROUP BY r.i
         )
         SELECT coalesce(bool_and(p.accepted), false) AND count(*) = n,
-               array_agg(p.from_after ORDER BY p.i), array_agg(p.to_after ORDER BY p.i), max(p.feed_after)
-          INTO v_all_accepted, v_from_after, v_to_after, v_after
+               array_agg(p.from_after ORDER BY p.i), array_agg(p.to_after ORDER BY p.i), max(p.feed_after),
+               array_agg(p.from_head ORDER BY p.i), array_agg(p.to_head ORDER BY p.i)
+          INTO v_all_accepted, v_from_after, v_to_after, v_after, v_from_head, v_to_head
           FROM per_item p;
 
         IF v_all_accepted THEN
@@ -156,6 +170,30 @@ BEGIN
             -- the events' position (events.sql), from the accounts' feed_position read above, under the
             -- batch's locks
             v_position := feed_position_after(v_after);
+            -- each non-system leg's entry hash, chained per account in item order (the order of the
+            -- entries' ids), from its head before the batch; the last leg of each account gives its
+            -- new balance and head
+            e_hashes := array_fill(NULL::bytea, ARRAY[2 * n]);
+            FOR h IN
+                SELECT x.i, s.side, s.account_id, s.amount, s.balance_after::bigint AS balance_after, s.head, x.id
+                  FROM unnest(v_ids, v_from, v_to, p_amounts, v_from_after, v_to_after, v_from_head, v_to_head)
+                       WITH ORDINALITY AS x (id, from_id, to_id, amount, from_after, to_after, from_head, to_head, i)
+                 CROSS JOIN LATERAL (VALUES (0, x.from_id, -x.amount, x.from_after, x.from_head),
+                                            (1, x.to_id, x.amount, x.to_after, x.to_head))
+                       AS s (side, account_id, amount, balance_after, head)
+                 WHERE s.balance_after IS NOT NULL  -- a system account has no entries
+                 ORDER BY s.account_id, x.i, s.side
+            LOOP
+                IF h.account_id IS DISTINCT FROM v_account THEN
+                    v_account := h.account_id;
+                    v_hash := h.head;
+                    h_accounts := h_accounts || h.account_id;
+                END IF;
+                v_hash := entry_hash(v_hash, h.account_id, h.id, h.amount, h.balance_after);
+                e_hashes[2 * h.i - 1 + h.side] := v_hash;
+                h_balances[cardinality(h_accounts)] := h.balance_after;
+                h_hashes[cardinality(h_accounts)] := v_hash;
+            END LOOP;
             WITH transfer AS (
                 INSERT INTO transfers (id, asset_id, from_account_id, to_account_id, amount, code, description,
                                        metadata, from_balance, to_balance)
@@ -172,16 +210,15 @@ BEGIN
                 SELECT v_position, 'transfer.created', t.asset_id, array_agg(t.id ORDER BY t.id)
                   FROM transfer t GROUP BY t.asset_id
             ), balance AS (
-                UPDATE accounts a SET balance = a.balance + d.delta, updated_at = now(), feed_position = v_position
-                  FROM (SELECT s.account_id, sum(s.delta) AS delta
-                          FROM unnest(v_from, v_to, p_amounts) AS x (from_id, to_id, amount)
-                         CROSS JOIN LATERAL (VALUES (x.from_id, -x.amount), (x.to_id, x.amount)) AS s (account_id, delta)
-                         GROUP BY s.account_id) d
-                 WHERE a.id = d.account_id AND NOT a.is_system
+                UPDATE accounts a SET balance = u.balance, head_hash = u.hash, updated_at = now(),
+                                      feed_position = v_position
+                  FROM unnest(h_accounts, h_balances, h_hashes) AS u (id, balance, hash)
+                 WHERE a.id = u.id
             )
             INSERT INTO ledger_entries (account_id, transfer_id, amount, balance_after, kind, description,
-                                        idempotency_key)
-            SELECT s.account_id, x.id, s.amount, s.balance_after::bigint, s.kind, x.description, x.idempotency_key
+                                        idempotency_key, hash)
+            SELECT s.account_id, x.id, s.amount, s.balance_after::bigint, s.kind, x.description, x.idempotency_key,
+                   e_hashes[2 * x.i - 1 + s.side]
               FROM unnest(v_ids, v_from, v_to, p_amounts, p_descriptions, v_from_after, v_to_after,
                           p_idempotency_keys) WITH ORDINALITY
                    AS x (id, from_id, to_id, amount, description, from_after, to_after, idempotency_key, i)

@@ -45,6 +45,8 @@ DECLARE
     dst_held bigint;
     v_from bigint;
     v_to bigint;
+    v_from_hash bytea;
+    v_to_hash bytea;
     v_position bigint;
 BEGIN
     SELECT r.id, r.missing INTO from_account_id, v_missing FROM resolve_account(p_from_account, p_from_user, p_asset_id) r;
@@ -148,17 +150,22 @@ BEGIN
     END IF;
     from_balance := v_from;
     to_balance := v_to;
-    UPDATE accounts a SET balance = v_from, updated_at = now(), feed_position = v_position
+    -- each side's entry chained to its account's last one (entry_hashes.sql), read under its lock
+    v_from_hash := entry_hash(src.head_hash, src.id, transfer_id, -p_amount, v_from);
+    v_to_hash := entry_hash(dst.head_hash, dst.id, transfer_id, p_amount, v_to);
+    UPDATE accounts a SET balance = v_from, head_hash = v_from_hash, updated_at = now(), feed_position = v_position
      WHERE a.id = src.id AND NOT src.is_system;
-    UPDATE accounts a SET balance = v_to, updated_at = now(), feed_position = v_position
+    UPDATE accounts a SET balance = v_to, head_hash = v_to_hash, updated_at = now(), feed_position = v_position
      WHERE a.id = dst.id AND NOT dst.is_system;
     INSERT INTO events (position, type, asset_id, transfer_ids)
         VALUES (v_position, 'transfer.created', src.asset_id, ARRAY[transfer_id]);
-    INSERT INTO ledger_entries (account_id, transfer_id, amount, balance_after, kind, description, idempotency_key)
-    SELECT side.id, transfer_id, side.amount, side.balance_after, side.kind, p_description, p_idempotency_key
-      FROM (VALUES (src.id, -p_amount, from_balance, 'transfer_out', src.is_system),
-                   (dst.id,  p_amount, to_balance,   'transfer_in',  dst.is_system))
-           AS side (id, amount, balance_after, kind, is_system)
+    INSERT INTO ledger_entries (account_id, transfer_id, amount, balance_after, kind, description, idempotency_key,
+                                hash)
+    SELECT side.id, transfer_id, side.amount, side.balance_after, side.kind, p_description, p_idempotency_key,
+           side.hash
+      FROM (VALUES (src.id, -p_amount, from_balance, 'transfer_out', src.is_system, v_from_hash),
+                   (dst.id,  p_amount, to_balance,   'transfer_in',  dst.is_system, v_to_hash))
+           AS side (id, amount, balance_after, kind, is_system, hash)
      WHERE NOT side.is_system;
     IF src.is_system OR dst.is_system THEN  -- after the account locks; waits for nothing
         PERFORM add_to_system_balances(ARRAY[src.asset_id], ARRAY[CASE WHEN dst.is_system THEN p_amount ELSE -p_amount END]);
