@@ -2,7 +2,8 @@
 -- folder write events and must come back as the folder of the commit rolled back to has them.
 -- What is lost: the events (re-made from the ledger by 0015 when applied again, as before the feed)
 -- and the webhook endpoints with their deliveries.
-DROP FUNCTION feed_page(bigint, bigint, integer, integer, event_type[], integer, bigint, integer);
+-- (IF EXISTS: 0018's rollback, run before this one, drops feed_page() with transfer_documents)
+DROP FUNCTION IF EXISTS feed_page(bigint, bigint, integer, integer, event_type[], integer, bigint, integer);
 DROP FUNCTION feed_span(bigint, bigint, integer, bigint, integer);
 DROP FUNCTION record_asset_event(assets, bigint);
 DROP FUNCTION record_account_event(event_type, accounts);

@@ -14,7 +14,7 @@ def test_check_passes_on_a_freshly_migrated_database(create_database):
     balance_api("migrate", env=service_env(database_url=url))
     result = check(url)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert result.stdout.count("PASS") == 15 and "ledger consistent" in result.stdout
+    assert result.stdout.count("PASS") == 16 and "ledger consistent" in result.stdout
 
 
 def test_check_passes_on_the_suites_database_after_everything_the_tests_did(database_url, service_url):

@@ -40,11 +40,20 @@ HISTORY_DIGEST = "cfa7f8d2d1f52283a1ac2497762f241278a31279503d490481f94e5b562401
 CHANGED_SINCE_HISTORY = {  # issue 23: money to or from a system account adds to its stored shards
     "function apply_balance_changes(bigint[],bigint[],integer[],bigint[],text[],text[],text[],text[])",
     "function transfer_funds(bigint,bigint,bigint,bigint,integer,bigint,text,text,jsonb,text,boolean,integer,text)",
-    "function apply_transfer_batch(boolean,text[],bigint[],bigint[],bigint[],bigint[],integer[],bigint[],text[],"
-    "text[],jsonb[],boolean[],integer[],text[],bigint[],text[])",
+    ("function apply_transfer_batch(boolean,text[],bigint[],bigint[],bigint[],bigint[],integer[],bigint[],text[],"
+    "text[],jsonb[],boolean[],integer[],text[],bigint[],text[])"),
     "function resolve_pending_transfer(bigint,boolean,bigint)",
     # issue 23: the batch's accounts locked through unnest(), not = ANY (PostgreSQL 15's re-checks)
     "function lock_transfer_batch_accounts(bigint[],bigint[],bigint[],bigint[],integer[],bigint[])",
+    # issue 25: wrappers of the functions that take a creator now (rollback_signatures.sql), as are the
+    # first three above
+    "function reverse_transfer(bigint,bigint,text,text,text)",
+    ("function apply_transfer_batch_in_order(boolean,text[],bigint[],bigint[],bigint[],bigint[],integer[],bigint[],"
+    "text[],text[],jsonb[],boolean[],integer[],text[],bigint[],text[])"),
+    ("function apply_ledger_batch(text[],bigint[],bigint[],bigint[],bigint[],integer[],bigint[],text[],text[],jsonb[],"
+    "boolean[],integer[],text[],bigint[],text[])"),
+    # issue 25: the same columns, read from transfer_documents (documents.sql says why)
+    "view transfer_details",
 }
 ADDED_SINCE_HISTORY = {
     "function add_to_system_balances(integer[],bigint[])",  # issue 23
@@ -60,6 +69,18 @@ ADDED_SINCE_HISTORY = {
     "function record_audit(bigint,bigint,text,text,text,text,jsonb,jsonb)",
     # issue 25: tamper-evident histories (each entry's hash, written by the four functions above)
     "function entry_hash(bytea,bigint,bigint,bigint,bigint)",
+    # issue 25: who made each transfer (p_created_by) and the documents that show it
+    "function apply_balance_changes(bigint[],bigint[],integer[],bigint[],text[],text[],text[],text[],bigint[])",
+    ("function transfer_funds(bigint,bigint,bigint,bigint,integer,bigint,text,text,jsonb,text,boolean,integer,text,"
+    "bigint)"),
+    "function reverse_transfer(bigint,bigint,text,text,text,bigint)",
+    ("function apply_transfer_batch_in_order(boolean,text[],bigint[],bigint[],bigint[],bigint[],integer[],bigint[],"
+    "text[],text[],jsonb[],boolean[],integer[],text[],bigint[],text[],bigint[])"),
+    ("function apply_transfer_batch(boolean,text[],bigint[],bigint[],bigint[],bigint[],integer[],bigint[],text[],"
+    "text[],jsonb[],boolean[],integer[],text[],bigint[],text[],bigint[])"),
+    ("function apply_ledger_batch(text[],bigint[],bigint[],bigint[],bigint[],integer[],bigint[],text[],text[],jsonb[],"
+    "boolean[],integer[],text[],bigint[],text[],bigint[])"),
+    "view transfer_documents",
 }
 DEFINES = re.compile(r"^\s*(CREATE\s+(OR\s+REPLACE\s+)?(FUNCTION|PROCEDURE|VIEW|MATERIALIZED\s+VIEW|TRIGGER)"
                      r"|ALTER\s+(FUNCTION|PROCEDURE|VIEW))\b", re.IGNORECASE | re.MULTILINE)
@@ -129,10 +150,24 @@ def test_the_history_migrations_are_left_as_they_are():
 
 
 def test_no_migration_after_0011_defines_a_function_or_view():
-    later = [path for path in sorted(MIGRATIONS_DIR.glob("*.sql")) if path.name[:4] > LAST_MIGRATION_WITH_DEFINITIONS]
+    later = [path for path in sorted(MIGRATIONS_DIR.glob("*.sql"))
+             if path.name[:4] > LAST_MIGRATION_WITH_DEFINITIONS and not path.stem.endswith(".rollback")]
     assert later, "migration 0012 (the ledger_definitions table) exists"
     defining = {path.name: DEFINES.findall(path.read_text()) for path in later}
     assert {name: found for name, found in defining.items() if found} == {}
+
+
+def test_a_rollback_after_0011_defines_only_views_the_folder_defines_as_they_were_before_it():
+    """A rollback may give a view of the folder back its older query (0018: transfer_details, so
+    that the view it now reads can go); it defines no function and no view of its own."""
+    rollbacks = [path for path in sorted(MIGRATIONS_DIR.glob("*.rollback.sql"))
+                 if path.name[:4] > LAST_MIGRATION_WITH_DEFINITIONS]
+    views = re.compile(r"^\s*CREATE\s+OR\s+REPLACE\s+VIEW\s+(\w+)", re.IGNORECASE | re.MULTILINE)
+    folder_views = {name for kind, name in _folder_names() if kind == "view"}
+    for path in rollbacks:
+        text = path.read_text()
+        assert len(DEFINES.findall(text)) == len(views.findall(text)), path.name
+        assert set(views.findall(text)) <= folder_views, path.name
 
 
 def test_a_fresh_database_gets_the_catalogue_the_history_migrations_gave_but_what_changed_since(new_database,
@@ -159,7 +194,7 @@ def test_after_migrate_the_database_has_exactly_the_functions_and_views_of_the_f
     url = create_database()
     _migrate(url)
     assert _database_names(url) == _folder_names()
-    assert len(_folder_names()) == 20  # today: nineteen functions and the transfer_details view
+    assert len(_folder_names()) == 21  # today: nineteen functions (six with a second signature) and two views
 
 
 def test_an_unchanged_folder_is_not_applied_again(create_database):

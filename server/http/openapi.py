@@ -94,6 +94,8 @@ _ACCOUNT = {
                                 "that keeps it can tell later whether the history up to it was rewritten; null "
                                 "before its first entry (a system account has none)"},
 }
+# who made a change: an API key, or null (authentication off)
+_ACTOR = {"oneOf": [_object({"keyId": NULLABLE_ID, "name": {"type": "string"}}), {"type": "null"}]}
 _CHANGE = {"userId": NULLABLE_ID, "balance": SIGNED, "accountId": INTEGER_ID, "transferId": INTEGER_ID}
 
 SCHEMAS: dict[str, Any] = {
@@ -145,6 +147,8 @@ SCHEMAS: dict[str, Any] = {
         "reference": {"type": ["string", "null"], "description": "the client's own id, unique among transfers"},
         "reverses": {**NULLABLE_ID, "description": "the transfer this one reverses"},
         "reversedAmount": {**MINOR_UNITS, "description": "how much of this transfer has been reversed"},
+        "createdBy": {**_ACTOR, "description": "the API key that made it (id and name); null when made without "
+                                               "authentication"},
     }),
     "Transfers": _object({"transfers": {"type": "array", "items": _ref("Transfer"), "maxItems": HISTORY_MAX_LIMIT},
                           "nextCursor": {"type": ["string", "null"]}}),
@@ -248,8 +252,8 @@ SCHEMAS.update({
     "ApiKeys": _object({"keys": {"type": "array", "items": _ref("ApiKey")}}),
     "AuditEntry": _object({
         "id": INTEGER_ID, "cursor": _FEED_CURSOR, "at": TIMESTAMP,
-        "actor": {"oneOf": [_object({"keyId": NULLABLE_ID, "name": {"type": "string"}}), {"type": "null"}],
-                  "description": "the API key (keyId null: an API_TOKEN); null without authentication"},
+        "actor": {**_ACTOR, "description": "the API key (keyId null: the command line or the configuration); "
+                                           "null without authentication"},
         "requestId": {"type": ["string", "null"], "description": "the request's X-Request-ID"},
         "action": {"enum": list(AUDIT_ACTIONS)},
         "target": {"type": "string", "description": "kind:id, e.g. account:9, asset:USD, key:3, webhook:2"},

@@ -414,7 +414,7 @@ class LedgerBatcher(Batcher[tuple, AppliedChange | Transfer]):
         if not key_ids:
             return await self._apply_admitted(conn, orders, is_change)
         if changes == len(orders):
-            results = await self._apply_admitted(conn, orders, is_change, key_ids)
+            results = await self._apply_admitted(conn, orders, is_change, if_keys_valid=True)
             if results is not None:
                 return results
         refused = await refused_keys(conn, key_ids)
@@ -424,9 +424,9 @@ class LedgerBatcher(Batcher[tuple, AppliedChange | Transfer]):
         results = iter(await self._apply_admitted(conn, *map(list, zip(*kept))) if kept else [])
         return [verdict if verdict is not None else next(results) for verdict in verdicts]
 
-    async def _apply_admitted(self, conn, orders, is_change: list[bool], if_keys_valid: Sequence[int] = ()):
+    async def _apply_admitted(self, conn, orders, is_change: list[bool], if_keys_valid: bool = False):
         """The one call for ``orders`` (``is_change``: per order, whether it is a balance change);
-        with ``if_keys_valid`` (a batch of changes only), None when one of those keys is no longer
+        with ``if_keys_valid`` (a batch of changes only), None when one of their keys is no longer
         valid (nothing applied)."""
         changes = sum(is_change)
         if changes == len(orders):

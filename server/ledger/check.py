@@ -269,6 +269,15 @@ ENTRY_HASHES = ("entry hashes", "each ledger entry's hash is the SHA-256 of its 
                                ORDER BY e.id DESC LIMIT 1) l ON true
           WHERE a.head_hash IS DISTINCT FROM l.hash
           ORDER BY a.id LIMIT {SAMPLE})""")
+# Who made each transfer (migration 0018 on): the key a transfer names as its creator exists (in
+# place of a foreign key, which would lock the key's row with every transfer).
+CREATORS = ("transfer creators", "every transfer made by an API key names a key that exists", f"""
+        SELECT format('transfer %s: created by key %s, which does not exist', t.id, t.created_by)
+          FROM transfers t
+         WHERE t.created_by IS NOT NULL AND NOT EXISTS (SELECT 1 FROM api_keys k WHERE k.id = t.created_by)
+         ORDER BY t.id LIMIT {SAMPLE}""")
+HAS_CREATORS = ("SELECT EXISTS (SELECT 1 FROM information_schema.columns WHERE table_schema = 'public'"
+                " AND table_name = 'transfers' AND column_name = 'created_by')")
 HAS_ENTRY_HASHES = ("SELECT EXISTS (SELECT 1 FROM information_schema.columns WHERE table_schema = 'public'"
                     " AND table_name = 'accounts' AND column_name = 'head_hash')")
 
@@ -312,8 +321,9 @@ class CheckResult:
 def check_ledger(database_url: str) -> list[CheckResult]:
     """Run every check against ``database_url`` in one REPEATABLE READ snapshot, so that the
     checks see one consistent state while the service keeps running; the system balances', the change
-    feed's, the audit log's, the entry hashes' and the ledger definitions' checks when the schema has
-    them (migrations 0013, 0015, 0016, 0017 and 0012 on). Raises ``psycopg.Error`` when the database cannot be reached."""
+    feed's, the audit log's, the entry hashes', the transfer creators' and the ledger definitions'
+    checks when the schema has them (migrations 0013, 0015, 0016, 0017, 0018 and 0012 on). Raises
+    ``psycopg.Error`` when the database cannot be reached."""
     with psycopg.connect(database_url) as conn:
         conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
         conn.read_only = True
@@ -322,6 +332,7 @@ def check_ledger(database_url: str) -> list[CheckResult]:
             checks += [EVENTS] if conn.execute(HAS_EVENTS).fetchone()[0] else []
             checks += [AUDIT] if conn.execute(HAS_AUDIT).fetchone()[0] else []
             checks += [ENTRY_HASHES] if conn.execute(HAS_ENTRY_HASHES).fetchone()[0] else []
+            checks += [CREATORS] if conn.execute(HAS_CREATORS).fetchone()[0] else []
             results = [CheckResult(name, rule, [row[0] for row in conn.execute(query)])
                        for name, rule, query in checks]
             if conn.execute(HAS_DEFINITIONS_TABLE).fetchone()[0]:

@@ -31,28 +31,29 @@ from server.problems import (AccountClosed, AccountFrozen, AccountNotFound, Asse
                              TransferNotFound, TransferNotPending, TransferNotPosted, UserNotFound)
 
 # One call applies a batch of changes to any accounts (balance_changes.sql says why it is safe):
-# per change its account id, or user id and asset id, then its fields; one array each.
+# per change its account id, or user id and asset id, then its fields and the API key that sent
+# it (its transfer's creator); one array each.
 APPLY_BALANCE_CHANGES = """
 SELECT account_id, user_id, balance_after, transfer_id, entry_id, outcome
-  FROM apply_balance_changes($1, $2, $3, $4, $5, $6, $7, $8)
+  FROM apply_balance_changes($1, $2, $3, $4, $5, $6, $7, $8, $9)
 """
 
 
 # The same, run only when none of the API keys $9 is revoked or expired as of this statement's
 # snapshot (else it returns no row and changes nothing): the function's first argument depends on
-# the one row of `valid`, so it is called once, after the check, or not at all (no signature of a
-# ledger function changes for it). The check reads api_keys by primary key and locks nothing.
+# the one row of `valid`, so it is called once, after the check, or not at all. The check reads
+# api_keys by primary key and locks nothing.
 APPLY_BALANCE_CHANGES_IF_KEYS_VALID = f"""
 SELECT c.account_id, c.user_id, c.balance_after, c.transfer_id, c.entry_id, c.outcome
   FROM (SELECT '{{}}'::bigint[] AS nothing
          WHERE NOT EXISTS (SELECT 1 FROM api_keys k WHERE k.id = ANY ($9) AND {KEY_REFUSED})) valid
- CROSS JOIN LATERAL apply_balance_changes($1 || valid.nothing, $2, $3, $4, $5, $6, $7, $8) c
+ CROSS JOIN LATERAL apply_balance_changes($1 || valid.nothing, $2, $3, $4, $5, $6, $7, $8, $9) c
 """
 
 
-# Reverse $2 (NULL: all that is left) of transfer $1, with code $3, description $4, reference $5
-# (transfers.sql).
-REVERSE_TRANSFER = "SELECT * FROM reverse_transfer($1, $2, $3, $4, $5)"
+# Reverse $2 (NULL: all that is left) of transfer $1, with code $3, description $4, reference $5,
+# asked for by API key $6 (transfers.sql).
+REVERSE_TRANSFER = "SELECT * FROM reverse_transfer($1, $2, $3, $4, $5, $6)"
 
 
 def _metadata_json(metadata: dict[str, str] | None) -> str | None:
@@ -81,20 +82,21 @@ REFUSALS: dict[str, type[Problem]] = {
 
 
 async def apply_balance_changes(db: Db, changes: Sequence[tuple[AccountRef, BalanceChangeOrder]],
-                                if_keys_valid: Sequence[int] = ()) -> list[AppliedChange | Problem] | None:
+                                if_keys_valid: bool = False) -> list[AppliedChange | Problem] | None:
     """Apply ``changes``, each ``(account, change)``, to any accounts, in order, in ONE statement;
     return each one's :class:`AppliedChange` or its refusal (a :class:`Problem`, not raised), in order.
-    With ``if_keys_valid`` (API key ids), only if none of those keys is revoked or expired, in the
-    same statement: else nothing is applied and the result is None.
+    Each change's transfer records its ``key_id`` as its creator. With ``if_keys_valid``, only if
+    none of the changes' API keys is revoked or expired, in the same statement: else nothing is
+    applied and the result is None.
 
     The outcome is exactly that of applying them one at a time (``apply_balance_changes()``,
     balance_changes.sql); refusals write nothing.
     """
     if not changes:
         return []
-    columns = (*zip(*(ref for ref, _ in changes)), *zip(*(change[:5] for _, change in changes)))  # all but key_id
+    columns = (*zip(*(ref for ref, _ in changes)), *zip(*(change for _, change in changes)))
     if if_keys_valid:
-        rows = await db.fetch(APPLY_BALANCE_CHANGES_IF_KEYS_VALID, *columns, list(if_keys_valid))
+        rows = await db.fetch(APPLY_BALANCE_CHANGES_IF_KEYS_VALID, *columns)
         if not rows:
             return None
     else:
@@ -173,17 +175,19 @@ def _resolved(order: ResolvePending, row, hold: Transfer | None) -> Transfer:
 
 
 async def reverse_transfer(db: Db, transfer_id: int, amount: int | None = None, code: str | None = None,
-                           description: str | None = None, reference: str | None = None) -> Transfer:
+                           description: str | None = None, reference: str | None = None,
+                           key_id: int | None = None) -> Transfer:
     """Reverse ``amount`` minor units (None: all that is left) of transfer ``transfer_id``: a transfer
-    the opposite way, under the usual checks, with ``reverses`` set (one call of
-    ``reverse_transfer()``, transfers.sql). Returns the new :class:`Transfer` (``replayed`` when its
-    ``reference`` was taken by the same reversal before).
+    the opposite way, under the usual checks, with ``reverses`` set, made by API key ``key_id`` (its
+    ``created_by``; None: no authentication) (one call of ``reverse_transfer()``, transfers.sql).
+    Returns the new :class:`Transfer` (``replayed`` when its ``reference`` was taken by the same
+    reversal before).
 
     Raises, writing nothing: :class:`TransferNotFound` (404), :class:`TransferNotPosted` (409),
     :class:`ExceedsReversibleAmount` (422), :class:`ReferenceReused` (409), and the refusals of
     :func:`transfer_funds` (e.g. :class:`InsufficientFunds` when the receiver spent it).
     """
-    row = await db.fetchrow(REVERSE_TRANSFER, transfer_id, amount, code, description, reference)
+    row = await db.fetchrow(REVERSE_TRANSFER, transfer_id, amount, code, description, reference, key_id)
     outcome = row["outcome"]
     if outcome == "transfer_not_found":
         raise TransferNotFound(transfer_id)
@@ -211,11 +215,11 @@ async def reverse_transfer(db: Db, transfer_id: int, amount: int | None = None, 
 
 # Every item of a batch in one call (transfer_batches.sql says why it is safe under concurrency):
 # $1 atomic, then one array per item field (kind, both sides, asset, amount, code, description,
-# metadata, pending, timeout, reference, the hold a post or void names, and the Idempotency-Key
-# a transfer's entries record).
+# metadata, pending, timeout, reference, the hold a post or void names, the Idempotency-Key a
+# transfer's entries record, and the API key that sends it, the transfer's creator).
 APPLY_TRANSFER_BATCH = """
 SELECT item, outcome, role, transfer_id, from_account_id, to_account_id, transfer
-  FROM apply_transfer_batch($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)
+  FROM apply_transfer_batch($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)
 """
 
 
@@ -240,7 +244,8 @@ async def apply_transfer_batch(conn: asyncpg.Connection, orders: Sequence[Transf
     item's result and every other item's is :class:`LinkedTransferFailed`; ``committed`` is False.
     Otherwise each order succeeds or fails on its own (a refusal writes nothing) and the rest commit.
     ``idempotency_keys`` (one per order, or None): the key each transfer made now records on its
-    ledger entries, as :func:`transfer_funds` records it. ``statement_timeout`` (seconds, None: the
+    ledger entries, as :func:`transfer_funds` records it; a transfer records its order's ``key_id``
+    as its creator. ``statement_timeout`` (seconds, None: the
     connection's own): the batch's bound in place of the connection's statement_timeout, set for its
     transaction alone (SET LOCAL, PostgreSQL docs §19.11.2), its waits for row locks included.
     Database errors propagate (nothing committed).
@@ -254,7 +259,7 @@ async def apply_transfer_batch(conn: asyncpg.Connection, orders: Sequence[Transf
                 await conn.execute(f"SET LOCAL statement_timeout = {round(statement_timeout * 1000)}")
             rows = await conn.fetch(APPLY_TRANSFER_BATCH, atomic, *_batch_columns(orders),
                                     list(idempotency_keys) if idempotency_keys is not None else [None] * len(orders),
-                                    timeout=statement_timeout and statement_timeout + 5)
+                                    _creators(orders), timeout=statement_timeout and statement_timeout + 5)
             for index, (order, row) in enumerate(zip(orders, rows)):
                 try:
                     results.append(_batch_item_result(order, row))
@@ -284,7 +289,7 @@ def _batch_item_result(order: TransferOrder | ResolvePending | Problem, row) -> 
 # change's kind is its entry kind, its account the from side, its amount signed.
 APPLY_LEDGER_BATCH = """
 SELECT item, outcome, role, transfer_id, from_account_id, to_account_id, transfer, user_id, balance_after, entry_id
-  FROM apply_ledger_batch($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
+  FROM apply_ledger_batch($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)
 """
 
 LedgerItem = tuple[AccountRef, BalanceChangeOrder] | TransferOrder | ResolvePending
@@ -302,7 +307,7 @@ async def apply_ledger_batch(db: Db, items: Sequence[LedgerItem], idempotency_ke
     """
     keys = [key or (item[1].idempotency_key if isinstance(item, tuple) else None)
             for item, key in zip(items, idempotency_keys, strict=True)]
-    rows = await db.fetch(APPLY_LEDGER_BATCH, *_batch_columns(items), keys)
+    rows = await db.fetch(APPLY_LEDGER_BATCH, *_batch_columns(items), keys, _creators(items))
     results: list[AppliedChange | Transfer | Problem] = []
     for item, row in zip(items, rows, strict=True):
         if isinstance(item, tuple):
@@ -337,6 +342,12 @@ def _batch_item_columns(order: LedgerItem | Problem) -> tuple:
         return (change.kind, ref.account_id, ref.user_id, None, None, ref.asset_id, change.amount, change.code,
                 change.description, *(None,) * 5)
     return ("refused", *(None,) * 13)
+
+
+def _creators(orders: Sequence[LedgerItem | Problem]) -> list[int | None]:
+    """Per item, the API key that sends it (its transfer's ``created_by``; None: none or not a transfer)."""
+    return [order[1].key_id if isinstance(order, tuple) else order.key_id if isinstance(order, TransferOrder) else None
+            for order in orders]
 
 
 def _batch_columns(orders: Sequence[LedgerItem | Problem]) -> list[list]:

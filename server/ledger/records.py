@@ -38,7 +38,8 @@ class BalanceChangeOrder(NamedTuple):
     code: str = "adjustment"
     description: str | None = None
     idempotency_key: str | None = None
-    key_id: int | None = None  # the API key that sends it: refused when revoked (server/ledger/batching.py)
+    # the API key that sends it: refused when revoked (server/ledger/batching.py); the change's creator
+    key_id: int | None = None
 
 
 class AppliedChange(NamedTuple):
@@ -78,15 +79,18 @@ class Transfer:
     reversed_amount: int = 0
     made_pending: bool = False  # made as a hold (whatever became of it)
     replayed: bool = False  # answered from its reference: made before, not now
+    created_by: Actor | None = None  # the API key that made it (key id and name); None without authentication
 
 
 def transfer_from_row(row) -> Transfer:
-    """A :class:`Transfer` from a row (or composite value) of the view ``transfer_details``."""
+    """A :class:`Transfer` from a row (or composite value) of the view ``transfer_documents``
+    (server/ledger/sql/documents.sql)."""
     return Transfer(row["id"], row["asset"], row["from_account_id"], row["to_account_id"], row["from_user_id"],
                     row["to_user_id"], row["amount"], row["code"], row["description"],
                     json.loads(row["metadata"]) if row["metadata"] else {}, row["created_at"],
                     row["from_balance"], row["to_balance"], row["status"], row["expires_at"], row["posted_amount"],
-                    row["reference"], row["reverses"], row["reversed_amount"], row["made_pending"])
+                    row["reference"], row["reverses"], row["reversed_amount"], row["made_pending"],
+                    created_by=None if row["created_by"] is None else Actor(row["created_by"], row["created_by_name"]))
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +108,7 @@ class TransferOrder:
     pending: bool = False
     timeout_seconds: int | None = None
     reference: str | None = None
+    key_id: int | None = None  # the API key that sends it: the transfer's creator (createdBy)
 
 
 @dataclass(frozen=True, slots=True)

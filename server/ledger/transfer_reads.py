@@ -1,6 +1,6 @@
 """Reading transfers: one by id or by reference, and newest-first listings, keyset-paged.
 
-Every read goes through the view ``transfer_details`` (server/ledger/sql/transfer_details.sql).
+Every read goes through the view ``transfer_documents`` (server/ledger/sql/documents.sql).
 """
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from server.ledger.history import SYSTEM_TRANSFER_IDS
 from server.ledger.records import Db, PageQuery, Transfer, transfer_from_row
 
 # A transfer with the balances its two ledger entries recorded (stored on the transfer too): the
-# view transfer_details (transfer_details.sql), which apply_transfer_batch() returns too.
-_TRANSFER_COLUMNS = "SELECT t.* FROM transfer_details t"
+# view transfer_documents (documents.sql), which apply_transfer_batch() returns too.
+_TRANSFER_COLUMNS = "SELECT t.* FROM transfer_documents t"
 READ_TRANSFER = _TRANSFER_COLUMNS + " WHERE t.id = $1"
 READ_TRANSFER_BY_REFERENCE = _TRANSFER_COLUMNS + " WHERE t.reference = $1"  # the unique index transfers_reference
 

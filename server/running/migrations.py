@@ -120,9 +120,9 @@ def apply_migrations(database_url: str, migrations_dir: Path, default_asset_code
 
     ``default_asset_code`` names the default asset if this call creates it (migration 0004 reads it
     from the session setting ``balance_api.default_asset_code``). After applying (not after a
-    rollback), applies the ledger definitions (:func:`apply_definitions`, ``force_definitions``:
-    even when unchanged) when the schema is at their head, i.e. ``migrations_dir`` reaches
-    migration 0012. Blocks while another
+    rollback), applies the ledger definitions (:func:`apply_definitions`; even when unchanged with
+    ``force_definitions`` or when any migration was applied) when the schema is at their head, i.e.
+    ``migrations_dir`` reaches migration 0012. Blocks while another
     process is migrating the same database. Raises ``psycopg.Error`` when the database is
     unreachable and re-raises any error of a failing migration (which is rolled back).
     """
@@ -144,7 +144,10 @@ def apply_migrations(database_url: str, migrations_dir: Path, default_asset_code
                     done = backend.to_apply(migrations)
                     backend.apply_migrations(done)
                     if backend.connection.execute(HAS_DEFINITIONS_TABLE).fetchone()[0]:
-                        definitions_applied = apply_definitions(backend.connection, force=force_definitions)
+                        # a migration may drop what the folder defines (a function whose result type
+                        # changes, or one that a rollback dropped): applied after any migration
+                        definitions_applied = apply_definitions(backend.connection,
+                                                                force=force_definitions or bool(done))
         finally:
             backend.execute("SELECT pg_advisory_unlock(%d)" % MIGRATION_LOCK_KEY)
     finally:

@@ -48,6 +48,7 @@ def transfer_json(transfer: Transfer) -> dict:
         "status": transfer.status, "expiresAt": timestamp(transfer.expires_at) if transfer.expires_at else None,
         "postedAmount": transfer.posted_amount, "reference": transfer.reference, "reverses": transfer.reverses,
         "reversedAmount": transfer.reversed_amount,
+        "createdBy": transfer.created_by.document() if transfer.created_by else None,
     }
 
 

@@ -44,7 +44,7 @@ async def create_transfer(request: web.Request) -> web.Response:
         AccountRef(body.from_account_id, body.from_user_id, asset_id),
         AccountRef(body.to_account_id, body.to_user_id, asset_id),
         body.amount, body.code or "transfer", body.description, body.metadata, body.pending, body.timeout_seconds,
-        body.reference,
+        body.reference, request[GRANT].actor.key_id,
     )
     return await _batched(request, body, order, _made)
 
@@ -115,7 +115,7 @@ async def _batch_order(request: web.Request, item) -> TransferOrder | ResolvePen
             AccountRef(item.from_account_id, item.from_user_id, asset.asset_id),
             AccountRef(item.to_account_id, item.to_user_id, asset.asset_id),
             item.amount, item.code or "transfer", item.description, item.metadata, item.pending, item.timeout_seconds,
-            item.reference,
+            item.reference, request[GRANT].actor.key_id,
         )
     if isinstance(item, PostItem):
         return ResolvePending(item.post, True, item.amount)
@@ -152,7 +152,7 @@ async def reverse_transfer(request: web.Request) -> web.Response:
 
     async def operation(db, key):
         return _made(await moving_money.reverse_transfer(db, transfer_id, body.amount, body.code, body.description,
-                                                   body.reference))
+                                                   body.reference, request[GRANT].actor.key_id))
 
     return await respond(request, body, operation)
 

@@ -7,7 +7,8 @@
 -- p_account_ids[i], or (that being NULL) as user p_user_ids[i]'s account in asset p_asset_ids[i];
 -- the batcher (server/ledger/batching.py) sends what queued while earlier batches were in flight;
 -- without batching a change is a batch of one. p_kinds[i] is the entry kind ('adjustment',
--- 'credit', 'debit'), p_codes[i] the transfer code, p_idempotency_keys[i] the key its entry records.
+-- 'credit', 'debit'), p_codes[i] the transfer code, p_idempotency_keys[i] the key its entry records,
+-- p_created_by[i] the API key that sent it (its transfer's created_by; NULL without authentication).
 --
 -- Semantics are exactly those of applying the changes one at a time in array order: change i is
 -- accepted iff its account is open and, for a debit, the running available balance (balance minus
@@ -38,7 +39,8 @@ CREATE OR REPLACE FUNCTION apply_balance_changes(
     p_kinds text[],
     p_codes text[],
     p_descriptions text[],
-    p_idempotency_keys text[]
+    p_idempotency_keys text[],
+    p_created_by bigint[]
 ) RETURNS TABLE (account_id bigint, user_id bigint, balance_after bigint, transfer_id bigint, entry_id bigint,
                 outcome text)
 LANGUAGE plpgsql
@@ -152,13 +154,14 @@ BEGIN
         -- and heads
         WITH transfer AS (
             INSERT INTO transfers (id, asset_id, from_account_id, to_account_id, amount, code, description,
-                                   from_balance, to_balance)
+                                   from_balance, to_balance, created_by)
             OVERRIDING SYSTEM VALUE
             SELECT w.transfer_id, w.asset_id,
                    CASE WHEN w.amount > 0 THEN w.system_id ELSE w.account_id END,
                    CASE WHEN w.amount > 0 THEN w.account_id ELSE w.system_id END,
                    abs(w.amount), p_codes[w.i], p_descriptions[w.i],
-                   CASE WHEN w.amount < 0 THEN w.running END, CASE WHEN w.amount > 0 THEN w.running END
+                   CASE WHEN w.amount < 0 THEN w.running END, CASE WHEN w.amount > 0 THEN w.running END,
+                   p_created_by[w.i]
               FROM unnest(w_transfer, w_asset, w_account, w_system, w_amount, w_running, w_index)
                    AS w (transfer_id, asset_id, account_id, system_id, amount, running, i)
         ), event AS (  -- one row per asset, its transfers in the order decided (events.sql)

@@ -97,7 +97,7 @@ $$;
 -- (p_types; asset p_asset_id; account p_account_id: either side of a transfer, or the account of an
 -- account event), at most p_limit of them among the next p_span at most. The span is read in order
 -- and stopped as soon as p_limit events have passed; a transfer event's document is its row of
--- transfer_details, by primary key. When fewer passed, one row more (is_last) gives the last event
+-- transfer_documents, by primary key. When fewer passed, one row more (is_last) gives the last event
 -- looked at, so that a filtered read that matched nothing still moves past what it read. The
 -- horizon is taken from the snapshot the page is read in, so every event below it that committed is
 -- in that snapshot. Reads only, locks nothing. Bitmap scans are off: for a span of thousands the
@@ -106,7 +106,7 @@ $$;
 CREATE OR REPLACE FUNCTION feed_page(p_position bigint, p_id bigint, p_index integer, p_span integer,
                                      p_types event_type[], p_asset_id integer, p_account_id bigint, p_limit integer)
 RETURNS TABLE (event_position bigint, event_id bigint, event_index integer, type text, occurred_at timestamptz,
-               data jsonb, transfer transfer_details, is_last boolean)
+               data jsonb, transfer transfer_documents, is_last boolean)
 LANGUAGE plpgsql STABLE
 SET plan_cache_mode = force_generic_plan
 SET enable_seqscan = off
@@ -120,7 +120,7 @@ DECLARE
 BEGIN
     RETURN QUERY
     SELECT s.at_position, s.at_id, s.k, s.type::text, s.occurred_at, s.data,
-           (SELECT d FROM transfer_details d WHERE d.id = s.transfer_id), false
+           (SELECT d FROM transfer_documents d WHERE d.id = s.transfer_id), false
       FROM feed_span(p_position, p_id, p_index, horizon, p_span) s
      WHERE (p_types IS NULL OR s.type = ANY (p_types))
        AND (p_asset_id IS NULL OR s.asset_id = p_asset_id)
@@ -132,7 +132,7 @@ BEGIN
     GET DIAGNOSTICS passed = ROW_COUNT;
     IF passed < p_limit THEN  -- the whole span was looked at: where it ended
         RETURN QUERY
-        SELECT s.at_position, s.at_id, s.k, NULL::text, NULL::timestamptz, NULL::jsonb, NULL::transfer_details, true
+        SELECT s.at_position, s.at_id, s.k, NULL::text, NULL::timestamptz, NULL::jsonb, NULL::transfer_documents, true
           FROM feed_span(p_position, p_id, p_index, horizon, p_span) s
          ORDER BY s.at_position DESC, s.at_id DESC, s.k DESC
          LIMIT 1;

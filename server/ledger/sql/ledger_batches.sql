@@ -6,7 +6,8 @@
 -- account p_from_accounts[i] (or user p_from_users[i]'s account in asset p_asset_ids[i]), with the
 -- transfer code p_codes[i], the description and the Idempotency-Key its entry records; its other
 -- fields are NULL. Any other item is an item of apply_transfer_batch(): 'transfer' (plain or a
--- hold), 'post', 'void' or 'refused'. The arrays are apply_transfer_batch()'s, without p_atomic.
+-- hold), 'post', 'void' or 'refused'. The arrays are apply_transfer_batch()'s, without p_atomic
+-- (p_created_by[i]: the API key that sends item i, which its transfer records; NULL: none).
 --
 -- What it does: the items in order, each accepted or refused on its own, as if applied one at a
 -- time. It cuts the items into runs of one kind and applies each run, in order, with the function
@@ -25,9 +26,10 @@
 CREATE OR REPLACE FUNCTION apply_ledger_batch(
     p_kinds text[], p_from_accounts bigint[], p_from_users bigint[], p_to_accounts bigint[], p_to_users bigint[],
     p_asset_ids integer[], p_amounts bigint[], p_codes text[], p_descriptions text[], p_metadata jsonb[],
-    p_pending boolean[], p_timeouts integer[], p_references text[], p_holds bigint[], p_idempotency_keys text[]
+    p_pending boolean[], p_timeouts integer[], p_references text[], p_holds bigint[], p_idempotency_keys text[],
+    p_created_by bigint[]
 ) RETURNS TABLE (item integer, outcome text, role text, transfer_id bigint, from_account_id bigint,
-                 to_account_id bigint, transfer transfer_details, user_id bigint, balance_after bigint,
+                 to_account_id bigint, transfer transfer_documents, user_id bigint, balance_after bigint,
                  entry_id bigint)
 LANGUAGE plpgsql
 SET plan_cache_mode = force_generic_plan
@@ -52,11 +54,11 @@ BEGIN
         IF is_change THEN
             RETURN QUERY
             SELECT (v_first - 1 + c.i)::integer, c.outcome, NULL::text, c.transfer_id, c.account_id, NULL::bigint,
-                   NULL::transfer_details, c.user_id, c.balance_after, c.entry_id
+                   NULL::transfer_documents, c.user_id, c.balance_after, c.entry_id
               FROM apply_balance_changes(p_from_accounts[v_first:v_last], p_from_users[v_first:v_last],
                                          p_asset_ids[v_first:v_last], p_amounts[v_first:v_last], p_kinds[v_first:v_last],
                                          p_codes[v_first:v_last], p_descriptions[v_first:v_last],
-                                         p_idempotency_keys[v_first:v_last])
+                                         p_idempotency_keys[v_first:v_last], p_created_by[v_first:v_last])
                    WITH ORDINALITY AS c (account_id, user_id, balance_after, transfer_id, entry_id, outcome, i)
              ORDER BY c.i;
         ELSE
@@ -68,7 +70,7 @@ BEGIN
                                         p_asset_ids[v_first:v_last], p_amounts[v_first:v_last], p_codes[v_first:v_last],
                                         p_descriptions[v_first:v_last], p_metadata[v_first:v_last], p_pending[v_first:v_last],
                                         p_timeouts[v_first:v_last], p_references[v_first:v_last], p_holds[v_first:v_last],
-                                        p_idempotency_keys[v_first:v_last]) b
+                                        p_idempotency_keys[v_first:v_last], p_created_by[v_first:v_last]) b
              ORDER BY b.item;
         END IF;
         v_first := v_last + 1;

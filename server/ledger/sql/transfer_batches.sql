@@ -19,13 +19,14 @@
 -- (item, outcome, role, transfer_id, from_account_id, to_account_id), outcome as the function it
 -- called returns it ('transferred', 'reference_exists', 'posted', 'voided' or a refusal's code);
 -- for a post or void transfer_id is the hold's id. A transfer's entries record
--- p_idempotency_keys[i] (the key of the request that made it, or NULL). Expects the caller to hold
+-- p_idempotency_keys[i] (the key of the request that made it, or NULL), the transfer p_created_by[i]
+-- (the API key that sent it, or NULL). Expects the caller to hold
 -- the batch's locks already (lock_transfer_batch_accounts()).
 CREATE OR REPLACE FUNCTION apply_transfer_batch_in_order(
     p_atomic boolean, p_kinds text[], p_from_accounts bigint[], p_from_users bigint[], p_to_accounts bigint[],
     p_to_users bigint[], p_asset_ids integer[], p_amounts bigint[], p_codes text[], p_descriptions text[],
     p_metadata jsonb[], p_pending boolean[], p_timeouts integer[], p_references text[], p_holds bigint[],
-    p_idempotency_keys text[]
+    p_idempotency_keys text[], p_created_by bigint[]
 ) RETURNS TABLE (item integer, outcome text, role text, transfer_id bigint, from_account_id bigint,
                  to_account_id bigint)
 LANGUAGE plpgsql
@@ -48,8 +49,7 @@ BEGIN
               INTO outcome, role, transfer_id, from_account_id, to_account_id
               FROM transfer_funds(p_from_accounts[i], p_from_users[i], p_to_accounts[i], p_to_users[i], p_asset_ids[i],
                                   p_amounts[i], p_codes[i], p_descriptions[i], p_metadata[i], p_idempotency_keys[i],
-                                  p_pending[i],
-                                  p_timeouts[i], p_references[i]) f;
+                                  p_pending[i], p_timeouts[i], p_references[i], p_created_by[i]) f;
         ELSE
             SELECT r.outcome, r.role INTO outcome, role
               FROM resolve_pending_transfer(p_holds[i], p_kinds[i] = 'post', p_amounts[i]) r;
@@ -65,7 +65,7 @@ $$;
 
 
 -- A batch as one call: the locks, then either the set-based path or the in-order loop above, and
--- with each item the transfer it made, found or resolved as transfer_details shows it after the
+-- with each item the transfer it made, found or resolved as transfer_documents shows it after the
 -- batch. The set-based path is taken for a batch of plain transfers that all pass, checked over
 -- arrays with the checks of transfer_funds() (both accounts exist and are open, of one asset, not
 -- the same; the sender's running balance minus its pending debits at or above -overdraft_limit;
@@ -73,7 +73,7 @@ $$;
 -- passes, applying them one at a time in order would accept every one and reach exactly these
 -- running balances, so the result is the one the in-order function gives; if one fails, that
 -- function decides, item by item. The arithmetic is in numeric, so a check cannot overflow.
--- Then the entries' hashes, chained per account (entry_hashes.sql), and four writes: the transfers
+-- Then the entries' hashes, chained per account in one pass (entry_hashes.sql), and four writes: the transfers
 -- (ids taken in item order, each with both sides' balances after), their events (events.sql), the
 -- non-system accounts' entries (in item order, so entry ids follow the balance_after and hash
 -- chains), the accounts' new balances and heads (one UPDATE per account: its last leg's). The result
@@ -82,9 +82,9 @@ CREATE OR REPLACE FUNCTION apply_transfer_batch(
     p_atomic boolean, p_kinds text[], p_from_accounts bigint[], p_from_users bigint[], p_to_accounts bigint[],
     p_to_users bigint[], p_asset_ids integer[], p_amounts bigint[], p_codes text[], p_descriptions text[],
     p_metadata jsonb[], p_pending boolean[], p_timeouts integer[], p_references text[], p_holds bigint[],
-    p_idempotency_keys text[]
+    p_idempotency_keys text[], p_created_by bigint[]
 ) RETURNS TABLE (item integer, outcome text, role text, transfer_id bigint, from_account_id bigint,
-                 to_account_id bigint, transfer transfer_details)
+                 to_account_id bigint, transfer transfer_documents)
 LANGUAGE plpgsql
 SET plan_cache_mode = force_generic_plan
 SET enable_seqscan = off
@@ -106,13 +106,19 @@ DECLARE
     v_position bigint;
     v_from_head bytea[];     -- per item, each side's head_hash before the batch (entry_hashes.sql)
     v_to_head bytea[];
-    h record;                -- a leg of the loop that chains the hashes
+    -- the legs that write entries (non-system sides), by account, then item, then side: each one's
+    -- account, transfer, amount, balance after, item, side (0 the sender), and its account's head
+    -- before the batch; then the hash of its entry (entry_hashes.sql)
+    l_account bigint[];
+    l_transfer bigint[];
+    l_amount bigint[];
+    l_after bigint[];
+    l_item bigint[];
+    l_side integer[];
+    l_head bytea[];
+    l_hash bytea[];
     v_account bigint;
     v_hash bytea;
-    e_hashes bytea[];        -- per leg (item i's sender 2i - 1, its receiver 2i): its entry's hash
-    h_accounts bigint[] := '{}';  -- per account changed: its new balance and head
-    h_balances bigint[] := '{}';
-    h_hashes bytea[] := '{}';
 BEGIN
     PERFORM lock_transfer_batch_accounts(p_from_accounts, p_from_users, p_to_accounts, p_to_users, p_asset_ids,
                                          p_holds);
@@ -170,39 +176,39 @@ BEGIN
             -- the events' position (events.sql), from the accounts' feed_position read above, under the
             -- batch's locks
             v_position := feed_position_after(v_after);
-            -- each non-system leg's entry hash, chained per account in item order (the order of the
-            -- entries' ids), from its head before the batch; the last leg of each account gives its
-            -- new balance and head
-            e_hashes := array_fill(NULL::bytea, ARRAY[2 * n]);
-            FOR h IN
-                SELECT x.i, s.side, s.account_id, s.amount, s.balance_after::bigint AS balance_after, s.head, x.id
-                  FROM unnest(v_ids, v_from, v_to, p_amounts, v_from_after, v_to_after, v_from_head, v_to_head)
-                       WITH ORDINALITY AS x (id, from_id, to_id, amount, from_after, to_after, from_head, to_head, i)
-                 CROSS JOIN LATERAL (VALUES (0, x.from_id, -x.amount, x.from_after, x.from_head),
-                                            (1, x.to_id, x.amount, x.to_after, x.to_head))
-                       AS s (side, account_id, amount, balance_after, head)
-                 WHERE s.balance_after IS NOT NULL  -- a system account has no entries
-                 ORDER BY s.account_id, x.i, s.side
-            LOOP
-                IF h.account_id IS DISTINCT FROM v_account THEN
-                    v_account := h.account_id;
-                    v_hash := h.head;
-                    h_accounts := h_accounts || h.account_id;
-                END IF;
-                v_hash := entry_hash(v_hash, h.account_id, h.id, h.amount, h.balance_after);
-                e_hashes[2 * h.i - 1 + h.side] := v_hash;
-                h_balances[cardinality(h_accounts)] := h.balance_after;
-                h_hashes[cardinality(h_accounts)] := v_hash;
+            -- each entry's hash, chained per account in item order (the order of its entries' ids) from
+            -- its head before the batch: a pass over the legs sorted by account; an account's last leg
+            -- gives its new balance and head
+            SELECT array_agg(s.account_id ORDER BY s.account_id, x.i, s.side),
+                   array_agg(x.id ORDER BY s.account_id, x.i, s.side),
+                   array_agg(s.amount ORDER BY s.account_id, x.i, s.side),
+                   array_agg(s.balance_after::bigint ORDER BY s.account_id, x.i, s.side),
+                   array_agg(x.i ORDER BY s.account_id, x.i, s.side),
+                   array_agg(s.side ORDER BY s.account_id, x.i, s.side),
+                   array_agg(s.head ORDER BY s.account_id, x.i, s.side)
+              INTO l_account, l_transfer, l_amount, l_after, l_item, l_side, l_head
+              FROM unnest(v_ids, v_from, v_to, p_amounts, v_from_after, v_to_after, v_from_head, v_to_head)
+                   WITH ORDINALITY AS x (id, from_id, to_id, amount, from_after, to_after, from_head, to_head, i)
+             CROSS JOIN LATERAL (VALUES (0, x.from_id, -x.amount, x.from_after, x.from_head),
+                                        (1, x.to_id, x.amount, x.to_after, x.to_head))
+                   AS s (side, account_id, amount, balance_after, head)
+             WHERE s.balance_after IS NOT NULL;  -- a system account has no entries
+            l_hash := array_fill(NULL::bytea, ARRAY[cardinality(l_account)]);
+            FOR j IN 1 .. cardinality(l_account) LOOP
+                v_hash := entry_hash(CASE WHEN l_account[j] IS DISTINCT FROM v_account THEN l_head[j] ELSE v_hash END,
+                                     l_account[j], l_transfer[j], l_amount[j], l_after[j]);
+                v_account := l_account[j];
+                l_hash[j] := v_hash;
             END LOOP;
             WITH transfer AS (
                 INSERT INTO transfers (id, asset_id, from_account_id, to_account_id, amount, code, description,
-                                       metadata, from_balance, to_balance)
+                                       metadata, from_balance, to_balance, created_by)
                 OVERRIDING SYSTEM VALUE
                 SELECT x.id, src.asset_id, x.from_id, x.to_id, x.amount, x.code, x.description, x.metadata,
-                       x.from_after::bigint, x.to_after::bigint
+                       x.from_after::bigint, x.to_after::bigint, x.created_by
                   FROM unnest(v_ids, v_from, v_to, p_amounts, p_codes, p_descriptions, p_metadata, v_from_after,
-                              v_to_after)
-                       AS x (id, from_id, to_id, amount, code, description, metadata, from_after, to_after)
+                              v_to_after, p_created_by)
+                       AS x (id, from_id, to_id, amount, code, description, metadata, from_after, to_after, created_by)
                   JOIN accounts src ON src.id = x.from_id
                 RETURNING id, asset_id
             ), event AS (  -- one row per asset, its transfers in item order (the ids are; events.sql)
@@ -212,21 +218,17 @@ BEGIN
             ), balance AS (
                 UPDATE accounts a SET balance = u.balance, head_hash = u.hash, updated_at = now(),
                                       feed_position = v_position
-                  FROM unnest(h_accounts, h_balances, h_hashes) AS u (id, balance, hash)
-                 WHERE a.id = u.id
+                  FROM unnest(l_account, l_after, l_hash) WITH ORDINALITY AS u (id, balance, hash, j)
+                 WHERE a.id = u.id AND l_account[u.j + 1] IS DISTINCT FROM u.id  -- the account's last leg
             )
             INSERT INTO ledger_entries (account_id, transfer_id, amount, balance_after, kind, description,
                                         idempotency_key, hash)
-            SELECT s.account_id, x.id, s.amount, s.balance_after::bigint, s.kind, x.description, x.idempotency_key,
-                   e_hashes[2 * x.i - 1 + s.side]
-              FROM unnest(v_ids, v_from, v_to, p_amounts, p_descriptions, v_from_after, v_to_after,
-                          p_idempotency_keys) WITH ORDINALITY
-                   AS x (id, from_id, to_id, amount, description, from_after, to_after, idempotency_key, i)
-             CROSS JOIN LATERAL (VALUES (0, x.from_id, -x.amount, x.from_after, 'transfer_out'),
-                                        (1, x.to_id, x.amount, x.to_after, 'transfer_in'))
-                   AS s (side, account_id, amount, balance_after, kind)
-             WHERE s.balance_after IS NOT NULL  -- a system account has no entries
-             ORDER BY x.i, s.side;
+            SELECT l.account_id, l.transfer_id, l.amount, l.balance_after,
+                   CASE WHEN l.side = 0 THEN 'transfer_out' ELSE 'transfer_in' END, p_descriptions[l.i],
+                   p_idempotency_keys[l.i], l.hash
+              FROM unnest(l_account, l_transfer, l_amount, l_after, l_item, l_side, l_hash)
+                   AS l (account_id, transfer_id, amount, balance_after, i, side, hash)
+             ORDER BY l.i, l.side;
             -- what moved into or out of system accounts, after the account locks; waits for nothing
             PERFORM add_to_system_balances(array_agg(s.asset_id),
                                            array_agg(CASE WHEN s.id = x.to_id THEN x.amount ELSE -x.amount END))
@@ -247,14 +249,14 @@ BEGIN
           FROM apply_transfer_batch_in_order(
                    p_atomic, p_kinds, p_from_accounts, p_from_users, p_to_accounts, p_to_users, p_asset_ids, p_amounts,
                    p_codes, p_descriptions, p_metadata, p_pending, p_timeouts, p_references, p_holds,
-                   p_idempotency_keys) b;
+                   p_idempotency_keys, p_created_by) b;
     END IF;
     -- a statement of its own, so that it sees what the batch wrote
     -- each item's transfer as a look-up by primary key of its own (a scalar subquery): joined to
     -- the arrays, the planner may read the whole view once and filter it by id (issue 27)
     RETURN QUERY
     SELECT x.i::integer, x.outcome, x.role, x.id, x.from_id, x.to_id,
-           (SELECT d FROM transfer_details d WHERE d.id = x.id)
+           (SELECT d FROM transfer_documents d WHERE d.id = x.id)
       FROM unnest(r_outcomes, r_roles, v_ids, v_from, v_to) WITH ORDINALITY AS x (outcome, role, id, from_id, to_id, i)
      ORDER BY x.i;
 END

@@ -16,7 +16,7 @@
 --
 -- Returns one row: outcome ('transferred' or the refusal's problem code), role ('from'/'to' for a
 -- refusal that concerns one side), the transfer, and the two balances right after it (NULL for a
--- system account).
+-- system account). p_created_by is the API key that asks for it (its created_by; NULL: none).
 --
 -- References: a reference already taken returns outcome 'reference_exists' and that transfer's
 -- id, writing nothing; the caller answers the transfer made the first time, or 409
@@ -27,7 +27,7 @@
 CREATE OR REPLACE FUNCTION transfer_funds(
     p_from_account bigint, p_from_user bigint, p_to_account bigint, p_to_user bigint, p_asset_id integer,
     p_amount bigint, p_code text, p_description text, p_metadata jsonb, p_idempotency_key text,
-    p_pending boolean, p_timeout_seconds integer, p_reference text
+    p_pending boolean, p_timeout_seconds integer, p_reference text, p_created_by bigint
 ) RETURNS TABLE (
     outcome text, role text, transfer_id bigint, from_account_id bigint, to_account_id bigint,
     from_balance bigint, to_balance bigint, created_at timestamptz
@@ -110,9 +110,9 @@ BEGIN
                                                CASE WHEN NOT dst.is_system THEN dst.feed_position END));
     IF p_pending THEN  -- reserve: the stored sums grow, nothing moves, no entries yet
         INSERT INTO transfers AS t (asset_id, from_account_id, to_account_id, amount, code, description, metadata,
-                                    status, expires_at, reference)
+                                    status, expires_at, reference, created_by)
             VALUES (src.asset_id, src.id, dst.id, p_amount, p_code, p_description, p_metadata, 'pending',
-                    now() + make_interval(secs => p_timeout_seconds), p_reference)
+                    now() + make_interval(secs => p_timeout_seconds), p_reference, p_created_by)
             ON CONFLICT (reference) WHERE reference IS NOT NULL DO NOTHING
             RETURNING t.id, t.created_at INTO transfer_id, created_at;
         IF transfer_id IS NULL THEN  -- a concurrent transfer took the reference and committed
@@ -138,8 +138,9 @@ BEGIN
     v_from := CASE WHEN NOT src.is_system THEN src.balance - p_amount END;
     v_to := CASE WHEN NOT dst.is_system THEN dst.balance + p_amount END;
     INSERT INTO transfers AS t (asset_id, from_account_id, to_account_id, amount, code, description, metadata,
-                                from_balance, to_balance, reference)
-        VALUES (src.asset_id, src.id, dst.id, p_amount, p_code, p_description, p_metadata, v_from, v_to, p_reference)
+                                from_balance, to_balance, reference, created_by)
+        VALUES (src.asset_id, src.id, dst.id, p_amount, p_code, p_description, p_metadata, v_from, v_to, p_reference,
+                p_created_by)
         ON CONFLICT (reference) WHERE reference IS NOT NULL DO NOTHING
         RETURNING t.id, t.created_at INTO transfer_id, created_at;
     IF transfer_id IS NULL THEN  -- a concurrent transfer took the reference and committed
@@ -182,9 +183,10 @@ $$;
 -- reversal it made, not 422 exceeds_reversible_amount because that reversal left nothing (found by
 -- tests/test_ledger_state_machine.py). The reference is looked up under the original's account
 -- locks, so a concurrent reversal with the same reference has committed (and is found) or has not
--- started; one that slips past both meets the unique index in transfer_funds().
+-- started; one that slips past both meets the unique index in transfer_funds(). The reversal
+-- records p_created_by (the API key that asks for it) as its creator.
 CREATE OR REPLACE FUNCTION reverse_transfer(p_transfer_id bigint, p_amount bigint, p_code text, p_description text,
-                                            p_reference text)
+                                            p_reference text, p_created_by bigint)
 RETURNS TABLE (outcome text, role text, transfer_id bigint, from_account_id bigint, to_account_id bigint,
                from_balance bigint, to_balance bigint, created_at timestamptz)
 LANGUAGE plpgsql
@@ -228,7 +230,7 @@ BEGIN
     END IF;
     SELECT * INTO r FROM transfer_funds(o.to_account_id, NULL, o.from_account_id, NULL, o.asset_id, v_amount,
                                         coalesce(p_code, 'reversal'), p_description, NULL, NULL, false, NULL,
-                                        p_reference) f;
+                                        p_reference, p_created_by) f;
     IF r.outcome = 'transferred' THEN
         UPDATE transfers t SET reverses = o.id WHERE t.id = r.transfer_id;
         UPDATE transfers t SET reversed_amount = t.reversed_amount + v_amount WHERE t.id = o.id;
