@@ -104,15 +104,13 @@ DECLARE
     r_roles text[];
     v_after bigint;          -- the largest feed_position of the accounts the batch changes
     v_position bigint;
-    v_from_head bytea[];     -- per item, each side's head_hash before the batch (entry_hashes.sql)
-    v_to_head bytea[];
     -- the legs that write entries (non-system sides), by account, then item, then side: each one's
-    -- account, transfer, amount, balance after, item, side (0 the sender), and its account's head
-    -- before the batch; then the hash of its entry (entry_hashes.sql)
+    -- account, amount, balance after (numeric, as checked: a refused batch may exceed bigint), item,
+    -- side (0 the sender), and its account's head before the batch; then the hash of its entry
+    -- (entry_hashes.sql)
     l_account bigint[];
-    l_transfer bigint[];
-    l_amount bigint[];
-    l_after bigint[];
+    l_amount numeric[];
+    l_after numeric[];
     l_item bigint[];
     l_side integer[];
     l_head bytea[];
@@ -138,8 +136,8 @@ BEGIN
              CROSS JOIN LATERAL (VALUES (0, x.from_id, -x.amount::numeric), (1, x.to_id, x.amount::numeric))
                    AS s (side, account_id, delta)
         ), running AS (  -- each leg's account and its running balance, as if every item were accepted
-            SELECT l.i, l.side, a.id, a.asset_id, a.is_system, a.status, a.overdraft_limit, a.max_balance, a.feed_position,
-                   a.head_hash,
+            SELECT l.i, l.side, l.delta, a.id, a.asset_id, a.is_system, a.status, a.overdraft_limit, a.max_balance,
+                   a.feed_position, a.head_hash,
                    a.balance + sum(l.delta) OVER (PARTITION BY l.account_id ORDER BY l.i, l.side
                                                   ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS after,
                    CASE WHEN l.side = 0 AND a.pending_debits > 0
@@ -159,17 +157,24 @@ BEGIN
             SELECT r.i, bool_and(r.passes) AND min(r.id) <> max(r.id) AND min(r.asset_id) = max(r.asset_id) AS accepted,
                    max(r.after) FILTER (WHERE r.side = 0 AND NOT r.is_system) AS from_after,
                    max(r.after) FILTER (WHERE r.side = 1 AND NOT r.is_system) AS to_after,
-                   max(r.feed_position) FILTER (WHERE NOT r.is_system) AS feed_after,
-                   (array_agg(r.head_hash) FILTER (WHERE r.side = 0))[1] AS from_head,
-                   (array_agg(r.head_hash) FILTER (WHERE r.side = 1))[1] AS to_head
+                   max(r.feed_position) FILTER (WHERE NOT r.is_system) AS feed_after
               FROM checked r
              GROUP BY r.i
+        ), items AS (
+            SELECT coalesce(bool_and(p.accepted), false) AND count(*) = n AS all_accepted,
+                   array_agg(p.from_after ORDER BY p.i) AS from_after, array_agg(p.to_after ORDER BY p.i) AS to_after,
+                   max(p.feed_after) AS feed_after
+              FROM per_item p
+        ), legs AS (  -- the legs that write entries (non-system sides), by account, then item, then side:
+                      -- aggregated in the order of the sorted subquery (PostgreSQL docs §4.2.7), one sort
+            SELECT array_agg(r.id) AS account, array_agg(r.delta) AS amount, array_agg(r.after) AS after,
+                   array_agg(r.i) AS item, array_agg(r.side) AS side, array_agg(r.head_hash) AS head
+              FROM (SELECT * FROM checked r WHERE NOT r.is_system ORDER BY r.id, r.i, r.side) r
         )
-        SELECT coalesce(bool_and(p.accepted), false) AND count(*) = n,
-               array_agg(p.from_after ORDER BY p.i), array_agg(p.to_after ORDER BY p.i), max(p.feed_after),
-               array_agg(p.from_head ORDER BY p.i), array_agg(p.to_head ORDER BY p.i)
-          INTO v_all_accepted, v_from_after, v_to_after, v_after, v_from_head, v_to_head
-          FROM per_item p;
+        SELECT i.all_accepted, i.from_after, i.to_after, i.feed_after, l.account, l.amount, l.after, l.item, l.side,
+               l.head
+          INTO v_all_accepted, v_from_after, v_to_after, v_after, l_account, l_amount, l_after, l_item, l_side, l_head
+          FROM items i CROSS JOIN legs l;
 
         IF v_all_accepted THEN
             v_ids := ARRAY(SELECT nextval(transfer_ids) FROM generate_series(1, n));  -- ascending in item order
@@ -177,26 +182,12 @@ BEGIN
             -- batch's locks
             v_position := feed_position_after(v_after);
             -- each entry's hash, chained per account in item order (the order of its entries' ids) from
-            -- its head before the batch: a pass over the legs sorted by account; an account's last leg
-            -- gives its new balance and head
-            SELECT array_agg(s.account_id ORDER BY s.account_id, x.i, s.side),
-                   array_agg(x.id ORDER BY s.account_id, x.i, s.side),
-                   array_agg(s.amount ORDER BY s.account_id, x.i, s.side),
-                   array_agg(s.balance_after::bigint ORDER BY s.account_id, x.i, s.side),
-                   array_agg(x.i ORDER BY s.account_id, x.i, s.side),
-                   array_agg(s.side ORDER BY s.account_id, x.i, s.side),
-                   array_agg(s.head ORDER BY s.account_id, x.i, s.side)
-              INTO l_account, l_transfer, l_amount, l_after, l_item, l_side, l_head
-              FROM unnest(v_ids, v_from, v_to, p_amounts, v_from_after, v_to_after, v_from_head, v_to_head)
-                   WITH ORDINALITY AS x (id, from_id, to_id, amount, from_after, to_after, from_head, to_head, i)
-             CROSS JOIN LATERAL (VALUES (0, x.from_id, -x.amount, x.from_after, x.from_head),
-                                        (1, x.to_id, x.amount, x.to_after, x.to_head))
-                   AS s (side, account_id, amount, balance_after, head)
-             WHERE s.balance_after IS NOT NULL;  -- a system account has no entries
+            -- its head before the batch, in one pass over the legs (sorted by account above); an
+            -- account's last leg gives its new balance and head
             l_hash := array_fill(NULL::bytea, ARRAY[cardinality(l_account)]);
             FOR j IN 1 .. cardinality(l_account) LOOP
                 v_hash := entry_hash(CASE WHEN l_account[j] IS DISTINCT FROM v_account THEN l_head[j] ELSE v_hash END,
-                                     l_account[j], l_transfer[j], l_amount[j], l_after[j]);
+                                     l_account[j], v_ids[l_item[j]], l_amount[j]::bigint, l_after[j]::bigint);
                 v_account := l_account[j];
                 l_hash[j] := v_hash;
             END LOOP;
@@ -216,18 +207,18 @@ BEGIN
                 SELECT v_position, 'transfer.created', t.asset_id, array_agg(t.id ORDER BY t.id)
                   FROM transfer t GROUP BY t.asset_id
             ), balance AS (
-                UPDATE accounts a SET balance = u.balance, head_hash = u.hash, updated_at = now(),
+                UPDATE accounts a SET balance = u.balance::bigint, head_hash = u.hash, updated_at = now(),
                                       feed_position = v_position
                   FROM unnest(l_account, l_after, l_hash) WITH ORDINALITY AS u (id, balance, hash, j)
                  WHERE a.id = u.id AND l_account[u.j + 1] IS DISTINCT FROM u.id  -- the account's last leg
             )
             INSERT INTO ledger_entries (account_id, transfer_id, amount, balance_after, kind, description,
                                         idempotency_key, hash)
-            SELECT l.account_id, l.transfer_id, l.amount, l.balance_after,
+            SELECT l.account_id, v_ids[l.i], l.amount::bigint, l.balance_after::bigint,
                    CASE WHEN l.side = 0 THEN 'transfer_out' ELSE 'transfer_in' END, p_descriptions[l.i],
                    p_idempotency_keys[l.i], l.hash
-              FROM unnest(l_account, l_transfer, l_amount, l_after, l_item, l_side, l_hash)
-                   AS l (account_id, transfer_id, amount, balance_after, i, side, hash)
+              FROM unnest(l_account, l_amount, l_after, l_item, l_side, l_hash)
+                   AS l (account_id, amount, balance_after, i, side, hash)
              ORDER BY l.i, l.side;
             -- what moved into or out of system accounts, after the account locks; waits for nothing
             PERFORM add_to_system_balances(array_agg(s.asset_id),
