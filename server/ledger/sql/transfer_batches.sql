@@ -90,6 +90,7 @@ SET plan_cache_mode = force_generic_plan
 SET enable_seqscan = off
 SET enable_hashjoin = off
 SET enable_mergejoin = off
+SET max_parallel_workers_per_gather = 0  -- the legs' arrays are aggregated in their subquery's order
 AS $$
 DECLARE
     n integer := coalesce(array_length(p_kinds, 1), 0);
@@ -106,14 +107,17 @@ DECLARE
     v_position bigint;
     -- the legs that write entries (non-system sides), by account, then item, then side: each one's
     -- account, amount, balance after (numeric, as checked: a refused batch may exceed bigint), item,
-    -- side (0 the sender), and its account's head before the batch; then the hash of its entry
-    -- (entry_hashes.sql)
+    -- side (0 the sender), its account's head before the batch, its item's description and
+    -- Idempotency-Key (carried, not subscripted: a subscript of a text[] walks it from the start);
+    -- then the hash of its entry (entry_hashes.sql)
     l_account bigint[];
     l_amount numeric[];
     l_after numeric[];
     l_item bigint[];
     l_side integer[];
     l_head bytea[];
+    l_description text[];
+    l_idempotency_key text[];
     l_hash bytea[];
     v_account bigint;
     v_hash bytea;
@@ -131,12 +135,13 @@ BEGIN
           LEFT JOIN accounts tu ON x.to_account IS NULL AND tu.user_id = x.to_user AND tu.asset_id = x.asset_id;
 
         WITH leg AS (  -- side 0 the sender (-amount), side 1 the receiver (+amount)
-            SELECT x.i, s.side, s.account_id, s.delta
-              FROM unnest(v_from, v_to, p_amounts) WITH ORDINALITY AS x (from_id, to_id, amount, i)
+            SELECT x.i, s.side, s.account_id, s.delta, x.description, x.idempotency_key
+              FROM unnest(v_from, v_to, p_amounts, p_descriptions, p_idempotency_keys) WITH ORDINALITY
+                   AS x (from_id, to_id, amount, description, idempotency_key, i)
              CROSS JOIN LATERAL (VALUES (0, x.from_id, -x.amount::numeric), (1, x.to_id, x.amount::numeric))
                    AS s (side, account_id, delta)
         ), running AS (  -- each leg's account and its running balance, as if every item were accepted
-            SELECT l.i, l.side, l.delta, a.id, a.asset_id, a.is_system, a.status, a.overdraft_limit, a.max_balance,
+            SELECT l.i, l.side, l.delta, l.description, l.idempotency_key, a.id, a.asset_id, a.is_system, a.status, a.overdraft_limit, a.max_balance,
                    a.feed_position, a.head_hash,
                    a.balance + sum(l.delta) OVER (PARTITION BY l.account_id ORDER BY l.i, l.side
                                                   ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS after,
@@ -166,14 +171,18 @@ BEGIN
                    max(p.feed_after) AS feed_after
               FROM per_item p
         ), legs AS (  -- the legs that write entries (non-system sides), by account, then item, then side:
-                      -- aggregated in the order of the sorted subquery (PostgreSQL docs §4.2.7), one sort
+                      -- aggregated in the order of the sorted subquery (PostgreSQL docs §4.2.7: one sort,
+                      -- where PostgreSQL 15 sorts for each ordered aggregate; a scan of the CTE in this
+                      -- one process, no parallel worker, see the function's SET)
             SELECT array_agg(r.id) AS account, array_agg(r.delta) AS amount, array_agg(r.after) AS after,
-                   array_agg(r.i) AS item, array_agg(r.side) AS side, array_agg(r.head_hash) AS head
+                   array_agg(r.i) AS item, array_agg(r.side) AS side, array_agg(r.head_hash) AS head,
+                   array_agg(r.description) AS description, array_agg(r.idempotency_key) AS idempotency_key
               FROM (SELECT * FROM checked r WHERE NOT r.is_system ORDER BY r.id, r.i, r.side) r
         )
         SELECT i.all_accepted, i.from_after, i.to_after, i.feed_after, l.account, l.amount, l.after, l.item, l.side,
-               l.head
-          INTO v_all_accepted, v_from_after, v_to_after, v_after, l_account, l_amount, l_after, l_item, l_side, l_head
+               l.head, l.description, l.idempotency_key
+          INTO v_all_accepted, v_from_after, v_to_after, v_after, l_account, l_amount, l_after, l_item, l_side, l_head,
+               l_description, l_idempotency_key
           FROM items i CROSS JOIN legs l;
 
         IF v_all_accepted THEN
@@ -215,10 +224,10 @@ BEGIN
             INSERT INTO ledger_entries (account_id, transfer_id, amount, balance_after, kind, description,
                                         idempotency_key, hash)
             SELECT l.account_id, v_ids[l.i], l.amount::bigint, l.balance_after::bigint,
-                   CASE WHEN l.side = 0 THEN 'transfer_out' ELSE 'transfer_in' END, p_descriptions[l.i],
-                   p_idempotency_keys[l.i], l.hash
-              FROM unnest(l_account, l_amount, l_after, l_item, l_side, l_hash)
-                   AS l (account_id, amount, balance_after, i, side, hash)
+                   CASE WHEN l.side = 0 THEN 'transfer_out' ELSE 'transfer_in' END, l.description,
+                   l.idempotency_key, l.hash
+              FROM unnest(l_account, l_amount, l_after, l_item, l_side, l_hash, l_description, l_idempotency_key)
+                   AS l (account_id, amount, balance_after, i, side, hash, description, idempotency_key)
              ORDER BY l.i, l.side;
             -- what moved into or out of system accounts, after the account locks; waits for nothing
             PERFORM add_to_system_balances(array_agg(s.asset_id),
