@@ -141,8 +141,8 @@ BEGIN
              CROSS JOIN LATERAL (VALUES (0, x.from_id, -x.amount::numeric), (1, x.to_id, x.amount::numeric))
                    AS s (side, account_id, delta)
         ), running AS (  -- each leg's account and its running balance, as if every item were accepted
-            SELECT l.i, l.side, l.delta, l.description, l.idempotency_key, a.id, a.asset_id, a.is_system, a.status, a.overdraft_limit, a.max_balance,
-                   a.feed_position, a.head_hash,
+            SELECT l.i, l.side, l.delta, l.description, l.idempotency_key, a.id, a.asset_id, a.is_system, a.status,
+                   a.overdraft_limit, a.max_balance, a.feed_position, a.head_hash,
                    a.balance + sum(l.delta) OVER (PARTITION BY l.account_id ORDER BY l.i, l.side
                                                   ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS after,
                    CASE WHEN l.side = 0 AND a.pending_debits > 0
