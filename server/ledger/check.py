@@ -276,10 +276,16 @@ CREATORS = ("transfer creators", "every transfer made by an API key names a key 
           FROM transfers t
          WHERE t.created_by IS NOT NULL AND NOT EXISTS (SELECT 1 FROM api_keys k WHERE k.id = t.created_by)
          ORDER BY t.id LIMIT {SAMPLE}""")
-HAS_CREATORS = ("SELECT EXISTS (SELECT 1 FROM information_schema.columns WHERE table_schema = 'public'"
-                " AND table_name = 'transfers' AND column_name = 'created_by')")
-HAS_ENTRY_HASHES = ("SELECT EXISTS (SELECT 1 FROM information_schema.columns WHERE table_schema = 'public'"
-                    " AND table_name = 'accounts' AND column_name = 'head_hash')")
+
+
+def _has_column(table: str, column: str) -> str:
+    """The query whether the schema has ``table.column`` (a migration that adds a column gates a check)."""
+    return ("SELECT EXISTS (SELECT 1 FROM information_schema.columns WHERE table_schema = 'public'"
+            f" AND table_name = '{table}' AND column_name = '{column}')")
+
+
+HAS_CREATORS = _has_column("transfers", "created_by")
+HAS_ENTRY_HASHES = _has_column("accounts", "head_hash")
 
 # The functions and views are those server/ledger/sql/ defines (the folder of this installation
 # was applied, and nothing changed them since: each one's fingerprint is the one stored when it
