@@ -124,6 +124,15 @@ def test_a_batch_with_one_refusal_is_applied_item_by_item(conn):
         (5,), (15,), (10,), (4,), (16,)]
 
 
+def test_a_batch_with_a_transfer_between_two_assets_is_applied_item_by_item(conn):
+    asset, ids = funded_accounts(conn, 3, 10)
+    _, (other,) = funded_accounts(conn, 1, 10)
+    rows = conn.execute(CALL.format(function="apply_transfer_batch"),
+                        padded(asset, ids, [ids[0]], [other], [1])).fetchall()
+    assert [row[1] for row in rows] == ["asset_mismatch"] + ["transferred"] * 6
+    assert calls(conn, "transfer_funds") == 7
+
+
 def test_a_batch_of_fewer_than_6_items_is_applied_item_by_item(conn):
     asset, ids = funded_accounts(conn, 2, 10)
     rows = conn.execute(CALL.format(function="apply_transfer_batch"),

@@ -72,8 +72,11 @@ $$;
 -- the receiver's plus its pending credits at or below max_balance and 2^63-1). If every item
 -- passes, applying them one at a time in order would accept every one and reach exactly these
 -- running balances, so the result is the one the in-order function gives; if one fails, that
--- function decides, item by item. The arithmetic is in numeric, so a check cannot overflow.
--- Then the entries' hashes, chained per account in one pass (entry_hashes.sql), and four writes: the transfers
+-- function decides, item by item. The arithmetic is in numeric, so a check cannot overflow. The
+-- check is one statement with one sort: the legs by account, item and side (the running balances'
+-- window), an order its aggregate keeps for the legs' arrays.
+-- Then the entries' hashes, chained per account in one pass over those legs (entry_hashes.sql),
+-- which also gives each item's balances after, and four writes: the transfers
 -- (ids taken in item order, each with both sides' balances after), their events (events.sql), the
 -- non-system accounts' entries (in item order, so entry ids follow the balance_after and hash
 -- chains), the accounts' new balances and heads (one UPDATE per account: its last leg's). The result
@@ -97,8 +100,8 @@ DECLARE
     transfer_ids regclass := pg_get_serial_sequence('transfers', 'id');
     v_from bigint[];
     v_to bigint[];
-    v_from_after numeric[];  -- numeric: when an item is refused, the later running balances may not fit bigint
-    v_to_after numeric[];
+    v_from_after bigint[];   -- each item's sides' balances after (accepted batches only)
+    v_to_after bigint[];
     v_ids bigint[];
     v_all_accepted boolean;
     r_outcomes text[];
@@ -120,6 +123,7 @@ DECLARE
     l_idempotency_key text[];
     l_hash bytea[];
     v_account bigint;
+    v_balance bigint;
     v_hash bytea;
 BEGIN
     PERFORM lock_transfer_batch_accounts(p_from_accounts, p_from_users, p_to_accounts, p_to_users, p_asset_ids,
@@ -134,56 +138,52 @@ BEGIN
           LEFT JOIN accounts fu ON x.from_account IS NULL AND fu.user_id = x.from_user AND fu.asset_id = x.asset_id
           LEFT JOIN accounts tu ON x.to_account IS NULL AND tu.user_id = x.to_user AND tu.asset_id = x.asset_id;
 
-        WITH leg AS (  -- side 0 the sender (-amount), side 1 the receiver (+amount)
-            SELECT x.i, s.side, s.account_id, s.delta, x.description, x.idempotency_key
+        WITH leg AS (  -- each item's two legs, side 0 the sender (-amount), side 1 the receiver (+amount),
+                       -- each with its account as read under the batch's locks (NULL: no such
+                       -- account) and whether its item names two accounts, of one asset
+            SELECT x.i, s.*, x.description, x.idempotency_key,
+                   coalesce(f.id <> t.id AND f.asset_id = t.asset_id, false) AS distinct_accounts_of_one_asset
               FROM unnest(v_from, v_to, p_amounts, p_descriptions, p_idempotency_keys) WITH ORDINALITY
                    AS x (from_id, to_id, amount, description, idempotency_key, i)
-             CROSS JOIN LATERAL (VALUES (0, x.from_id, -x.amount::numeric), (1, x.to_id, x.amount::numeric))
-                   AS s (side, account_id, delta)
-        ), running AS (  -- each leg's account and its running balance, as if every item were accepted
-            SELECT l.i, l.side, l.delta, l.description, l.idempotency_key, a.id, a.asset_id, a.is_system, a.status,
-                   a.overdraft_limit, a.max_balance, a.feed_position, a.head_hash,
-                   a.balance + sum(l.delta) OVER (PARTITION BY l.account_id ORDER BY l.i, l.side
-                                                  ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS after,
-                   CASE WHEN l.side = 0 AND a.pending_debits > 0
-                        THEN a.pending_debits - (SELECT e.debits FROM expired_holds(a.id) e)
-                        WHEN l.side = 1 AND a.pending_credits > 0
-                        THEN a.pending_credits - (SELECT e.credits FROM expired_holds(a.id) e)
-                        ELSE 0 END AS held
+              LEFT JOIN accounts f ON f.id = x.from_id
+              LEFT JOIN accounts t ON t.id = x.to_id
+             CROSS JOIN LATERAL (
+                   VALUES (0, x.from_id, -x.amount::numeric, f.balance, f.is_system, f.status, f.overdraft_limit,
+                           f.max_balance, f.feed_position, f.head_hash,
+                           CASE WHEN f.pending_debits > 0
+                                THEN f.pending_debits - (SELECT e.debits FROM expired_holds(f.id) e) ELSE 0 END),
+                          (1, x.to_id, x.amount::numeric, t.balance, t.is_system, t.status, t.overdraft_limit,
+                           t.max_balance, t.feed_position, t.head_hash,
+                           CASE WHEN t.pending_credits > 0
+                                THEN t.pending_credits - (SELECT e.credits FROM expired_holds(t.id) e) ELSE 0 END))
+                   AS s (side, account_id, delta, balance, is_system, status, overdraft_limit, max_balance,
+                         feed_position, head_hash, held)
+        ), running AS (  -- each leg's running balance, as if every item were accepted, in the order of
+                         -- the window's sort (account, item, side), which the aggregate below keeps
+            SELECT l.*, l.balance + sum(l.delta) OVER (PARTITION BY l.account_id ORDER BY l.i, l.side
+                                                       ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS after
               FROM leg l
-              LEFT JOIN accounts a ON a.id = l.account_id
         ), checked AS (  -- transfer_funds()'s checks of each side (NULL: no account: not passed)
-            SELECT r.*, coalesce(r.status = 'open' AND (r.is_system OR CASE
+            SELECT r.*, r.distinct_accounts_of_one_asset AND coalesce(r.status = 'open' AND (r.is_system OR CASE
                        WHEN r.side = 0 THEN r.after - r.held >= -r.overdraft_limit
                        ELSE r.after + r.held <= coalesce(r.max_balance, 9223372036854775807)
                                 AND r.after + r.held <= 9223372036854775807 END), false) AS passes
               FROM running r
-        ), per_item AS (
-            SELECT r.i, bool_and(r.passes) AND min(r.id) <> max(r.id) AND min(r.asset_id) = max(r.asset_id) AS accepted,
-                   max(r.after) FILTER (WHERE r.side = 0 AND NOT r.is_system) AS from_after,
-                   max(r.after) FILTER (WHERE r.side = 1 AND NOT r.is_system) AS to_after,
-                   max(r.feed_position) FILTER (WHERE NOT r.is_system) AS feed_after
-              FROM checked r
-             GROUP BY r.i
-        ), items AS (
-            SELECT coalesce(bool_and(p.accepted), false) AND count(*) = n AS all_accepted,
-                   array_agg(p.from_after ORDER BY p.i) AS from_after, array_agg(p.to_after ORDER BY p.i) AS to_after,
-                   max(p.feed_after) AS feed_after
-              FROM per_item p
-        ), legs AS (  -- the legs that write entries (non-system sides), by account, then item, then side:
-                      -- aggregated in the order of the sorted subquery (PostgreSQL docs §4.2.7: one sort,
-                      -- where PostgreSQL 15 sorts for each ordered aggregate; a scan of the CTE in this
-                      -- one process, no parallel worker, see the function's SET)
-            SELECT array_agg(r.id) AS account, array_agg(r.delta) AS amount, array_agg(r.after) AS after,
-                   array_agg(r.i) AS item, array_agg(r.side) AS side, array_agg(r.head_hash) AS head,
-                   array_agg(r.description) AS description, array_agg(r.idempotency_key) AS idempotency_key
-              FROM (SELECT * FROM checked r WHERE NOT r.is_system ORDER BY r.id, r.i, r.side) r
+             ORDER BY r.account_id, r.i, r.side  -- the window's order: no second sort
         )
-        SELECT i.all_accepted, i.from_after, i.to_after, i.feed_after, l.account, l.amount, l.after, l.item, l.side,
-               l.head, l.description, l.idempotency_key
-          INTO v_all_accepted, v_from_after, v_to_after, v_after, l_account, l_amount, l_after, l_item, l_side, l_head,
-               l_description, l_idempotency_key
-          FROM items i CROSS JOIN legs l;
+        -- one pass over the legs (PostgreSQL docs §4.2.7: aggregated in the order of the sorted
+        -- subquery, one process, no parallel worker, see the function's SET): whether every item
+        -- passes, the largest feed_position, and the legs that write entries (non-system sides)
+        SELECT coalesce(bool_and(r.passes), false), max(r.feed_position) FILTER (WHERE NOT r.is_system),
+               array_agg(r.account_id) FILTER (WHERE NOT r.is_system),
+               array_agg(r.delta) FILTER (WHERE NOT r.is_system), array_agg(r.after) FILTER (WHERE NOT r.is_system),
+               array_agg(r.i) FILTER (WHERE NOT r.is_system), array_agg(r.side) FILTER (WHERE NOT r.is_system),
+               array_agg(r.head_hash) FILTER (WHERE NOT r.is_system),
+               array_agg(r.description) FILTER (WHERE NOT r.is_system),
+               array_agg(r.idempotency_key) FILTER (WHERE NOT r.is_system)
+          INTO v_all_accepted, v_after, l_account, l_amount, l_after, l_item, l_side, l_head, l_description,
+               l_idempotency_key
+          FROM checked r;
 
         IF v_all_accepted THEN
             v_ids := ARRAY(SELECT nextval(transfer_ids) FROM generate_series(1, n));  -- ascending in item order
@@ -192,20 +192,29 @@ BEGIN
             v_position := feed_position_after(v_after);
             -- each entry's hash, chained per account in item order (the order of its entries' ids) from
             -- its head before the batch, in one pass over the legs (sorted by account above); an
-            -- account's last leg gives its new balance and head
+            -- account's last leg gives its new balance and head; each item's sides' balances after
+            -- (NULL for a system account's side) are its legs'
             l_hash := array_fill(NULL::bytea, ARRAY[cardinality(l_account)]);
+            v_from_after := array_fill(NULL::bigint, ARRAY[n]);
+            v_to_after := array_fill(NULL::bigint, ARRAY[n]);
             FOR j IN 1 .. cardinality(l_account) LOOP
+                v_balance := l_after[j];
                 v_hash := entry_hash(CASE WHEN l_account[j] IS DISTINCT FROM v_account THEN l_head[j] ELSE v_hash END,
-                                     l_account[j], v_ids[l_item[j]], l_amount[j]::bigint, l_after[j]::bigint);
+                                     l_account[j], v_ids[l_item[j]], l_amount[j]::bigint, v_balance);
                 v_account := l_account[j];
                 l_hash[j] := v_hash;
+                IF l_side[j] = 0 THEN
+                    v_from_after[l_item[j]] := v_balance;
+                ELSE
+                    v_to_after[l_item[j]] := v_balance;
+                END IF;
             END LOOP;
             WITH transfer AS (
                 INSERT INTO transfers (id, asset_id, from_account_id, to_account_id, amount, code, description,
                                        metadata, from_balance, to_balance, created_by)
                 OVERRIDING SYSTEM VALUE
                 SELECT x.id, src.asset_id, x.from_id, x.to_id, x.amount, x.code, x.description, x.metadata,
-                       x.from_after::bigint, x.to_after::bigint, x.created_by
+                       x.from_after, x.to_after, x.created_by
                   FROM unnest(v_ids, v_from, v_to, p_amounts, p_codes, p_descriptions, p_metadata, v_from_after,
                               v_to_after, p_created_by)
                        AS x (id, from_id, to_id, amount, code, description, metadata, from_after, to_after, created_by)
