@@ -76,6 +76,14 @@ if [ "$workload" != burst ]; then
         -i "$work/uris.$port" | grep -E "^status codes"
     fi
   done
+  # both databases vacuumed and analyzed now, as autovacuum would do soon after the seeding: else
+  # it runs during the first rounds, and on the database seeded last later than on the other
+  "$py" - "$url" <<'PY'
+import sys, psycopg
+for name in ("before", "after"):
+    with psycopg.connect(sys.argv[1] % name, autocommit=True) as conn:
+        conn.execute("VACUUM ANALYZE")
+PY
 fi
 for round in $(seq "$rounds"); do
   for side in "before 8081 ${pids[0]}" "after 8082 ${pids[1]}"; do
